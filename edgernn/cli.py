@@ -1,0 +1,224 @@
+"""The `edgernn` command line.
+
+Every command reports user errors (EdgernnError) as one line on stderr, prefixed
+`edgernn: error:`, and exits 1; usage errors exit 2 (argparse). No tracebacks for
+anything a user can cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Optional
+
+from edgernn import __version__
+from edgernn.errors import EdgernnError, MissingDependencyError
+
+# Modules that register further subcommands with add_commands(subparsers).
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+# --------------------------------------------------------------------------- train
+def add_train(sub) -> None:
+    from edgernn.train.config import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train",
+        help="train a forecaster on CSV files",
+        description="Train a recurrent forecaster on one or more CSV files (each file is an "
+        "independent sequence) and write a self-describing checkpoint to RUN_DIR.",
+    )
+    p.add_argument("data", nargs="+", help="CSV file(s) with a header row")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="output run directory")
+    p.add_argument("--channels", type=_csv_list, help="comma-separated channels to use")
+    p.add_argument("--ignore", type=_csv_list, default=[], help="comma-separated columns to drop")
+    g = p.add_argument_group("model")
+    g.add_argument("--cell", choices=["rnn", "lstm", "gru", "esn"], default=d.cell)
+    g.add_argument("--hidden", type=_positive_int, default=d.hidden)
+    g.add_argument("--layers", type=_positive_int, default=d.layers)
+    g.add_argument("--nonlinearity", choices=["tanh", "relu"], default=d.nonlinearity)
+    g.add_argument("--dropout", type=float, default=d.dropout)
+    g.add_argument("--horizon", type=_positive_int, default=d.horizon)
+    g.add_argument(
+        "--no-residual", dest="residual", action="store_false",
+        help="forecast the value itself, not the change from the current sample",
+    )  # fmt: skip
+    g.add_argument(
+        "--bidirectional", action="store_true",
+        help="refused: bidirectional models are not causal and cannot stream",
+    )  # fmt: skip
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--val-frac", type=float, default=d.val_frac)
+    g.add_argument("--bptt", choices=["window", "tbptt"], default=d.bptt)
+    g.add_argument("--window", type=_positive_int, default=d.window)
+    g.add_argument("--burn-in", type=int, default=d.burn_in)
+    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    g.add_argument("--epochs", type=_positive_int, default=d.epochs)
+    g.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--clip", choices=["norm", "value", "none"], default=d.clip)
+    g.add_argument("--clip-value", type=float, default=d.clip_value)
+    g.add_argument("--patience", type=_positive_int, default=d.patience)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g = p.add_argument_group("echo state network (--cell esn)")
+    g.add_argument("--spectral-radius", type=float, default=d.spectral_radius)
+    g.add_argument("--input-scale", type=float, default=d.input_scale)
+    g.add_argument("--ridge", type=float, default=d.ridge)
+    g.add_argument("--washout", type=int, default=d.washout)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from edgernn.train.config import TrainConfig
+
+    if args.bidirectional:
+        raise EdgernnError(
+            "bidirectional models look at future samples: they are not causal and cannot "
+            "stream one sample at a time"
+        )
+    names = set(TrainConfig.__dataclass_fields__)
+    cfg = TrainConfig.from_dict({k: v for k, v in vars(args).items() if k in names})
+    if cfg.cell != "esn":
+        from edgernn.errors import require
+
+        require("torch")
+    from edgernn.train.loop import train_files
+
+    train_files(args.data, cfg, args.out, channels=args.channels, ignore=args.ignore)
+    return 0
+
+
+# -------------------------------------------------------------------------- export
+def add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a trained run as a stateful single-step ONNX graph",
+        description="Export RUN_DIR's checkpoint as an ONNX graph (x + state in, forecast + "
+        "next state out), checked by onnx.checker and a streaming parity run.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("-o", "--out", required=True, metavar="MODEL.onnx")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from edgernn.errors import require
+
+    require("torch")
+    require("onnx")
+    from edgernn.export import export_run
+
+    report = export_run(args.run_dir, args.out, opset=args.opset)
+    print(
+        f"wrote {args.out}: parity max abs error {report.max_abs:.2e} over {report.steps} steps "
+        f"x {report.batch} streams (outputs in normalised units, states)"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- run
+def add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="stream samples through a model",
+        description="Stream a CSV file (or, with --port, a serial device) through a model "
+        "sample by sample; write one output row per input row.",
+    )
+    p.add_argument("model", metavar="MODEL.onnx")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--csv", metavar="IN.csv", help="input CSV; columns matched by name")
+    p.add_argument(
+        "-o", "--out", metavar="OUT.csv|OUT.jsonl",
+        help="output file (.csv or .jsonl); default: CSV on stdout",
+    )  # fmt: skip
+    p.add_argument(
+        "--skip-bad-rows", action="store_true",
+        help="skip (and count) rows with missing or non-numeric cells instead of failing",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_run, _source_group=src)
+
+
+def cmd_run(args) -> int:
+    from edgernn.runtime import Model
+    from edgernn.runtime.csvrun import run_csv
+
+    model = Model(args.model)
+    summary = run_csv(model, args.csv, args.out, skip_bad=args.skip_bad_rows)
+    print(summary.line(), file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------- info
+def add_info(sub) -> None:
+    p = sub.add_parser("info", help="describe a model file")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args) -> int:
+    import json
+
+    from edgernn.runtime.info import describe, format_description
+
+    desc = describe(args.model)
+    print(json.dumps(desc, indent=2) if args.json else format_description(desc))
+    return 0
+
+
+# ---------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgernn",
+        description="Train, export and stream recurrent forecasters on edge devices.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgernn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (add_train, add_export, add_run, add_info):
+        add(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args) or 0
+    except MissingDependencyError as e:
+        print(f"edgernn: error: {e}", file=sys.stderr)
+        return 1
+    except EdgernnError as e:
+        print(f"edgernn: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edgernn: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `edgernn run ... | head`: the reader went away; that is not an error.
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
