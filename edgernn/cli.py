@@ -16,8 +16,7 @@ from edgernn import __version__
 from edgernn.errors import EdgernnError, MissingDependencyError
 
 # Modules that register further subcommands with add_commands(subparsers).
-COMMAND_MODULES: tuple[str, ...] = (
-)
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _positive_int(text: str) -> int:
@@ -99,7 +98,7 @@ def cmd_train(args) -> int:
         from edgernn.errors import require
 
         require("torch")
-    from edgernn.train.loop import train_files
+    from edgernn.train.fit import train_files
 
     train_files(args.data, cfg, args.out, channels=args.channels, ignore=args.ignore)
     return 0

@@ -36,6 +36,7 @@ class Table:
     time: list[str] | None = None  # the skipped time column, if any, row-aligned
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. label columns
     skipped_rows: list[int] = field(default_factory=list)  # line numbers skipped as bad
+    lines: list[int] = field(default_factory=list)  # line number of every kept row
 
     def __len__(self) -> int:
         return len(self.values)
@@ -124,7 +125,7 @@ def read_csv(
     col_idx = [header.index(c) for c in channels]
     keep_idx = [header.index(k) for k in keep]
 
-    values, extras, times, skipped = [], [], [], []
+    values, extras, times, skipped, lines = [], [], [], [], []
     for line_no, row in rows_with_line:
         try:
             if len(row) != len(header):
@@ -135,6 +136,7 @@ def read_csv(
             extras.append([_cell(path, line_no, header, row, j) for j in keep_idx])
             if time_col is not None:
                 times.append(row[time_col].strip())
+            lines.append(line_no)
         except DataError:
             if on_bad == "error":
                 raise
@@ -152,6 +154,7 @@ def read_csv(
         time=times if time_col is not None else None,
         extra={k: ex[:, i] for i, k in enumerate(keep)},
         skipped_rows=skipped,
+        lines=lines,
     )
 
 

@@ -4,7 +4,7 @@ from its own RUN_DIR."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -50,3 +50,62 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+CELLS = ("rnn", "lstm", "gru", "esn")
+
+
+@dataclass
+class ModelConfig:
+    n_channels: int = 1
+    cell: str = "lstm"  # rnn | lstm | gru | esn (esn = fixed Elman reservoir + ridge readout)
+    hidden: int = 64
+    layers: int = 1
+    nonlinearity: str = "tanh"  # rnn/esn only: tanh | relu
+    dropout: float = 0.0  # between stacked layers, training only
+    horizon: int = 1  # forecast x[t + horizon] after seeing x[t]
+    residual: bool = True  # head predicts the change from x[t] (persistence + correction)
+    bidirectional: bool = False  # refused: a bidirectional model is not causal
+    channels: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.bidirectional:
+            raise ValueError(
+                "bidirectional models look at future samples: they are not causal and cannot "
+                "stream one sample at a time"
+            )
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; choose from {', '.join(CELLS)}")
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be tanh or relu, got {self.nonlinearity!r}")
+        if self.cell in ("lstm", "gru") and self.nonlinearity != "tanh":
+            raise ValueError(f"--nonlinearity applies to rnn/esn cells, not {self.cell}")
+        for name in ("n_channels", "hidden", "layers", "horizon"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.channels and len(self.channels) != self.n_channels:
+            raise ValueError("channels must name every input channel")
+
+    @property
+    def graph_cell(self) -> str:
+        """The recurrent op in the graph: an ESN is an Elman RNN with fixed weights."""
+        return "rnn" if self.cell == "esn" else self.cell
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_config_from(cfg: TrainConfig, channels: list[str]) -> ModelConfig:
+    return ModelConfig(
+        n_channels=len(channels),
+        cell=cfg.cell,
+        hidden=cfg.hidden,
+        layers=cfg.layers,
+        nonlinearity=cfg.nonlinearity,
+        dropout=cfg.dropout,
+        horizon=cfg.horizon,
+        residual=cfg.residual,
+        channels=list(channels),
+    )

@@ -1,0 +1,51 @@
+"""`edgernn export RUN_DIR -o model.onnx`: checkpoint -> checked ONNX graph."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+from edgernn import __version__
+from edgernn.errors import require
+from edgernn.export.onnx_export import DEFAULT_OPSET, ParityReport, export_onnx
+from edgernn.train.checkpoint import load_checkpoint
+
+
+def load_forecaster(run_dir: str):
+    """Rebuild the trained Forecaster from a checkpoint. Returns (model, meta, val_errors)."""
+    torch = require("torch")
+    from edgernn.train.config import ModelConfig
+    from edgernn.train.model import Forecaster
+
+    weights, meta, val_errors = load_checkpoint(run_dir)
+    model = Forecaster(ModelConfig(**meta["model"]))
+    state = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
+    model.load_state_dict(state)
+    return model.eval(), meta, val_errors
+
+
+def detector_calibration(val_errors):
+    """The anomaly detector's calibration from validation errors, when that layer exists."""
+    if val_errors is None or importlib.util.find_spec("edgernn.runtime.detector") is None:
+        return None
+    from edgernn.runtime import detector
+
+    calibrate = getattr(detector, "calibrate", None)
+    return calibrate(val_errors) if calibrate is not None else None
+
+
+def export_run(run_dir: str, out_path: str, opset: int = DEFAULT_OPSET) -> ParityReport:
+    model, meta, val_errors = load_forecaster(run_dir)
+    extra = {
+        "producer": f"edgernn {__version__}",
+        "metrics": {
+            k: meta["metrics"][k] for k in ("model", "persistence") if k in meta["metrics"]
+        },
+    }
+    calibration = detector_calibration(val_errors)
+    if calibration is not None:
+        extra["detector"] = calibration
+    return export_onnx(
+        model, out_path, error_scale=meta.get("error_scale"), extra_meta=extra, opset=opset
+    )

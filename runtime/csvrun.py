@@ -1,0 +1,80 @@
+"""`edgernn run MODEL --csv IN.csv`: stream a file through the model, causally.
+
+One output row per input row: the row's inputs and the forecast made after seeing
+it (horizon steps ahead). With skip_bad, rows with bad cells are written with empty
+forecast cells, counted, and do not advance the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from edgernn.runtime.csvdata import read_csv
+from edgernn.runtime.model import Model
+from edgernn.runtime.monitor import Monitor
+from edgernn.runtime.output import RecordWriter
+
+
+@dataclass
+class RunSummary:
+    rows: int = 0
+    forecasts: int = 0
+    skipped: int = 0
+    anomalies: int = 0
+    seconds: float = 0.0
+    skipped_lines: list[int] = field(default_factory=list)
+
+    def line(self) -> str:
+        per = 1e6 * self.seconds / max(self.forecasts, 1)
+        text = (
+            f"edgernn: {self.rows} rows in, {self.forecasts} forecasts, {self.skipped} skipped "
+            f"({per:.1f} us/sample)"
+        )
+        if self.skipped_lines:
+            shown = ", ".join(map(str, self.skipped_lines[:5]))
+            more = ", ..." if len(self.skipped_lines) > 5 else ""
+            text += f"; skipped lines {shown}{more}"
+        return text
+
+
+def run_csv(
+    model: Model,
+    in_path: str,
+    out_path: Optional[str],
+    skip_bad: bool = False,
+    detector=None,
+) -> RunSummary:
+    table = read_csv(in_path, channels=model.channels, on_bad="skip" if skip_bad else "error")
+    monitor = Monitor(model, detector=detector)
+    leading = ["time"] if table.time is not None else []
+    trailing = ["score", "anomaly"] if detector is not None else []
+    bad = set(table.skipped_rows)
+    summary = RunSummary(rows=len(table) + len(bad), skipped=len(bad), skipped_lines=sorted(bad))
+    # Kept and skipped rows in file order, so the output stays one row per input row.
+    order = sorted([(line, i) for i, line in enumerate(table.lines)] + [(line, -1) for line in bad])
+    start = time.perf_counter()
+    with RecordWriter(out_path, model.channels, leading=leading, trailing=trailing) as out:
+        for line, i in order:
+            if i < 0:
+                out.write({"skipped": True, "line": line})
+                continue
+            record = _record(table, i, monitor.process(table.values[i]), model.channels)
+            out.write(record)
+            summary.forecasts += 1
+            summary.anomalies += int(record.get("anomaly") or 0)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _record(table, i: int, result: dict, channels: list[str]) -> dict:
+    record: dict = {}
+    if table.time is not None:
+        record["time"] = table.time[i]
+    record.update({c: float(v) for c, v in zip(channels, table.values[i])})
+    record["forecast"] = dict(zip(channels, np.asarray(result.pop("forecast")).tolist()))
+    record.update(result)
+    return record

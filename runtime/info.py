@@ -1,0 +1,97 @@
+"""`edgernn info MODEL.onnx`: what a model file is, without running it."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+from edgernn.runtime.model import Model
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def parameter_count(cell: str, layers: int, hidden: int, channels: int) -> int:
+    """Trainable parameters of the recurrent stack and linear head (PyTorch layout)."""
+    g = GATES[cell]
+    total = 0
+    for layer in range(layers):
+        n_in = channels if layer == 0 else hidden
+        total += g * hidden * (n_in + hidden + 2)  # W_ih, W_hh, b_ih, b_hh
+    return total + hidden * channels + channels  # head
+
+
+def graph_ops(path: str) -> dict[str, int] | None:
+    """Op histogram of the graph; needs the onnx package (not on the Pi core install)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    proto = onnx.load(path, load_external_data=False)
+    return dict(Counter(node.op_type for node in proto.graph.node))
+
+
+def describe(path: str) -> dict[str, Any]:
+    model = Model(path)
+    m = model.meta
+    desc: dict[str, Any] = {
+        "path": path,
+        "file_bytes": os.path.getsize(path),
+        "cell": m.cell,
+        "nonlinearity": m.nonlinearity if m.cell == "rnn" else None,
+        "trained_as": m.trained_as,
+        "layers": m.layers,
+        "hidden": m.hidden,
+        "channels": m.channels,
+        "horizon": m.horizon,
+        "residual": m.residual,
+        "parameters": parameter_count(m.cell, m.layers, m.hidden, m.n_channels),
+        "input": {"name": m.input, "shape": ["batch", m.n_channels]},
+        "output": {"name": m.output, "shape": ["batch", m.n_channels]},
+        "state": [
+            {"input": s.input, "output": s.output, "shape": [s.layers, "batch", s.hidden]}
+            for s in m.states
+        ],
+        "normalisation": {"mean": m.norm_mean, "std": m.norm_std},
+        "error_scale": m.error_scale,
+        "ops": graph_ops(path),
+    }
+    desc.update(m.extra)
+    return desc
+
+
+def format_description(d: dict[str, Any]) -> str:
+    cell = d["cell"] + (f" ({d['nonlinearity']})" if d.get("nonlinearity") else "")
+    lines = [
+        f"{d['path']}: edgernn model, {d['file_bytes'] / 1024:.1f} KiB",
+        f"  cell         {cell}, {d['layers']} layer(s) x {d['hidden']} hidden, "
+        f"trained as {d['trained_as']}",
+        f"  parameters   {d['parameters']:,}",
+        f"  channels     {', '.join(d['channels'])}",
+        f"  horizon      {d['horizon']} step(s) ahead"
+        + (" (residual head)" if d["residual"] else ""),
+        f"  input        {d['input']['name']} {d['input']['shape']}",
+        f"  output       {d['output']['name']} {d['output']['shape']}",
+    ]
+    for s in d["state"]:
+        lines.append(f"  state        {s['input']} -> {s['output']} {s['shape']}")
+    mean = ", ".join(f"{v:.4g}" for v in d["normalisation"]["mean"])
+    std = ", ".join(f"{v:.4g}" for v in d["normalisation"]["std"])
+    lines.append(f"  norm mean    [{mean}]")
+    lines.append(f"  norm std     [{std}]")
+    if d.get("metrics"):
+        mm, pp = d["metrics"].get("model", {}), d["metrics"].get("persistence", {})
+        if mm and pp:
+            lines.append(
+                f"  validation   RMSE {mm['rmse']:.4f} vs persistence {pp['rmse']:.4f} (normalised)"
+            )
+    for key in ("quantization", "detector"):
+        if d.get(key):
+            lines.append(f"  {key:12s} {d[key]}")
+    if d["ops"] is None:
+        lines.append("  ops          (install onnx to list the graph's ops)")
+    else:
+        lines.append(
+            "  ops          " + ", ".join(f"{k} x{v}" for k, v in sorted(d["ops"].items()))
+        )
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""Per-sample processing shared by every source (CSV file, serial port, demo).
+
+A Monitor pairs the model's stream with an optional anomaly detector: each sample is
+compared with the forecast that was made for it `horizon` samples earlier, then fed
+to the model to forecast ahead. CSV and serial runs both go through `process`, so
+identical samples give identical forecasts and scores whatever their source.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Optional
+
+import numpy as np
+
+from edgernn.runtime.model import Model
+
+
+class Monitor:
+    def __init__(self, model: Model, detector=None, state: Optional[dict] = None):
+        self.model = model
+        self.detector = detector
+        self.stream = model.stream()
+        # Forecasts made but not yet due: the oldest is the one for the next sample.
+        self._pending: deque[np.ndarray] = deque(maxlen=model.horizon)
+        self.samples = 0
+        self.imputed = 0
+        if state is not None:
+            self.load_state_dict(state)
+
+    @property
+    def last_forecast(self) -> Optional[np.ndarray]:
+        """The model's forecast for the next sample, once one exists (used to fill gaps)."""
+        if len(self._pending) < self.model.horizon:
+            return None
+        return self._pending[0].copy()
+
+    def process(self, x, imputed: bool = False) -> dict[str, Any]:
+        """Score sample x [channels] against its forecast, then forecast ahead.
+
+        Imputed samples (gap fill) advance the model but are not scored and do not
+        teach the detector anything.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        due = self._pending[0] if len(self._pending) == self.model.horizon else None
+        forecast = self.stream.step(x)
+        self._pending.append(forecast)
+        record: dict[str, Any] = {"forecast": forecast}
+        if imputed:
+            self.imputed += 1
+        else:
+            self.samples += 1
+        if self.detector is not None:
+            if imputed or due is None:
+                record.update(score=None, anomaly=0 if due is None else None)
+            else:
+                out = self.detector.score_one(x, due)
+                record.update(_detector_fields(out))
+        return record
+
+    def reset(self) -> None:
+        """Cold start: zero model state, no pending forecasts, detector warm-up again."""
+        self.stream.reset()
+        self._pending.clear()
+        if self.detector is not None:
+            self.detector.reset()
+
+    # -- persistence (state files) ---------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "model_state": {k: v.tolist() for k, v in self.stream.state.items()},
+            "pending": [f.tolist() for f in self._pending],
+            "samples": self.samples,
+            "imputed": self.imputed,
+        }
+        if self.detector is not None:
+            d["detector"] = self.detector.state_dict()
+        return d
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.stream.state = {
+            k: np.asarray(v, dtype=np.float32) for k, v in d["model_state"].items()
+        }
+        self._pending.clear()
+        for f in d.get("pending", []):
+            self._pending.append(np.asarray(f, dtype=np.float32))
+        self.samples = int(d.get("samples", 0))
+        self.imputed = int(d.get("imputed", 0))
+        if self.detector is not None and "detector" in d:
+            self.detector.load_state_dict(d["detector"])
+
+
+def _detector_fields(out) -> dict[str, Any]:
+    """Detector output -> record fields (score, anomaly 0/1, contributions, event)."""
+    fields = out if isinstance(out, dict) else vars(out)
+    record = dict(fields)
+    if "anomaly" in record and record["anomaly"] is not None:
+        record["anomaly"] = int(bool(record["anomaly"]))
+    return record

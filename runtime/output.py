@@ -1,0 +1,120 @@
+"""Writing per-sample records as CSV or JSON lines (to a file or stdout).
+
+A record is a dict: optional leading fields (time, seq, row), the input values by
+channel name, "forecast" (channel -> value) and optional trailing fields (score,
+anomaly, ...). JSON lines keep "forecast" nested; CSV flattens it into
+`<channel>_forecast` columns. Floats are written with 7 significant digits, which
+is all a float32 holds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any, Optional
+
+from edgernn.errors import EdgernnError
+
+FORMATS = ("csv", "jsonl")
+
+
+def format_for(path: Optional[str], default: str = "csv") -> str:
+    if path is None or path == "-":
+        return default
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".csv":
+        return "csv"
+    if ext in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    raise EdgernnError(f"{path}: output must end in .csv or .jsonl")
+
+
+def _num(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, (bool, int, str)):
+        return v
+    f = float(v)
+    return float(f"{f:.7g}") if math.isfinite(f) else None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0:
+        return [_jsonable(x) for x in v.tolist()]
+    return _num(v.item() if hasattr(v, "item") else v)
+
+
+class RecordWriter:
+    def __init__(
+        self,
+        path: Optional[str],
+        channels: Sequence[str],
+        leading: Sequence[str] = (),
+        trailing: Sequence[str] = (),
+        fmt: Optional[str] = None,
+        flush: bool = False,
+    ):
+        self.fmt = fmt or format_for(path)
+        self.channels = list(channels)
+        self.leading = list(leading)
+        self.trailing = list(trailing)
+        self.flush = flush
+        self.count = 0
+        self._owned: Optional[IO[str]] = None
+        if path is None or path == "-":
+            self._fh: IO[str] = sys.stdout
+        else:
+            try:
+                self._owned = self._fh = open(path, "w", newline="")
+            except OSError as e:
+                raise EdgernnError(f"{path}: cannot write ({e.strerror})") from e
+        if self.fmt == "csv":
+            self._csv = csv.writer(self._fh, lineterminator="\n")
+            self._csv.writerow(
+                self.leading
+                + self.channels
+                + [f"{c}_forecast" for c in self.channels]
+                + self.trailing
+            )
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.fmt == "csv":
+            forecast = record.get("forecast") or {}
+            row = [record.get(k) for k in self.leading]
+            row += [record.get(c) for c in self.channels]
+            row += [forecast.get(c) for c in self.channels]
+            row += [record.get(k) for k in self.trailing]
+            self._csv.writerow(["" if v is None else _cell(v) for v in row])
+        else:
+            self._fh.write(json.dumps(_jsonable(record), separators=(",", ":")) + "\n")
+        self.count += 1
+        if self.flush:
+            self._fh.flush()
+
+    def close(self) -> None:
+        try:
+            self._fh.flush()
+        finally:
+            if self._owned is not None:
+                self._owned.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, (str, bool, int)):
+        return str(int(v)) if isinstance(v, bool) else str(v)
+    f = _num(v)
+    return "" if f is None else f"{f:.7g}"
