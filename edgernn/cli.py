@@ -16,7 +16,9 @@ from edgernn import __version__
 from edgernn.errors import EdgernnError, MissingDependencyError
 
 # Modules that register further subcommands with add_commands(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "edgernn.demo",
+)
 
 
 def _positive_int(text: str) -> int:

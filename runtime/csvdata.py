@@ -34,6 +34,7 @@ class Table:
     channels: list[str]
     values: np.ndarray  # (T, C) float32
     time: list[str] | None = None  # the skipped time column, if any, row-aligned
+    time_column: str | None = None  # its name
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. label columns
     skipped_rows: list[int] = field(default_factory=list)  # line numbers skipped as bad
     lines: list[int] = field(default_factory=list)  # line number of every kept row
@@ -152,6 +153,7 @@ def read_csv(
         channels=channels,
         values=arr,
         time=times if time_col is not None else None,
+        time_column=header[time_col] if time_col is not None else None,
         extra={k: ex[:, i] for i, k in enumerate(keep)},
         skipped_rows=skipped,
         lines=lines,

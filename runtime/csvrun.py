@@ -50,7 +50,7 @@ def run_csv(
 ) -> RunSummary:
     table = read_csv(in_path, channels=model.channels, on_bad="skip" if skip_bad else "error")
     monitor = Monitor(model, detector=detector)
-    leading = ["time"] if table.time is not None else []
+    leading = [table.time_column] if table.time_column is not None else []
     trailing = ["score", "anomaly"] if detector is not None else []
     bad = set(table.skipped_rows)
     summary = RunSummary(rows=len(table) + len(bad), skipped=len(bad), skipped_lines=sorted(bad))
@@ -72,8 +72,8 @@ def run_csv(
 
 def _record(table, i: int, result: dict, channels: list[str]) -> dict:
     record: dict = {}
-    if table.time is not None:
-        record["time"] = table.time[i]
+    if table.time_column is not None:
+        record[table.time_column] = table.time[i]
     record.update({c: float(v) for c, v in zip(channels, table.values[i])})
     record["forecast"] = dict(zip(channels, np.asarray(result.pop("forecast")).tolist()))
     record.update(result)

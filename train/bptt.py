@@ -51,12 +51,18 @@ def _clip(model: Forecaster, cfg: TrainConfig) -> None:
         torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip_value)
 
 
+def _steps_per_epoch(cfg: TrainConfig, data: SplitData) -> int:
+    """Optimizer steps in an epoch: about one pass over the training rows, at least 10."""
+    burn = min(cfg.burn_in, cfg.window - 1)
+    return cfg.steps_per_epoch or max(
+        10, math.ceil(data.n_train_rows / (cfg.batch_size * (cfg.window - burn)))
+    )
+
+
 def _window_epoch(model, opt, cfg, data, rng, device) -> tuple[float, int]:
     parts = data.train_parts()
     burn = min(cfg.burn_in, cfg.window - 1)
-    steps = cfg.steps_per_epoch or max(
-        10, math.ceil(data.n_train_rows / (cfg.batch_size * (cfg.window - burn)))
-    )
+    steps = _steps_per_epoch(cfg, data)
     total = 0.0
     for _ in range(steps):
         X, Y = sample_windows(parts, cfg.window, cfg.horizon, cfg.batch_size, rng)
@@ -73,22 +79,31 @@ def _window_epoch(model, opt, cfg, data, rng, device) -> tuple[float, int]:
 
 
 def _tbptt_epoch(model, opt, cfg, data, rng, device) -> tuple[float, int]:
+    """Walk every file (in random order) lane by lane, as many passes as the step budget needs."""
     total, n, samples = 0.0, 0, 0
-    for f in rng.permutation(len(data.series)):
-        X, Y = lanes(data.train_parts()[f], cfg.horizon, cfg.batch_size)
-        state = None  # a new file is a new sequence: state never flows across files
-        for s in range(0, X.shape[1], cfg.window):
-            x = torch.from_numpy(np.ascontiguousarray(X[:, s : s + cfg.window])).to(device)
-            y = torch.from_numpy(np.ascontiguousarray(Y[:, s : s + cfg.window])).to(device)
-            pred, state = model.forward_normalised(x, state)  # (lanes, w, C)
-            state = tuple(t.detach() for t in state)  # truncate the gradient, keep the state
-            loss = torch.mean((pred - y) ** 2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            _clip(model, cfg)
-            opt.step()
-            total, n, samples = total + loss.item(), n + 1, samples + x.shape[0] * x.shape[1]
+    steps = _steps_per_epoch(cfg, data)
+    while n < steps:
+        for f in rng.permutation(len(data.series)):
+            total, n, samples = _tbptt_file(model, opt, cfg, data.train_parts()[f], device,
+                                            total, n, samples)  # fmt: skip
     return total / max(n, 1), samples
+
+
+def _tbptt_file(model, opt, cfg, part, device, total, n, samples):
+    X, Y = lanes(part, cfg.horizon, cfg.batch_size)
+    state = None  # a new file is a new sequence: state never flows across files
+    for s in range(0, X.shape[1], cfg.window):
+        x = torch.from_numpy(np.ascontiguousarray(X[:, s : s + cfg.window])).to(device)
+        y = torch.from_numpy(np.ascontiguousarray(Y[:, s : s + cfg.window])).to(device)
+        pred, state = model.forward_normalised(x, state)  # (lanes, w, C)
+        state = tuple(t.detach() for t in state)  # truncate the gradient, keep the state
+        loss = torch.mean((pred - y) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _clip(model, cfg)
+        opt.step()
+        total, n, samples = total + loss.item(), n + 1, samples + x.shape[0] * x.shape[1]
+    return total, n, samples
 
 
 def _progress(cfg: TrainConfig, total: int):

@@ -1,0 +1,87 @@
+"""Shared fixtures: synthetic sensor CSVs and small exported models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def synthetic_signal(n: int = 1500, seed: int = 0) -> np.ndarray:
+    """Three channels with periodic structure a forecaster can learn: (n, 3)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    a = np.sin(2 * np.pi * t / 40) + 0.05 * rng.standard_normal(n)
+    b = 50.0 + 5.0 * np.cos(2 * np.pi * t / 25) + 0.2 * rng.standard_normal(n)
+    c = 0.3 * a + np.sin(2 * np.pi * t / 60 + 1.0) + 0.05 * rng.standard_normal(n)
+    return np.stack([a, b, c], axis=1)
+
+
+def write_csv(path, values: np.ndarray, names=("a", "b", "c"), delimiter=",", time_col=True):
+    with open(path, "w") as fh:
+        header = (["timestamp"] if time_col else []) + list(names)
+        fh.write(delimiter.join(header) + "\n")
+        for i, row in enumerate(values):
+            cells = ([f"2024-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}"] if time_col else []) + [
+                f"{v:.6f}" for v in row
+            ]
+            fh.write(delimiter.join(cells) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def synthetic_csv(tmp_path):
+    return write_csv(tmp_path / "signal.csv", synthetic_signal())
+
+
+def run_cli(*args: str, timeout: float = 300, env_extra: dict | None = None, pre: str = ""):
+    """Run `python -m edgernn ARGS` in a subprocess; returns CompletedProcess (text)."""
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    if pre:
+        code = f"{pre}\nimport sys\nfrom edgernn.cli import main\nsys.exit(main(sys.argv[1:]))"
+        cmd = [sys.executable, "-c", code, *args]
+    else:
+        cmd = [sys.executable, "-m", "edgernn", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def make_model(cell="lstm", layers=1, hidden=16, channels=3, nonlinearity="tanh", seed=0):
+    """A random-weight Forecaster with non-trivial normalisation (torch needed)."""
+    import torch
+
+    from edgernn.train.model import Forecaster, ModelConfig
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        n_channels=channels,
+        cell=cell,
+        hidden=hidden,
+        layers=layers,
+        nonlinearity=nonlinearity,
+        channels=[f"ch{i}" for i in range(channels)],
+    )
+    model = Forecaster(cfg)
+    model.set_normalisation(np.linspace(-1.0, 100.0, channels), np.linspace(0.5, 20.0, channels))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def exported_models(tmp_path_factory):
+    """Every cell x 1/2 layers exported once per session: {(cell, layers): (torch_model, path)}."""
+    from edgernn.export.onnx_export import export_onnx
+
+    out = {}
+    base = tmp_path_factory.mktemp("models")
+    for cell, nl in (("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")):
+        for layers in (1, 2):
+            model = make_model(cell, layers, nonlinearity=nl, seed=layers)
+            path = str(base / f"{cell}-{nl}-{layers}.onnx")
+            export_onnx(model, path)
+            out[(cell if nl == "tanh" else "rnn-relu", layers)] = (model, path)
+    return out

@@ -1,0 +1,58 @@
+"""Packaging: one distribution, folders mapped into the edgernn namespace, and a
+core (runtime + firmware bridge) that imports without torch or onnx."""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+from conftest import ROOT, run_cli
+
+
+def test_wheel_maps_folders_into_the_edgernn_namespace(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path), ROOT],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
+    names = zipfile.ZipFile(tmp_path / wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"edgernn"}, top  # nothing named train/export/runtime at top level
+    for sub in ("train", "export", "runtime", "firmware_bridge"):
+        assert f"edgernn/{sub}/__init__.py" in names
+    assert not any(n.startswith("edgernn/tests") for n in names)
+    meta = next(n for n in names if n.endswith("METADATA"))
+    text = zipfile.ZipFile(tmp_path / wheel).read(meta).decode()
+    requires = [ln for ln in text.splitlines() if ln.startswith("Requires-Dist:")]
+    core = [r for r in requires if "extra ==" not in r]
+    assert sorted(r.split()[1].split(">")[0].split("=")[0] for r in core) == [
+        "numpy", "onnxruntime", "pyserial",
+    ]  # fmt: skip
+    assert any("torch" in r and "extra == \"train\"" in r for r in requires)
+
+
+def test_core_imports_without_torch_or_onnx():
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "sys.modules['onnx'] = None\n"
+        "import edgernn, edgernn.runtime, edgernn.firmware_bridge, edgernn.cli\n"
+        "from edgernn.runtime import Model, read_csv\n"
+        "assert 'torch' not in [m for m, v in sys.modules.items() if v is not None]\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_python_m_edgernn_is_the_console_script():
+    a = run_cli("--version")
+    exe = os.path.join(os.path.dirname(sys.executable), "edgernn")
+    b = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    assert a.returncode == b.returncode == 0
+    assert a.stdout == b.stdout and a.stdout.startswith("edgernn ")
+    assert run_cli("--help").stdout == subprocess.run(
+        [exe, "--help"], capture_output=True, text=True
+    ).stdout
