@@ -18,6 +18,10 @@ from edgernn.errors import EdgernnError, MissingDependencyError
 # Modules that register further subcommands with add_commands(subparsers).
 COMMAND_MODULES: tuple[str, ...] = (
     "edgernn.demo",
+    "edgernn.runtime.evaluate_commands",
+    "edgernn.export.commands",
+    "edgernn.runtime.bench_commands",
+    "edgernn.firmware_bridge.commands",
 )
 
 
@@ -42,9 +46,21 @@ def add_train(sub) -> None:
         help="train a forecaster on CSV files",
         description="Train a recurrent forecaster on one or more CSV files (each file is an "
         "independent sequence) and write a self-describing checkpoint to RUN_DIR.",
+        epilog="Scale out with PyTorch's launcher, unchanged: `torchrun --nproc_per_node=N -m "
+        "edgernn train DATA... --out RUN_DIR` (DDP; NCCL on GPUs, gloo on CPU; add --nnodes, "
+        "--node_rank, --rdzv_backend=c10d, --rdzv_endpoint=HOST:PORT, --rdzv_id for several "
+        "machines). --batch-size is the global batch, split across the processes.",
     )
-    p.add_argument("data", nargs="+", help="CSV file(s) with a header row")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="output run directory")
+    p.add_argument(
+        "data", nargs="*",
+        help="CSV files (header row), directories (every *.csv below them) or glob patterns",
+    )  # fmt: skip
+    p.add_argument("--out", metavar="RUN_DIR", help="output run directory")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue RUN_DIR's training from its last finished epoch (its data and settings; "
+        "--epochs/--patience/--device/--amp may change)",
+    )  # fmt: skip
     p.add_argument("--channels", type=_csv_list, help="comma-separated channels to use")
     p.add_argument("--ignore", type=_csv_list, default=[], help="comma-separated columns to drop")
     g = p.add_argument_group("model")
@@ -76,18 +92,29 @@ def add_train(sub) -> None:
     g.add_argument("--clip-value", type=float, default=d.clip_value)
     g.add_argument("--patience", type=_positive_int, default=d.patience)
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--schedule", choices=["constant", "cosine"], default=d.schedule,
+                   help="learning rate over the epochs")  # fmt: skip
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
+    g.add_argument(
+        "--amp", choices=["auto", "bf16", "fp16", "off"], default=d.amp,
+        help="mixed precision on GPU (auto: bf16 where supported, else fp16)",
+    )  # fmt: skip
     g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--cache-dir", default=d.cache_dir, metavar="DIR",
+                   help="parsed-CSV cache, shareable between runs (default RUN_DIR/cache)")  # fmt: skip
     g = p.add_argument_group("echo state network (--cell esn)")
     g.add_argument("--spectral-radius", type=float, default=d.spectral_radius)
     g.add_argument("--input-scale", type=float, default=d.input_scale)
     g.add_argument("--ridge", type=float, default=d.ridge)
     g.add_argument("--washout", type=int, default=d.washout)
-    p.set_defaults(func=cmd_train)
+    # Flags left out parse as None, so cmd_train can tell what was given (--resume keeps
+    # the run's own settings for the rest); the defaults above are for --help.
+    p.set_defaults(func=cmd_train, ignore=None, **dict.fromkeys(d.to_dict()))
 
 
 def cmd_train(args) -> int:
     from edgernn.train.config import TrainConfig
+    from edgernn.train.logs import rank_from_env
 
     if args.bidirectional:
         raise EdgernnError(
@@ -95,14 +122,34 @@ def cmd_train(args) -> int:
             "stream one sample at a time"
         )
     names = set(TrainConfig.__dataclass_fields__)
-    cfg = TrainConfig.from_dict({k: v for k, v in vars(args).items() if k in names})
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    data, out, channels, ignore = args.data, args.out, args.channels, args.ignore or []
+    if args.resume:
+        from edgernn.train.resume import plan_resume
+
+        data, given, out, channels, ignore = plan_resume(args.resume, given, data, out, channels,
+                                                         args.ignore)  # fmt: skip
+    elif not data or not out:
+        raise EdgernnError("give the data (CSV files, directories or globs) and --out RUN_DIR, "
+                           "or --resume RUN_DIR")  # fmt: skip
+    cfg = TrainConfig.from_dict(given)
     if cfg.cell != "esn":
         from edgernn.errors import require
 
         require("torch")
     from edgernn.train.fit import train_files
 
-    train_files(args.data, cfg, args.out, channels=args.channels, ignore=args.ignore)
+    try:
+        train_files(data, cfg, out, channels=channels, ignore=ignore, resume=bool(args.resume))
+    except EdgernnError:
+        if rank_from_env()[0] != 0:
+            # Under torchrun rank 0 meets the same error and reports it (then torchrun stops
+            # this rank): one message, not one per process. Exiting first would get rank 0
+            # killed before it prints. Still here after the wait: the error is ours alone.
+            import time
+
+            time.sleep(10.0)
+        raise
     return 0
 
 
@@ -117,6 +164,15 @@ def add_export(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("-o", "--out", required=True, metavar="MODEL.onnx")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument(
+        "--unrolled", action="store_true",
+        help="primitive ops only (MatMul/Add/Sigmoid/Tanh...): no LSTM/GRU/RNN op, no "
+        "If/Loop; what NPU converters and microcontroller toolchains accept",
+    )  # fmt: skip
+    p.add_argument(
+        "--static-batch", type=_positive_int, metavar="N",
+        help="with --unrolled: fix the batch dimension to N (fully static shapes)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_export)
 
 
@@ -127,7 +183,12 @@ def cmd_export(args) -> int:
     require("onnx")
     from edgernn.export import export_run
 
-    report = export_run(args.run_dir, args.out, opset=args.opset)
+    if args.static_batch is not None and not args.unrolled:
+        raise EdgernnError("--static-batch needs --unrolled")
+    report = export_run(
+        args.run_dir, args.out, opset=args.opset, unrolled=args.unrolled,
+        static_batch=args.static_batch,
+    )  # fmt: skip
     print(
         f"wrote {args.out}: parity max abs error {report.max_abs:.2e} over {report.steps} steps "
         f"x {report.batch} streams (outputs in normalised units, states)"
@@ -137,32 +198,68 @@ def cmd_export(args) -> int:
 
 # ----------------------------------------------------------------------------- run
 def add_run(sub) -> None:
+    from edgernn.firmware_bridge.live import add_serial_arguments
+    from edgernn.runtime.evaluate_commands import add_detector_arguments
+
     p = sub.add_parser(
         "run",
-        help="stream samples through a model",
-        description="Stream a CSV file (or, with --port, a serial device) through a model "
-        "sample by sample; write one output row per input row.",
+        help="stream samples through a model (CSV file or serial port)",
+        description="Stream a CSV file, or a serial device with --port, through a model "
+        "sample by sample. Each output row/object holds the inputs, the forecast and, when "
+        "the model carries a detector calibration, the anomaly score and flag.",
     )
     p.add_argument("model", metavar="MODEL.onnx")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--csv", metavar="IN.csv", help="input CSV; columns matched by name")
     p.add_argument(
         "-o", "--out", metavar="OUT.csv|OUT.jsonl",
-        help="output file (.csv or .jsonl); default: CSV on stdout",
+        help="output file (.csv or .jsonl); default: stdout (CSV for --csv, JSON lines for --port)",
     )  # fmt: skip
     p.add_argument(
         "--skip-bad-rows", action="store_true",
-        help="skip (and count) rows with missing or non-numeric cells instead of failing",
+        help="--csv: skip (and count) rows with missing or non-numeric cells instead of failing",
     )  # fmt: skip
-    p.set_defaults(func=cmd_run, _source_group=src)
+    p.add_argument(
+        "--backend", choices=["auto", "c", "numpy", "onnxruntime"], default=None,
+        help="execution backend (default: auto = compiled C step, else onnxruntime, else numpy)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-detector", action="store_true",
+        help="forecasts only: no anomaly score even when the model carries a calibration",
+    )  # fmt: skip
+    add_detector_arguments(p)
+    add_serial_arguments(p, src)
+    p.set_defaults(func=cmd_run)
+
+
+def make_detector(model, args):
+    """The model's calibrated detector with the command line's overrides, or None."""
+    from edgernn.runtime.detector import Detector
+    from edgernn.runtime.evaluate_commands import detector_kwargs_from
+
+    if args.no_detector:
+        return None
+    overrides = detector_kwargs_from(args)
+    if "detector" not in model.meta.extra and model.meta.error_scale is None and not overrides:
+        return None  # an uncalibrated model and no threshold asked for: forecasts only
+    try:
+        return Detector.from_meta(model.meta, **overrides)
+    except ValueError as e:
+        raise EdgernnError(f"detector: {e}") from None
 
 
 def cmd_run(args) -> int:
     from edgernn.runtime import Model
+
+    model = Model(args.model, backend=args.backend)
+    detector = make_detector(model, args)
+    if args.csv is None:
+        from edgernn.firmware_bridge.live import run_serial
+
+        return run_serial(args, model, detector=detector)
     from edgernn.runtime.csvrun import run_csv
 
-    model = Model(args.model)
-    summary = run_csv(model, args.csv, args.out, skip_bad=args.skip_bad_rows)
+    summary = run_csv(model, args.csv, args.out, skip_bad=args.skip_bad_rows, detector=detector)
     print(summary.line(), file=sys.stderr)
     return 0
 

@@ -8,7 +8,8 @@ runtime steps the graph sample by sample from a random non-zero state and must
 match PyTorch running the whole sequence (outputs and final state) within
 `tolerance`. Outputs are compared in normalised units (y - mean) / std, the scale
 the network computes in, so a channel measured in hundreds of volts is held to the
-same relative precision as one measured in millivolts.
+same relative precision as one measured in millivolts; only the float32 representation
+floor of the raw output value (4 ulps) is allowed on top.
 """
 
 from __future__ import annotations
@@ -160,13 +161,17 @@ def check_parity(model, path: str, steps: int = 64, batch: int = 3, seed: int = 
         y_ref, state_ref = model(torch.from_numpy(x), tuple(torch.from_numpy(s) for s in state0))
     y_ref = y_ref.numpy()
 
-    runtime = Model(path)
+    runtime = Model(path, backend="onnxruntime")  # the gate checks the ONNX graph itself
     stream = runtime.stream(
         state={s.input: v for s, v in zip(runtime.meta.states, state0)}, batch=batch
     )
     y_rt = stream.run(np.transpose(x, (1, 0, 2)))  # (T, B, C)
     y_rt = np.transpose(y_rt, (1, 0, 2))  # (B, T, C)
-    out_err = float(np.max(np.abs((y_rt - y_ref) / std)))
+    # Raw outputs cannot be closer than float32 resolves them: a temperature of 26.05
+    # with std 0.03 is held to ~2e-6 / 0.03 = 6e-5 of its std by float32 itself. That
+    # representation floor (a few ulps of |y|) is allowed; everything beyond it counts.
+    floor = 4 * np.finfo(np.float32).eps * np.abs(y_ref)
+    out_err = float(np.max(np.maximum(np.abs(y_rt - y_ref) - floor, 0.0) / std))
     final = stream.state
     state_err = max(
         float(np.max(np.abs(final[s.input] - ref.numpy())))

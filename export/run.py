@@ -35,7 +35,14 @@ def detector_calibration(val_errors):
     return calibrate(val_errors) if calibrate is not None else None
 
 
-def export_run(run_dir: str, out_path: str, opset: int = DEFAULT_OPSET) -> ParityReport:
+def export_run(
+    run_dir: str,
+    out_path: str,
+    opset: int = DEFAULT_OPSET,
+    unrolled: bool = False,
+    static_batch: int | None = None,
+) -> ParityReport:
+    """Export RUN_DIR's checkpoint; `unrolled` writes primitive ops only (export/unrolled.py)."""
     model, meta, val_errors = load_forecaster(run_dir)
     extra = {
         "producer": f"edgernn {__version__}",
@@ -46,6 +53,13 @@ def export_run(run_dir: str, out_path: str, opset: int = DEFAULT_OPSET) -> Parit
     calibration = detector_calibration(val_errors)
     if calibration is not None:
         extra["detector"] = calibration
+    if unrolled:
+        from edgernn.export.unrolled import export_unrolled
+
+        return export_unrolled(
+            model, out_path, error_scale=meta.get("error_scale"), extra_meta=extra, opset=opset,
+            static_batch=static_batch,
+        )  # fmt: skip
     return export_onnx(
         model, out_path, error_scale=meta.get("error_scale"), extra_meta=extra, opset=opset
     )

@@ -7,6 +7,7 @@ forecast cells, counted, and do not advance the model.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -63,11 +64,27 @@ def run_csv(
                 out.write({"skipped": True, "line": line})
                 continue
             record = _record(table, i, monitor.process(table.values[i]), model.channels)
+            _report_event(record, line)
             out.write(record)
             summary.forecasts += 1
             summary.anomalies += int(record.get("anomaly") or 0)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _report_event(record: dict, line: int) -> None:
+    """Alert events go to stderr as they open and close (the rows carry the flags)."""
+    opened, closed = record.get("event_opened"), record.get("event_closed")
+    if opened:
+        top = ", ".join(opened.get("top_channels", []))
+        print(f"edgernn: alert #{opened['id']} opened at line {line} ({top})", file=sys.stderr)
+    if closed:
+        print(
+            f"edgernn: alert #{closed['id']} closed at line {line}: {closed['flagged']} flagged "
+            f"samples, peak score {closed['peak_score']:.2f} "
+            f"({', '.join(closed.get('top_channels', []))})",
+            file=sys.stderr,
+        )
 
 
 def _record(table, i: int, result: dict, channels: list[str]) -> dict:

@@ -1,24 +1,39 @@
 """The model wrapper: load an exported edgernn graph once, step streams through it.
 
-`Model` owns the onnxruntime session (one intra- and one inter-op thread, spinning
-off: on a Pi the other cores belong to the serial reader and the rest of the
-system). `Stream` owns the recurrent state of one stream, or of `batch` independent
-streams stepped together in one call. Inputs and outputs are fetched by the names the
-metadata gives, never by position.
+`Model` picks a backend that executes the graph; `Stream` owns the recurrent state
+of one stream, or of `batch` independent streams stepped together in one call.
+
+Backends (`Model(path, backend=...)`):
+    auto         (default; or $EDGERNN_BACKEND) the fastest that can run this graph:
+                 c, else onnxruntime, else numpy
+    c            a C step function generated for the network and compiled at load
+                 (cstep.py); needs a C compiler the first time a shape is seen
+    numpy        the graph's cells executed with numpy (numpy_backend.py): needs
+                 neither onnx nor onnxruntime, for boards with no onnxruntime wheel
+    onnxruntime  the reference; runs every graph variant (unrolled, quantized)
+
+The c and numpy backends read the .onnx file themselves and prove what they
+recognised against a node-by-node numpy interpretation of the graph at load; a
+graph they do not understand is refused with a ModelFormatError (auto then uses
+onnxruntime). Every backend writes into buffers bound once per stream and
+alternates two state buffers, so a step allocates nothing but the returned
+forecast, and a rejected sample (NaN/inf) leaves the state untouched.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import Mapping
 from typing import Optional
 
 import numpy as np
 
-from edgernn.errors import InputError, ModelFormatError
+from edgernn.errors import InputError, MissingDependencyError, ModelFormatError
 from edgernn.runtime.metadata import STATE_BATCH_AXIS, ModelMeta, StateSpec
 
-BACKENDS = ("onnxruntime",)
+BACKENDS = ("auto", "c", "numpy", "onnxruntime")
 
 
 def _session_options():
@@ -35,60 +50,239 @@ def _session_options():
     return opts
 
 
-class Model:
-    """An exported edgernn model, loaded once.
+def onnxruntime_available() -> bool:
+    if "onnxruntime" in sys.modules:  # None there means: blocked on purpose
+        return sys.modules["onnxruntime"] is not None
+    try:
+        return importlib.util.find_spec("onnxruntime") is not None
+    except (ImportError, ValueError):
+        return False
 
-    >>> model = Model("model.onnx")
-    >>> stream = model.stream()
-    >>> forecast = stream.step(sample)        # sample: [channels] raw sensor units
+
+# ----------------------------------------------------------------------------------
+# kernels: one per stream, owning its bound buffers
+
+
+class _Kernel:
+    """Buffers of one stream: x (B, C), y (B, C), two states (S, L, B, H).
+
+    step(cur) computes y and s[1 - cur] from x and s[cur]; it returns False, and
+    leaves everything untouched, if x holds NaN or inf.
     """
 
-    def __init__(self, path: str | os.PathLike, backend: str = "onnxruntime"):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-        self.path = os.fspath(path)
-        self.backend = backend
-        if not os.path.isfile(self.path):
-            raise ModelFormatError(f"{self.path}: no such model file")
-        self._session = self._load_session()
-        props = dict(self._session.get_modelmeta().custom_metadata_map)
-        self.meta = ModelMeta.from_props(props, source=self.path)
-        self._check_interface()
-        self._output_names = [self.meta.output] + [s.output for s in self.meta.states]
+    def __init__(self, meta: ModelMeta, batch: int):
+        c = meta.n_channels
+        self.x = np.zeros((batch, c), dtype=np.float32)
+        self.y = np.zeros((batch, c), dtype=np.float32)
+        shape = (len(meta.states), meta.layers, batch, meta.hidden)
+        self.s = (np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32))
 
-    # -- loading ---------------------------------------------------------------------
-    def _load_session(self):
-        import onnxruntime as ort
+    def step(self, cur: int) -> bool:
+        raise NotImplementedError
 
+    def run(self, X: np.ndarray, Y: np.ndarray, cur: int) -> None:
+        """X, Y (T, B, C); X already checked finite. State ends in s[cur ^ (T & 1)]."""
+        for t in range(X.shape[0]):
+            self.x[...] = X[t]
+            self.step(cur)
+            Y[t] = self.y
+            cur ^= 1
+
+
+class _OrtKernel(_Kernel):
+    """onnxruntime with I/O binding: two bindings made once (state buffers swapped),
+    so a step is one run_with_iobinding call with no feed dict and no allocation."""
+
+    def __init__(self, engine: _OrtEngine, batch: int):
+        super().__init__(engine.meta, batch)
+        self._session = engine.session
+        self._bindings = [self._bind(engine.meta, cur) for cur in (0, 1)]
+
+    def _bind(self, meta: ModelMeta, cur: int):
+        binding = self._session.io_binding()
+        binding.bind_input(meta.input, "cpu", 0, np.float32, self.x.shape, self.x.ctypes.data)
+        binding.bind_output(meta.output, "cpu", 0, np.float32, self.y.shape, self.y.ctypes.data)
+        for i, spec in enumerate(meta.states):
+            src, dst = self.s[cur][i], self.s[1 - cur][i]
+            binding.bind_input(spec.input, "cpu", 0, np.float32, src.shape, src.ctypes.data)
+            binding.bind_output(spec.output, "cpu", 0, np.float32, dst.shape, dst.ctypes.data)
+        return binding
+
+    def step(self, cur: int) -> bool:
+        if not np.isfinite(self.x).all():
+            return False
+        self._session.run_with_iobinding(self._bindings[cur])
+        return True
+
+
+class _NumpyKernel(_Kernel):
+    def __init__(self, engine: _NumpyEngine, batch: int):
+        super().__init__(engine.meta, batch)
+        self._net = engine.net
+
+    def step(self, cur: int) -> bool:
+        from edgernn.runtime.numpy_backend import fused_step
+
+        if not np.isfinite(self.x).all():
+            return False
+        fused_step(self._net, self.x, self.s[cur], self.s[1 - cur], self.y)
+        return True
+
+
+class _InterpreterKernel(_Kernel):
+    """Node-by-node numpy execution: graphs with no recognisable cells (unrolled)."""
+
+    def __init__(self, engine: _NumpyEngine, batch: int):
+        super().__init__(engine.meta, batch)
+        self._interp = engine.interpreter
+        meta = engine.meta
+        self._input = meta.input
+        self._state_inputs = [s.input for s in meta.states]
+        self._outputs = [meta.output] + [s.output for s in meta.states]
+
+    def step(self, cur: int) -> bool:
+        if not np.isfinite(self.x).all():
+            return False
+        feeds = {self._input: self.x, **dict(zip(self._state_inputs, self.s[cur]))}
+        y, *states = self._interp.run(feeds, self._outputs)
+        self.y[...] = y
+        for i, new in enumerate(states):
+            self.s[1 - cur][i] = new
+        return True
+
+
+class _CKernel(_Kernel):
+    def __init__(self, engine: _CEngine, batch: int):
+        super().__init__(engine.meta, batch)
+        self._ctx, address = engine.cstep.bind(self.x, self.y, self.s)
+        self._step = engine.cstep.lib.edgernn_step
+        self._run = engine.cstep.lib.edgernn_run
+        self._address = address
+
+    def step(self, cur: int) -> bool:
+        return self._step(self._address, cur) == 0
+
+    def run(self, X: np.ndarray, Y: np.ndarray, cur: int) -> None:
+        self._run(self._address, cur, X.shape[0], X.ctypes.data, Y.ctypes.data)
+
+
+# ----------------------------------------------------------------------------------
+# engines: one per Model
+
+
+class _OrtEngine:
+    name = "onnxruntime"
+
+    def __init__(self, path: str):
         try:
-            return ort.InferenceSession(
-                self.path, sess_options=_session_options(), providers=["CPUExecutionProvider"]
+            import onnxruntime as ort
+        except ImportError as e:
+            raise MissingDependencyError(
+                "onnxruntime is not installed (or not importable here): use backend='c' or "
+                "'numpy', or install it: pip install onnxruntime"
+            ) from e
+        try:
+            self.session = ort.InferenceSession(
+                path, sess_options=_session_options(), providers=["CPUExecutionProvider"]
             )
         except Exception as e:  # onnxruntime raises several unrelated types here
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelFormatError(
-                f"{self.path} is not a loadable ONNX model ({first_line[:160]})"
+                f"{path} is not a loadable ONNX model ({first_line[:160]})"
             ) from e
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.meta = ModelMeta.from_props(props, source=path)
+        self.inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        self.outputs = {o.name: o.shape for o in self.session.get_outputs()}
 
-    def _check_interface(self) -> None:
-        meta = self.meta
-        inputs = {i.name: i for i in self._session.get_inputs()}
-        outputs = {o.name: o for o in self._session.get_outputs()}
-        want_in = {meta.input: [None, meta.n_channels]}
-        want_out = {meta.output: [None, meta.n_channels]}
-        for s in meta.states:
-            want_in[s.input] = [s.layers, None, s.hidden]
-            want_out[s.output] = [s.layers, None, s.hidden]
-        for kind, want, have in (("input", want_in, inputs), ("output", want_out, outputs)):
-            for name, shape in want.items():
-                if name not in have:
-                    raise ModelFormatError(
-                        f"{self.path}: graph has no {kind} {name!r} named in its metadata"
-                    )
-                _check_shape(self.path, name, have[name].shape, shape)
-        extra = set(inputs) - set(want_in)
-        if extra:
-            raise ModelFormatError(f"{self.path}: graph has unexpected inputs {sorted(extra)}")
+    def kernel(self, batch: int) -> _Kernel:
+        return _OrtKernel(self, batch)
+
+
+class _NumpyEngine:
+    """The numpy backend: the fused Network when the graph is recognised, else the
+    node-by-node interpreter (slower, same results)."""
+
+    name = "numpy"
+
+    def __init__(self, path: str, require_network: bool = False):
+        from edgernn.runtime import numpy_backend as nb
+
+        parsed = nb.load_onnx(path)
+        self.meta = ModelMeta.from_props(parsed.metadata, source=path)
+        self.inputs, self.outputs = parsed.graph.inputs, parsed.graph.outputs
+        _check_interface(path, self.meta, self.inputs, self.outputs)
+        self.interpreter = nb.Interpreter(parsed.graph, source=path)
+        try:
+            self.net = nb.extract_network(parsed, self.meta, self.interpreter, source=path)
+        except ModelFormatError:
+            if require_network:
+                raise
+            self.net = None
+
+    def kernel(self, batch: int) -> _Kernel:
+        if self.net is not None:
+            return _NumpyKernel(self, batch)
+        return _InterpreterKernel(self, batch)
+
+
+class _CEngine(_NumpyEngine):
+    name = "c"
+
+    def __init__(self, path: str):
+        from edgernn.runtime.cstep import CStep
+
+        super().__init__(path, require_network=True)
+        self.cstep = CStep(self.net)
+
+    def kernel(self, batch: int) -> _Kernel:
+        return _CKernel(self, batch)
+
+
+def _open_engine(path: str, backend: str):
+    """(engine, why the faster backends were not used)."""
+    if backend == "onnxruntime":
+        return _OrtEngine(path), None
+    if backend == "numpy":
+        return _NumpyEngine(path), None
+    if backend == "c":
+        return _CEngine(path), None
+    from edgernn.runtime.cstep import CStepUnavailable
+
+    try:
+        return _CEngine(path), None
+    except (ModelFormatError, CStepUnavailable) as e:
+        reason = str(e)
+    if onnxruntime_available():
+        try:
+            return _OrtEngine(path), reason
+        except MissingDependencyError:
+            pass  # installed but not importable (a wheel for another platform)
+    return _NumpyEngine(path), reason
+
+
+class Model:
+    """An exported edgernn model, loaded once.
+
+    >>> model = Model("model.onnx")            # backend="auto": c, onnxruntime or numpy
+    >>> stream = model.stream()
+    >>> forecast = stream.step(sample)        # sample: [channels] raw sensor units
+    """
+
+    def __init__(self, path: str | os.PathLike, backend: Optional[str] = None):
+        backend = backend or os.environ.get("EDGERNN_BACKEND") or "auto"
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise ModelFormatError(f"{self.path}: no such model file")
+        self._engine, self.fallback_reason = _open_engine(self.path, backend)
+        self.backend: str = self._engine.name  # the backend actually in use
+        self.meta: ModelMeta = self._engine.meta
+        _check_interface(self.path, self.meta, self._engine.inputs, self._engine.outputs)
+        first = self._engine.inputs[self.meta.input][0]
+        # An unrolled export with --static-batch N only steps exactly N streams.
+        self.fixed_batch: Optional[int] = first if isinstance(first, int) else None
 
     # -- properties ------------------------------------------------------------------
     @property
@@ -123,18 +317,36 @@ class Model:
         """
         return Stream(self, state=state, batch=batch)
 
-    # -- the one call into the graph -------------------------------------------------
     def _run(self, x: np.ndarray, state: dict[str, np.ndarray]) -> list[np.ndarray]:
-        feed = {self.meta.input: x}
-        feed.update(state)
-        return self._session.run(self._output_names, feed)
+        """One stateless call: x (B, C), state name -> (L, B, H); returns [y, *new states]."""
+        stream = Stream(self, batch=x.shape[0])
+        stream.state = state
+        y = stream.step(x)
+        new = stream.state
+        return [y] + [new[s.input] for s in self.meta.states]
 
     def __repr__(self) -> str:
         m = self.meta
         return (
-            f"Model({self.path!r}, cell={m.cell}, layers={m.layers}, hidden={m.hidden}, "
-            f"channels={m.channels}, horizon={m.horizon})"
+            f"Model({self.path!r}, backend={self.backend}, cell={m.cell}, layers={m.layers}, "
+            f"hidden={m.hidden}, channels={m.channels}, horizon={m.horizon})"
         )
+
+
+def _check_interface(path: str, meta: ModelMeta, inputs: dict, outputs: dict) -> None:
+    want_in = {meta.input: [None, meta.n_channels]}
+    want_out = {meta.output: [None, meta.n_channels]}
+    for s in meta.states:
+        want_in[s.input] = [s.layers, None, s.hidden]
+        want_out[s.output] = [s.layers, None, s.hidden]
+    for kind, want, have in (("input", want_in, inputs), ("output", want_out, outputs)):
+        for name, shape in want.items():
+            if name not in have:
+                raise ModelFormatError(f"{path}: graph has no {kind} {name!r} named in its metadata")
+            _check_shape(path, name, have[name], shape)
+    extra = set(inputs) - set(want_in)
+    if extra:
+        raise ModelFormatError(f"{path}: graph has unexpected inputs {sorted(extra)}")
 
 
 def _check_shape(path: str, name: str, have, want) -> None:
@@ -162,12 +374,22 @@ class Stream:
         state: Optional[Mapping[str, np.ndarray]] = None,
         batch: Optional[int] = None,
     ):
-        if batch is not None and (not isinstance(batch, int) or batch < 1):
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
             raise InputError(f"batch must be a positive integer or None, got {batch!r}")
         self.model = model
         self.batch = batch
         self._n = 1 if batch is None else batch
-        self._state = model.zero_state(self._n)
+        if model.fixed_batch is not None and self._n != model.fixed_batch:
+            raise InputError(
+                f"{model.path} was exported with a fixed batch of {model.fixed_batch}: "
+                f"use model.stream(batch={model.fixed_batch})"
+                if model.fixed_batch > 1
+                else f"{model.path} was exported with a fixed batch of 1: use model.stream()"
+            )
+        self._kernel = model._engine.kernel(self._n)
+        self._cur = 0  # which of the two state buffers holds the state now
+        self._x_shape = (model.n_channels,) if batch is None else (self._n, model.n_channels)
+        self._y_view = self._kernel.y[0] if batch is None else self._kernel.y
         if state is not None:
             self.state = state
 
@@ -175,18 +397,24 @@ class Stream:
     @property
     def state(self) -> dict[str, np.ndarray]:
         """A copy of the state: name -> [layers, hidden] (or [layers, batch, hidden])."""
+        now = self._kernel.s[self._cur]  # (S, L, B, H)
+        specs = self.model.meta.states
         if self.batch is None:
-            return {k: v[:, 0, :].copy() for k, v in self._state.items()}
-        return {k: v.copy() for k, v in self._state.items()}
+            return {s.input: now[i, :, 0, :].copy() for i, s in enumerate(specs)}
+        return {s.input: now[i].copy() for i, s in enumerate(specs)}
 
     @state.setter
     def state(self, state: Mapping[str, np.ndarray]) -> None:
         specs = {s.input: s for s in self.model.meta.states}
-        if set(state) != set(specs):
-            raise InputError(f"state must have keys {sorted(specs)}, got {sorted(state)}")
-        new = {}
+        if not isinstance(state, Mapping) or set(state) != set(specs):
+            keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise InputError(f"state must have keys {sorted(specs)}, got {keys}")
+        new = []
         for name, spec in specs.items():
-            arr = np.asarray(state[name], dtype=np.float32)
+            try:
+                arr = np.asarray(state[name], dtype=np.float32)
+            except (TypeError, ValueError) as e:
+                raise InputError(f"state {name!r} is not numeric: {e}") from e
             want = (
                 (spec.layers, spec.hidden)
                 if self.batch is None
@@ -196,52 +424,60 @@ class Stream:
                 raise InputError(f"state {name!r} must have shape {want}, got {arr.shape}")
             if not np.isfinite(arr).all():
                 raise InputError(f"state {name!r} holds NaN or inf")
-            if self.batch is None:
-                arr = arr[:, None, :]
-            new[name] = np.ascontiguousarray(arr)
-        self._state = new
+            new.append(arr[:, None, :] if self.batch is None else arr)
+        now = self._kernel.s[self._cur]
+        for i, arr in enumerate(new):  # all checked before any is written
+            now[i] = arr
 
     def reset(self) -> None:
         """Forget everything: back to the zero state."""
-        self._state = self.model.zero_state(self._n)
+        self._kernel.s[self._cur].fill(0.0)
 
     # -- stepping --------------------------------------------------------------------
     def step(self, x) -> np.ndarray:
         """Feed one sample ([channels], or [batch, channels]); return the forecast of the
         same shape, in raw units, `horizon` steps ahead of this sample."""
-        xb = self._check_x(x)
-        outputs = self.model._run(xb, self._state)
-        for spec, new in zip(self.model.meta.states, outputs[1:]):
-            self._state[spec.input] = new
-        y = outputs[0]
-        return y[0] if self.batch is None else y
+        kernel = self._kernel
+        if type(x) is np.ndarray and x.shape == self._x_shape and x.dtype.kind in "fiu":
+            kernel.x[...] = x  # the fast path: one copy into the bound input buffer
+        else:
+            kernel.x[...] = self._check_x(x)
+        if not kernel.step(self._cur):
+            raise InputError("sample holds NaN or inf")
+        self._cur ^= 1
+        return self._y_view.copy()
 
     def run(self, X) -> np.ndarray:
         """Feed a sequence [T, channels] (or [T, batch, channels]) sample by sample."""
-        X = np.asarray(X)
-        lead = (X.shape[0],) if X.ndim >= 1 else ()
-        out = np.empty(lead + X.shape[1:], dtype=np.float32) if X.ndim >= 2 else None
-        if out is None or X.ndim != (2 if self.batch is None else 3):
-            want = "[T, channels]" if self.batch is None else "[T, batch, channels]"
-            raise InputError(f"run() takes an array of shape {want}, got {X.shape}")
-        for t in range(X.shape[0]):
-            out[t] = self.step(X[t])
-        return out
+        try:
+            X = np.asarray(X, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"run() input is not numeric: {e}") from e
+        want = (None,) + self._x_shape
+        if X.ndim != len(want) or X.shape[1:] != self._x_shape:
+            names = "[T, channels]" if self.batch is None else "[T, batch, channels]"
+            raise InputError(f"run() takes an array of shape {names} = {want}, got {X.shape}")
+        finite = np.isfinite(X).reshape(X.shape[0], -1).all(axis=1)
+        if not finite.all():
+            raise InputError(f"sample {int(np.argmin(finite))} of the sequence holds NaN or inf")
+        T = X.shape[0]
+        X = np.ascontiguousarray(X.reshape(T, self._n, self.model.n_channels))
+        Y = np.empty_like(X)
+        self._kernel.run(X, Y, self._cur)
+        self._cur ^= T & 1
+        return Y.reshape((T,) + self._x_shape)
 
     def _check_x(self, x) -> np.ndarray:
         try:
             arr = np.asarray(x, dtype=np.float32)
         except (TypeError, ValueError) as e:
             raise InputError(f"sample is not numeric: {e}") from e
-        c = self.model.n_channels
-        want = (c,) if self.batch is None else (self._n, c)
-        if arr.shape != want:
+        if arr.shape != self._x_shape:
             raise InputError(
-                f"sample must have shape {want} (channels {self.model.channels}), got {arr.shape}"
+                f"sample must have shape {self._x_shape} (channels {self.model.channels}), "
+                f"got {arr.shape}"
             )
-        if not np.isfinite(arr).all():
-            raise InputError("sample holds NaN or inf")
-        return arr.reshape(self._n, c)
+        return arr
 
 
-__all__ = ["Model", "Stream", "STATE_BATCH_AXIS"]
+__all__ = ["BACKENDS", "Model", "Stream", "STATE_BATCH_AXIS"]

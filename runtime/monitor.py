@@ -25,6 +25,7 @@ class Monitor:
         self._pending: deque[np.ndarray] = deque(maxlen=model.horizon)
         self.samples = 0
         self.imputed = 0
+        self.last_output = None  # the detector's full verdict on the latest scored sample
         if state is not None:
             self.load_state_dict(state)
 
@@ -54,8 +55,8 @@ class Monitor:
             if imputed or due is None:
                 record.update(score=None, anomaly=0 if due is None else None)
             else:
-                out = self.detector.score_one(x, due)
-                record.update(_detector_fields(out))
+                self.last_output = self.detector.score_one(x, due)
+                record.update(_detector_fields(self.last_output))
         return record
 
     def reset(self) -> None:
@@ -91,9 +92,10 @@ class Monitor:
 
 
 def _detector_fields(out) -> dict[str, Any]:
-    """Detector output -> record fields (score, anomaly 0/1, contributions, event)."""
-    fields = out if isinstance(out, dict) else vars(out)
-    record = dict(fields)
-    if "anomaly" in record and record["anomaly"] is not None:
+    """Detector output -> record fields (score, anomaly 0/1, event info)."""
+    if hasattr(out, "to_record"):
+        return out.to_record()
+    record = dict(out)
+    if record.get("anomaly") is not None:
         record["anomaly"] = int(bool(record["anomaly"]))
     return record

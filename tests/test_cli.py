@@ -42,7 +42,9 @@ def test_run_csv_one_row_per_input_row(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 200
-    assert list(rows[0]) == ["timestamp", "a", "b", "c", "a_forecast", "b_forecast", "c_forecast"]
+    forecast_cols = ["timestamp", "a", "b", "c", "a_forecast", "b_forecast", "c_forecast"]
+    assert list(rows[0]) == forecast_cols + ["score", "anomaly"]  # calibrated at export
+    assert {r["anomaly"] for r in rows} <= {"0", "1"}
     # the same numbers as the Python API streaming the same file
     from edgernn.runtime import Model, read_csv
 
@@ -50,6 +52,8 @@ def test_run_csv_one_row_per_input_row(trained, tmp_path):
     expected = model.stream().run(read_csv(inp, channels=model.channels).values)
     got = np.array([[float(r[f"{c}_forecast"]) for c in "abc"] for r in rows])
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
+    proc = run_cli("run", str(trained / "model.onnx"), "--csv", inp, "--no-detector")
+    assert proc.stdout.splitlines()[0].split(",") == forecast_cols
 
 
 def test_run_matches_columns_by_name_and_writes_jsonl(trained, tmp_path):

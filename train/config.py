@@ -32,8 +32,12 @@ class TrainConfig:
     clip_value: float = 1.0
     patience: int = 5  # early stopping: epochs without validation improvement
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    schedule: str = "constant"  # constant | cosine (learning rate over the epochs)
+    device: str = "auto"  # auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)
+    amp: str = "auto"  # auto (bf16 if the GPU has it, else fp16) | bf16 | fp16 | off; GPU only
     progress: bool = True
+    # data at scale
+    cache_dir: str = ""  # parsed-CSV cache (float32 .npy, memory-mapped); "" = RUN_DIR/cache
     # echo state network (cell == "esn")
     spectral_radius: float = 0.9
     input_scale: float = 1.0
@@ -53,6 +57,11 @@ class TrainConfig:
 
 
 CELLS = ("rnn", "lstm", "gru", "esn")
+SCHEDULES = ("constant", "cosine")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+# Options a resumed run may change: they do not alter the optimisation trajectory
+# (epochs/patience only move the end point).
+RESUMABLE_CHANGES = ("epochs", "patience", "progress", "device", "amp", "cache_dir")
 
 
 @dataclass

@@ -7,7 +7,7 @@ so it exports as the same kind of graph.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -59,24 +59,29 @@ def predict(weights: dict, xn: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def fit_esn(cfg: TrainConfig, train_parts: Sequence[np.ndarray]) -> dict:
-    """Reservoir weights + ridge readout fitted on the training parts (normalised)."""
+def fit_esn(cfg: TrainConfig, train_parts: Iterable[np.ndarray], n_channels: int) -> dict:
+    """Reservoir weights + ridge readout fitted on the training parts (normalised).
+
+    The normal equations are accumulated file by file, so only one file's reservoir
+    states are ever in memory.
+    """
     rng = np.random.default_rng(cfg.seed)
-    n_channels = train_parts[0].shape[1]
     weights = init_reservoir(cfg, n_channels, rng)
-    feats, targets = [], []
+    gram = np.zeros((cfg.hidden + 1, cfg.hidden + 1))  # phi1' phi1, phi1 = [states, 1]
+    cross = np.zeros((cfg.hidden + 1, n_channels))  # phi1' y
+    n = 0
     for part in train_parts:
         states = run_reservoir(weights, part, cfg.layers, cfg.nonlinearity)
         _, target = target_of(part, cfg.horizon, cfg.residual)
         washout = min(cfg.washout, max(len(target) - 1, 0))
-        feats.append(states[washout : len(target)])
-        targets.append(target[washout:])
-    phi = np.concatenate(feats)  # (N, H)
-    y = np.concatenate(targets)  # (N, C)
-    phi1 = np.hstack([phi, np.ones((len(phi), 1))])  # bias column
-    reg = cfg.ridge * len(phi) * np.eye(phi1.shape[1])
+        phi = states[washout : len(target)]  # (N_i, H)
+        phi1 = np.hstack([phi, np.ones((len(phi), 1))])  # bias column
+        gram += phi1.T @ phi1
+        cross += phi1.T @ target[washout:]
+        n += len(phi)
+    reg = cfg.ridge * n * np.eye(cfg.hidden + 1)
     reg[-1, -1] = 0.0  # the bias is not shrunk
-    w_out = np.linalg.solve(phi1.T @ phi1 + reg, phi1.T @ y)  # (H + 1, C)
+    w_out = np.linalg.solve(gram + reg, cross)  # (H + 1, C)
     weights["head.weight"] = w_out[:-1].T.astype(np.float32)  # (C, H)
     weights["head.bias"] = w_out[-1].astype(np.float32)  # (C,)
     return weights

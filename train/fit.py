@@ -1,7 +1,11 @@
-"""`edgernn train`: read CSVs, split, fit (BPTT or ESN), measure, write the checkpoint."""
+"""`edgernn train`: read CSVs, split, fit (BPTT or ESN), measure, write the checkpoint.
+
+Runs unchanged as one process or as N under torchrun (see train/distributed.py).
+"""
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -13,16 +17,10 @@ import numpy as np
 
 from edgernn import __version__
 from edgernn.errors import EdgernnError
-from edgernn.runtime.csvdata import read_many
-from edgernn.train.checkpoint import save_checkpoint
+from edgernn.train.checkpoint import CHECKPOINT, MAX_VAL_ERRORS, save_checkpoint
 from edgernn.train.config import TrainConfig, model_config_from
-from edgernn.train.data import (
-    SplitData,
-    forecast_metrics,
-    robust_scale,
-    split_tables,
-    validation_forecasts,
-)
+from edgernn.train.data import SplitData, robust_scale, split_tables, validation_summary
+from edgernn.train.logs import load_logs, rank_from_env
 
 
 @dataclass
@@ -45,39 +43,121 @@ def train_files(
     channels: Sequence[str] | None = None,
     ignore: Sequence[str] = (),
     log: Callable[[str], None] = _log,
+    resume: bool = False,
 ) -> RunResult:
+    """Train on CSV files, directories of them or glob patterns; write out_dir/checkpoint.npz.
+
+    Under torchrun every rank calls this; rank 0 alone logs and writes files, and the
+    other ranks return a RunResult with the (identical) weights and empty metrics/meta.
+    resume=True continues out_dir's run from its last finished epoch.
+    """
     try:
-        model_cfg = model_config_from(cfg, ["_"])  # validates the architecture early
+        model_config_from(cfg, ["_"])  # validates the architecture early
     except ValueError as e:
         raise EdgernnError(str(e)) from None
-    tables = read_many(paths, channels=channels, ignore=ignore)
-    data = split_tables(tables, cfg.val_frac, cfg.horizon, min_train=max(cfg.washout, 8))
-    model_cfg = model_config_from(cfg, data.channels)
-    log(
-        f"data: {len(tables)} file(s), {data.n_train_rows} training rows, "
-        f"{sum(len(s) for s in data.series) - data.n_train_rows} validation rows, "
-        f"channels {', '.join(data.channels)}"
-    )
-    started = time.perf_counter()
     if cfg.cell == "esn":
-        weights, predict, history = _fit_esn(cfg, data)
-    else:
-        weights, predict, history = _fit_bptt(cfg, data, log)
-    seconds = time.perf_counter() - started
+        return _train_esn(paths, cfg, out_dir, channels, ignore, log, resume)
+    from edgernn.train import distributed
 
-    pred, truth, persist = validation_forecasts(data, predict, cfg.horizon)
+    ctx = distributed.setup(cfg.device)
+    try:
+        return _train_bptt(paths, cfg, out_dir, channels, ignore, log if ctx.is_main else _quiet,
+                           resume, ctx)  # fmt: skip
+    finally:
+        ctx.close()
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _load(paths, cfg, out_dir, channels, ignore, log, rank=0, world=1, barrier=None) -> SplitData:
+    cache = cfg.cache_dir or os.path.join(out_dir, "cache")
+    logs = load_logs(paths, cache, channels, ignore, rank=rank, world=world, barrier=barrier)
+    data = split_tables(logs, cfg.val_frac, cfg.horizon, min_train=max(cfg.washout, 8))
+    log(
+        f"data: {len(logs)} file(s), {data.n_train_rows} training rows, "
+        f"{data.n_val_rows} validation rows, channels {', '.join(data.channels)}"
+    )
+    return data
+
+
+def _train_esn(paths, cfg, out_dir, channels, ignore, log, resume) -> RunResult:
+    from edgernn.train import esn
+
+    if resume:
+        raise EdgernnError("--resume applies to PyTorch training; an ESN fits in one pass")
+    rank, _, _ = rank_from_env()
+    if rank != 0:  # a ridge fit is not worth distributing: rank 0 fits, the others wait out
+        return RunResult(out_dir, os.path.join(out_dir, CHECKPOINT), {}, {}, {})
+    data = _load(paths, cfg, out_dir, channels, ignore, log)
+    started = time.perf_counter()
+    weights = esn.fit_esn(cfg, data.train_parts(), data.n_channels)
+    seconds = time.perf_counter() - started
+    predict = lambda xn: esn.predict(weights, xn, cfg)  # noqa: E731
+    return _finish(cfg, data, out_dir, weights, predict, [], seconds, log, {})
+
+
+def _train_bptt(paths, cfg, out_dir, channels, ignore, log, resume, ctx) -> RunResult:
+    import torch
+
+    from edgernn.train.bptt import make_predict, train_bptt
+    from edgernn.train.resume import check_config, check_files, load_train_state
+
+    state = load_train_state(out_dir) if resume else None
+    if state is not None:
+        check_config(state, cfg)  # before reading any data
+    data = _load(paths, cfg, out_dir, channels, ignore, log, ctx.rank, ctx.world, ctx.barrier)
+    if state is not None:
+        check_files(state, data.files)
+    started = time.perf_counter()
+    data_args = {
+        "channels": list(channels) if channels is not None else None,
+        "ignore": list(ignore),
+    }
+    model, history = train_bptt(cfg, data, log, ctx, out_dir, state, {"data_args": data_args})
+    seconds = time.perf_counter() - started
+    weights = {k: v.numpy() for k, v in model.state_dict().items() if k not in ("mean", "std")}
+    _dump_weights_for_tests(weights, ctx.rank)
+    if not ctx.is_main:
+        return RunResult(out_dir, os.path.join(out_dir, CHECKPOINT), {}, {}, weights)
+    from edgernn.train.bptt import amp_dtype
+
+    amp = amp_dtype(cfg.amp, ctx.device)
+    hardware = {
+        "device": ctx.device.type,
+        "processes": ctx.world,
+        "amp": str(amp).replace("torch.", "") if amp is not None else "off",
+        "resumed_after_epoch": int(state["epoch"]) if state is not None else None,
+    }
+    predict = make_predict(model, torch.device("cpu"))
+    return _finish(cfg, data, out_dir, weights, predict, history, seconds, log, hardware)
+
+
+def _dump_weights_for_tests(weights: dict[str, np.ndarray], rank: int) -> None:
+    """EDGERNN_DUMP_WEIGHTS=DIR: every rank writes DIR/rank<N>.npz (checks DDP kept them equal)."""
+    out = os.environ.get("EDGERNN_DUMP_WEIGHTS")
+    if out:
+        os.makedirs(out, exist_ok=True)
+        np.savez(os.path.join(out, f"rank{rank}.npz"), **weights)
+
+
+def _finish(cfg, data, out_dir, weights, predict, history, seconds, log, hardware) -> RunResult:
+    """Final validation metrics, detector errors, the checkpoint (rank 0 only)."""
+    model_m, persistence_m, rows, val_errors = validation_summary(
+        data, predict, cfg.horizon, MAX_VAL_ERRORS
+    )
     metrics = {
-        "model": forecast_metrics(truth, pred),
-        "persistence": forecast_metrics(truth, persist),
+        "model": model_m,
+        "persistence": persistence_m,
         "units": "normalised (z-scores of the training parts), averaged over channels",
-        "validation_rows": int(len(truth)),
+        "validation_rows": rows,
         "train_seconds": round(seconds, 3),
         "history": history,
     }
-    val_errors = (pred - truth) * data.std  # raw units, for the anomaly detector
-    center, scale = robust_scale(val_errors)
+    center, scale = robust_scale(val_errors)  # raw units, for the anomaly detector
     meta = {
-        "model": model_cfg.to_dict(),
+        "model": model_config_from(cfg, data.channels).to_dict(),
         "train": cfg.to_dict(),
         "channels": data.channels,
         "files": data.files,
@@ -87,28 +167,13 @@ def train_files(
         "metrics": metrics,
         "versions": _versions(),
     }
+    if hardware:
+        meta["hardware"] = hardware
     weights = dict(weights, mean=data.mean, std=data.std)
     path = save_checkpoint(out_dir, weights, meta, val_errors)
     _report(log, metrics, cfg.horizon)
     log(f"wrote {path}")
     return RunResult(out_dir, path, metrics, meta, weights)
-
-
-def _fit_esn(cfg: TrainConfig, data: SplitData):
-    from edgernn.train import esn
-
-    weights = esn.fit_esn(cfg, data.train_parts())
-    return weights, (lambda xn: esn.predict(weights, xn, cfg)), []
-
-
-def _fit_bptt(cfg: TrainConfig, data: SplitData, log):
-    from edgernn.train.bptt import make_predict, train_bptt
-
-    model, history = train_bptt(cfg, data, log)
-    weights = {k: v.numpy() for k, v in model.state_dict().items() if k not in ("mean", "std")}
-    import torch
-
-    return weights, make_predict(model, torch.device("cpu")), history
 
 
 def _report(log, metrics: dict, horizon: int) -> None:

@@ -1,0 +1,610 @@
+"""`edgernn run MODEL --port PORT`: forecast every sample as it arrives.
+
+Two threads: the reader (port.PortReader) reads and decodes into a bounded queue;
+this loop takes samples off it, runs each through the Monitor (the same per-sample
+processing as `edgernn run --csv`) and writes one record per sample. stderr gets a
+status line every few seconds and a summary at the end.
+
+Every received sample ends up in exactly one place: a forecast record, `invalid`
+(non-finite values), or `overflow` (dropped by the queue policy when inference fell
+behind). Sequence gaps are handled by policy: "fill" imputes up to --gap-fill
+missing samples with the model's own forecasts and resets the state beyond that,
+"reset" always resets, "continue" feeds the next sample as if nothing was missing.
+A device reboot (new session id) resets the state. Each record after a gap carries
+"gap": n and, if the state was reset, "reset": 1.
+
+--state-file saves the stream state atomically every --state-interval seconds and at
+exit; a restarted run resumes from it (whatever the gap: a warm state beats a cold
+one after a Pi reboot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from edgernn.errors import EdgernnError, InputError
+from edgernn.firmware_bridge.framing import (
+    MODES,
+    ChannelMismatch,
+    Decoder,
+    DeviceInfo,
+    ModeDetected,
+    Reboot,
+    Samples,
+    SeqReset,
+)
+from edgernn.firmware_bridge.port import (
+    OVERFLOW_POLICIES,
+    Closed,
+    Connected,
+    Disconnected,
+    PortReader,
+    SampleQueue,
+)
+
+GAP_POLICIES = ("fill", "reset", "continue")
+STATE_FORMAT = 1
+POLL_S = 0.05  # the loop's longest sleep: how fast it notices a stop request
+
+
+# -- arguments -------------------------------------------------------------------------
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_serial_arguments(parser: argparse.ArgumentParser, source_group) -> None:
+    """Add --port to `source_group` (mutually exclusive with --csv) and the live-run options."""
+    source_group.add_argument(
+        "--port",
+        metavar="PORT",
+        help="serial device (/dev/ttyACM0, COM3), pyserial URL (socket://host:port, "
+        "rfc2217://host:port, loop://) or usb:VID:PID[:SERIAL]",
+    )
+    g = parser.add_argument_group("serial (--port)")
+    g.add_argument("--baud", type=int, default=115200, help="baud rate (default 115200)")
+    g.add_argument(
+        "--mode", choices=MODES, default="auto", help="wire format (default: auto-detect)"
+    )
+    g.add_argument(
+        "--no-reconnect",
+        dest="reconnect",
+        action="store_false",
+        help="end the run (exit 0) when the port goes away instead of reopening it",
+    )
+    g.add_argument(
+        "--reconnect-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="give up (exit 1) if the port is not back within S seconds (default: never)",
+    )
+    g.add_argument(
+        "--on-gap",
+        choices=GAP_POLICIES,
+        default="fill",
+        help="missing samples: fill small gaps with forecasts and reset beyond (default), "
+        "always reset the state, or continue as if nothing was missing",
+    )
+    g.add_argument(
+        "--gap-fill",
+        type=_non_negative_int,
+        default=4,
+        metavar="N",
+        help="largest gap filled with forecasts under --on-gap fill (default 4)",
+    )
+    g.add_argument(
+        "--queue-size",
+        type=_non_negative_int,
+        default=4096,
+        metavar="N",
+        help="samples buffered between reader and inference (default 4096)",
+    )
+    g.add_argument(
+        "--on-overflow",
+        choices=OVERFLOW_POLICIES,
+        default="drop-oldest",
+        help="when inference falls behind a full queue: drop the oldest samples "
+        "(counted, handled as a gap; default) or block the reader",
+    )
+    g.add_argument("--state-file", metavar="PATH", help="save/resume the stream state (JSON) here")
+    g.add_argument(
+        "--state-interval",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="seconds between state saves (default 5)",
+    )
+    g.add_argument(
+        "--status-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between status lines on stderr; 0 turns them off (default 5)",
+    )
+    g.add_argument(
+        "--summary-json", metavar="PATH", help="also write the end-of-run counters as JSON"
+    )
+    g.add_argument(
+        "--realtime",
+        action="store_true",
+        help="ask for real-time scheduling (Linux SCHED_FIFO; needs root or CAP_SYS_NICE): "
+        "keeps latency low when other programs load the CPU",
+    )
+
+
+# -- state file ------------------------------------------------------------------------
+def model_fingerprint(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write-then-rename in the same directory: a reader (or a power cut) sees the old
+    file or the new one, never half of one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class StateFile:
+    """The stream state on disk. Saving happens off the inference thread (fsync on an
+    SD card can take tens of milliseconds); the final save at exit is synchronous."""
+
+    def __init__(self, path: str, fingerprint: str):
+        self.path = path
+        self.fingerprint = fingerprint
+        self.saves = 0
+        self.error: Optional[str] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def load(self) -> tuple[Optional[dict], str]:
+        """(monitor state or None, a line saying what happened)."""
+        if not os.path.exists(self.path):
+            return None, f"no state file at {self.path} yet: starting cold"
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+            if data.get("format") != STATE_FORMAT or "monitor" not in data:
+                return None, f"{self.path} is not an edgernn state file: starting cold"
+        except (OSError, ValueError, AttributeError) as e:
+            return None, f"cannot read {self.path} ({e.__class__.__name__}): starting cold"
+        if data.get("model_sha256") != self.fingerprint:
+            return None, f"{self.path} was saved for a different model: starting cold"
+        age = time.time() - float(data.get("saved_unix", time.time()))
+        return data["monitor"], (
+            f"resumed stream state from {self.path} (saved {age:.0f} s ago after "
+            f"{data.get('samples', '?')} samples)"
+        )
+
+    def _document(self, monitor_state: dict, samples: int) -> str:
+        return json.dumps(
+            {
+                "format": STATE_FORMAT,
+                "model_sha256": self.fingerprint,
+                "saved_unix": time.time(),
+                "samples": samples,
+                "monitor": monitor_state,
+            }
+        )
+
+    def save_async(self, monitor_state: dict, samples: int) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return  # the previous save is still being written; the next tick catches up
+        self._thread = threading.Thread(
+            target=self._save, args=(monitor_state, samples), name="edgernn-state", daemon=True
+        )
+        self._thread.start()
+
+    def save(self, monitor_state: dict, samples: int) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        self._save(monitor_state, samples)
+
+    def _save(self, monitor_state: dict, samples: int) -> None:
+        try:
+            write_atomic(self.path, self._document(monitor_state, samples))
+            self.saves += 1
+            self.error = None
+        except OSError as e:
+            self.error = f"cannot save state to {self.path}: {e.strerror or e}"
+
+
+# -- statistics ------------------------------------------------------------------------
+class LatencyHistogram:
+    """Read-to-emitted latency, in log-spaced bins from 1 us to 10 s: percentiles over
+    a run of any length in constant memory."""
+
+    EDGES = np.logspace(-6, 1, 281)  # seconds; 40 bins per decade
+
+    def __init__(self):
+        self.counts = np.zeros(len(self.EDGES) + 1, dtype=np.int64)
+
+    def add(self, seconds: list[float]) -> None:
+        if seconds:
+            idx = np.searchsorted(self.EDGES, seconds)
+            self.counts += np.bincount(idx, minlength=len(self.counts))
+
+    def percentile(self, q: float) -> Optional[float]:
+        total = int(self.counts.sum())
+        if total == 0:
+            return None
+        k = int(np.searchsorted(np.cumsum(self.counts), q / 100 * total))
+        return float(self.EDGES[min(k, len(self.EDGES) - 1)])  # bin's upper edge
+
+    def clear(self) -> None:
+        self.counts[:] = 0
+
+
+@dataclass
+class LiveStats:
+    forecasts: int = 0
+    invalid: int = 0  # samples holding NaN/inf: skipped, handled as a gap
+    gaps: int = 0
+    filled: int = 0  # samples imputed with forecasts
+    gap_resets: int = 0
+    continued: int = 0  # missing samples stepped over under --on-gap continue
+    device_resets: int = 0  # reboots and backward sequence jumps
+    anomalies: int = 0
+    disconnects: int = 0
+    reconnects: int = 0
+
+
+# -- the live run ----------------------------------------------------------------------
+class LiveRun:
+    def __init__(self, args, model, detector=None, stop: Optional[threading.Event] = None):
+        from edgernn.runtime.monitor import Monitor
+        from edgernn.runtime.output import RecordWriter
+
+        self.args = args
+        self.model = model
+        self.channels = model.channels
+        self.stop = stop or threading.Event()
+        self.stats = LiveStats()
+        self.latency = LatencyHistogram()
+        self.window = LatencyHistogram()  # since the last status line
+        self.state_file: Optional[StateFile] = None
+        self.mode_line = ""
+        state = None
+        if args.state_file:
+            self.state_file = StateFile(args.state_file, model_fingerprint(model.path))
+            state, line = self.state_file.load()
+            self.note(line)
+        try:
+            self.monitor = Monitor(model, detector=detector, state=state)
+        except (KeyError, ValueError, TypeError) as e:  # a state of the right model, damaged
+            self.note(f"state file unusable ({e.__class__.__name__}): starting cold")
+            self.monitor = Monitor(model, detector=detector)
+        self.decoder = Decoder(args.mode, self.channels)
+        self.queue = SampleQueue(args.queue_size, args.on_overflow)
+        self.reader = PortReader(
+            args.port,
+            self.decoder,
+            self.queue,
+            baud=args.baud,
+            reconnect=args.reconnect,
+            reconnect_timeout=args.reconnect_timeout,
+        )
+        out = getattr(args, "out", None)
+        trailing = ["gap", "reset"] + (["score", "anomaly"] if detector is not None else [])
+        self.writer = RecordWriter(
+            out,
+            self.channels,
+            leading=["seq", "time_us"],
+            trailing=trailing,
+            fmt=None if out not in (None, "-") else "jsonl",
+            flush=True,  # a live consumer (a pipe, `tail -f`) sees each sample at once
+        )
+        self._pending_gap = 0  # invalid samples waiting to be handled as a gap
+        self._pending_reset = False
+        self._error: Optional[str] = None
+        self._started = time.perf_counter()
+
+    # -- messages ------------------------------------------------------------------
+    def note(self, text: str) -> None:
+        print(f"edgernn: {text}", file=sys.stderr, flush=True)
+
+    # -- main loop -----------------------------------------------------------------
+    def run(self) -> int:
+        self.reader.start()  # raises PortError (one line) if the port cannot be opened
+        status_every = self.args.status_interval
+        next_status = time.perf_counter() + status_every if status_every > 0 else float("inf")
+        next_save = time.perf_counter() + self.args.state_interval
+        try:
+            while not self.stop.is_set():
+                event = self.queue.get(POLL_S)
+                if event is not None and not self._handle(event):
+                    break
+                now = time.perf_counter()
+                if now >= next_status:
+                    self.print_status()
+                    next_status = now + status_every
+                if self.state_file is not None and now >= next_save:
+                    self.state_file.save_async(self.monitor.state_dict(), self.stats.forecasts)
+                    next_save = now + self.args.state_interval
+        finally:
+            self.reader.stop()
+            self._drain()
+            if self.state_file is not None:
+                self.state_file.save(self.monitor.state_dict(), self.stats.forecasts)
+            self.writer.close()
+        self.print_summary()
+        if self._error:
+            raise EdgernnError(self._error)
+        return 0
+
+    def _drain(self) -> None:
+        """Samples already read when the run stops still get their forecasts."""
+        while True:
+            event = self.queue.get(0)
+            if event is None:
+                return
+            if isinstance(event, Samples):
+                self._samples(event)
+
+    def _handle(self, event) -> bool:
+        """Act on one event; False ends the run."""
+        if isinstance(event, Samples):
+            self._samples(event)
+        elif isinstance(event, (Reboot, SeqReset)):
+            self._device_reset(event)
+        elif isinstance(event, DeviceInfo):
+            h = event.hello
+            self.note(
+                f"device session {h.session:08x}: {h.rate_hz:g} Hz, {len(h.names)} channels "
+                f"({', '.join(h.names)}), mapped {event.mapping}"
+            )
+        elif isinstance(event, ChannelMismatch):
+            self._error = event.message
+            return False
+        elif isinstance(event, ModeDetected):
+            self.mode_line = event.mode
+            self.note(f"{event.mode} mode detected on {self.reader.device}")
+        elif isinstance(event, Connected):
+            if event.reconnect:
+                self.stats.reconnects += 1
+                self.note(f"reconnected on {event.device}")
+        elif isinstance(event, Disconnected):
+            self.stats.disconnects += 1
+            then = "reconnecting" if self.args.reconnect else "ending the run (--no-reconnect)"
+            self.note(f"{event.device} disconnected ({event.reason}): {then}")
+        elif isinstance(event, Closed):
+            self._error = event.error
+            return False
+        return True
+
+    def _device_reset(self, event) -> None:
+        self.stats.device_resets += 1
+        self.monitor.reset()
+        self._pending_reset = True
+        self._pending_gap = 0
+        if isinstance(event, Reboot):
+            self.note(
+                f"device rebooted (session {event.old_session:08x} -> {event.new_session:08x}): "
+                "stream state reset"
+            )
+        else:
+            self.note(f"sequence went back ({event.expected} -> {event.got}): stream state reset")
+
+    # -- samples -------------------------------------------------------------------
+    def _samples(self, event: Samples) -> None:
+        gap = event.gap
+        times = []
+        for i, x in enumerate(event.values):
+            if not np.isfinite(x).all():
+                self.stats.invalid += 1
+                self._pending_gap += 1
+                continue
+            gap += self._pending_gap
+            self._pending_gap = 0
+            record = self._process(x, (event.seq + i) & 0xFFFFFFFF, event, i, gap)
+            gap = 0
+            self.writer.write(record)
+            times.append(time.perf_counter() - event.t_read)
+        self.latency.add(times)
+        self.window.add(times)
+
+    def _process(self, x: np.ndarray, seq: int, event: Samples, i: int, gap: int) -> dict:
+        reset = self._pending_reset
+        self._pending_reset = False
+        if gap:
+            reset = self._on_gap(gap) or reset
+        result = self.monitor.process(x)
+        self.stats.forecasts += 1
+        record: dict[str, Any] = {"seq": seq}
+        if event.time_us is not None:
+            step = event.period_us or 0.0
+            record["time_us"] = int(event.time_us + round(i * step)) & 0xFFFFFFFF
+        record.update(zip(self.channels, x.tolist()))
+        record["forecast"] = dict(zip(self.channels, np.asarray(result.pop("forecast")).tolist()))
+        record.update(result)
+        if gap:
+            record["gap"] = gap
+        if reset:
+            record["reset"] = 1
+        self.stats.anomalies += int(record.get("anomaly") or 0)
+        return record
+
+    def _on_gap(self, gap: int) -> bool:
+        """Apply the gap policy; True if the state was reset."""
+        s, policy = self.stats, self.args.on_gap
+        s.gaps += 1
+        if policy == "continue":
+            s.continued += gap
+            return False
+        last = self.monitor.last_forecast
+        if policy == "fill" and gap <= self.args.gap_fill and last is not None:
+            for _ in range(gap):
+                self.monitor.process(self.monitor.last_forecast, imputed=True)
+            s.filled += gap
+            return False
+        self.monitor.reset()
+        s.gap_resets += 1
+        return True
+
+    # -- reporting -----------------------------------------------------------------
+    def counters(self) -> dict[str, Any]:
+        d = self.decoder.counters.snapshot()
+        d.update(asdict(self.stats))
+        d["overflow"] = self.queue.overflow
+        d["queued"] = len(self.queue)
+        d["unaccounted"] = (
+            d["samples"] - d["forecasts"] - d["invalid"] - d["overflow"] - d["queued"]
+        )
+        d["mode"] = self.mode_line or self.decoder.mode
+        d["port"] = self.reader.device or self.args.port
+        d["seconds"] = round(time.perf_counter() - self._started, 3)
+        d["state_saves"] = self.state_file.saves if self.state_file is not None else 0
+        for name, hist in (("p50", 50), ("p99", 99)):
+            v = self.latency.percentile(hist)
+            d[f"latency_{name}_ms"] = None if v is None else round(v * 1e3, 3)
+        return d
+
+    def print_status(self) -> None:
+        c = self.counters()
+        p50, p99 = self.window.percentile(50), self.window.percentile(99)
+        n = int(self.window.counts.sum())
+        self.window.clear()
+        lat = "latency -" if p50 is None else f"latency p50 {p50 * 1e3:.2f} p99 {p99 * 1e3:.2f} ms"
+        rate = n / self.args.status_interval
+        self.note(
+            f"{rate:.0f} samples/s, {lat}, queue {c['queued']} | received {c['samples']}, "
+            f"rejected {c['rejected']}, missing {c['missing']}, device-dropped "
+            f"{c['device_dropped']}, filled {c['filled']}, resets "
+            f"{c['gap_resets'] + c['device_resets']}, overflow {c['overflow']}"
+        )
+        if self.state_file is not None and self.state_file.error:
+            self.note(self.state_file.error)
+
+    def print_summary(self) -> None:
+        c = self.counters()
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(c["rejected_by"].items()))
+        lines = [
+            f"serial run on {c['port']} ({c['mode'] or 'no data'}), {c['seconds']:.1f} s",
+            f"  samples: {c['samples']} received, {c['forecasts']} forecast, {c['invalid']} "
+            f"invalid, {c['overflow']} dropped by queue overflow ({self.args.on_overflow}), "
+            f"{c['unaccounted']} unaccounted",
+            f"  link: {c['rejected']} rejected"
+            + (f" ({reasons})" if reasons else "")
+            + f", {c['missing']} missing (sequence gaps), {c['device_dropped']} dropped by the "
+            f"device, {c['unmapped']} unmapped, {c['reboots']} reboots, {c['disconnects']} "
+            f"disconnects, {c['reconnects']} reconnects",
+            f"  gaps: {c['gaps']} (policy {self.args.on_gap}, fill up to {self.args.gap_fill}): "
+            f"{c['filled']} samples filled, {c['gap_resets']} resets, {c['continued']} stepped "
+            f"over; {c['device_resets']} resets on device restart",
+        ]
+        if c["latency_p50_ms"] is not None:
+            lines.append(
+                f"  latency (read to emitted): p50 {c['latency_p50_ms']:.2f} ms, "
+                f"p99 {c['latency_p99_ms']:.2f} ms"
+            )
+        if self.state_file is not None:
+            lines.append(f"  state: saved to {self.state_file.path} ({c['state_saves']} saves)")
+        self.note("\n".join(lines))
+        if self.args.summary_json:
+            write_atomic(self.args.summary_json, json.dumps(c, indent=2))
+
+
+def run_serial(args, model, detector=None, stop: Optional[threading.Event] = None) -> int:
+    """The live loop of `edgernn run --port`. Exit 0 on Ctrl-C, SIGTERM or a clean
+    disconnect (--no-reconnect); raises EdgernnError for user errors."""
+    if args.queue_size < 1:
+        raise InputError("--queue-size must be at least 1")
+    if getattr(args, "realtime", False):
+        print(f"edgernn: {request_realtime()}", file=sys.stderr)
+    run = LiveRun(args, model, detector, stop)
+    with _graceful_signals(run.stop):
+        return run.run()
+
+
+def request_realtime(priority: int = 10) -> str:
+    """SCHED_FIFO for this thread and the threads it starts later (the reader); a line
+    saying what happened. Our threads block on I/O, so they cannot starve the system."""
+    setter = getattr(os, "sched_setscheduler", None)
+    if setter is None:
+        return "real-time scheduling is not available on this system; running as usual"
+    try:
+        setter(0, os.SCHED_FIFO, os.sched_param(priority))
+    except OSError as e:
+        return f"real-time scheduling refused ({e.strerror}); running as usual"
+    return f"real-time scheduling on (SCHED_FIFO priority {priority})"
+
+
+class _graceful_signals:
+    """First Ctrl-C / SIGTERM: finish the sample in hand, save state, summarise, exit 0.
+    A second Ctrl-C interrupts at once. Only possible from the main thread."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+        self.saved: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop.set()
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self.saved.items():
+            signal.signal(sig, old)
+
+
+# -- standalone entry point (`python -m edgernn.firmware_bridge.live`) -------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m edgernn.firmware_bridge.live",
+        description="Forecast samples from a serial device as they arrive (what "
+        "`edgernn run MODEL --port PORT` does).",
+    )
+    p.add_argument("model", metavar="MODEL.onnx")
+    src = p.add_mutually_exclusive_group(required=True)
+    add_serial_arguments(p, src)
+    p.add_argument("-o", "--out", metavar="OUT.jsonl|OUT.csv", help="default: JSON lines on stdout")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from edgernn.runtime.model import Model
+
+    args = build_parser().parse_args(argv)
+    try:
+        return run_serial(args, Model(args.model))
+    except EdgernnError as e:
+        print(f"edgernn: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
