@@ -2,8 +2,7 @@
 forecast emitted on the run's stdout.
 
 An emulated device (this process) streams binary frames at --rate Hz x --channels;
-the live run (`python -m edgernn.firmware_bridge.live`, a separate process, as on a
-Pi) forecasts each sample and writes a JSON line; this process timestamps the write
+the live run (`edgernn run MODEL --port PTY`, a separate process, as on a Pi) forecasts each sample and writes a JSON line; this process timestamps the write
 of each frame and the arrival of its line, with one clock. Reports p50/p99/p99.9/max
 latency, the run's CPU use (from /proc, over the measured window only) and the
 run's own accounting. Targets (issue 3): p99 < 2 ms at 1 kHz x 8, zero unaccounted.
@@ -95,7 +94,7 @@ def main() -> int:
     summary_path = os.path.join(tmp, "summary.json")
     err_file = open(os.path.join(tmp, "stderr.txt"), "w+")
     run = subprocess.Popen(
-        [sys.executable, "-m", "edgernn.firmware_bridge.live", model, "--port", emu.path,
+        [sys.executable, "-m", "edgernn", "run", model, "--port", emu.path,
          "--no-reconnect", "--status-interval", "0", "--summary-json", summary_path,
          *(["--realtime"] if args.realtime else [])],
         stdout=subprocess.PIPE, stderr=err_file,

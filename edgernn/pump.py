@@ -7,8 +7,8 @@ into chosen spans and labelled row by row, each of a different kind:
 
     bearing    vibration amplitude grows and spikes      (vibration)
     cavitation pressure drops and turns ragged            (pressure, vibration)
-    stuck      the temperature sensor freezes at a value  (temperature)
-    overload   current steps up, the motor heats faster   (current, temperature)
+    stuck      the vibration sensor freezes at a value    (vibration)
+    overload   current surges and turns noisy, heats up   (current, temperature)
     spikes     isolated electrical spikes on the current  (current)
 """
 
@@ -61,9 +61,9 @@ def inject(values: np.ndarray, kind: str, start: int, end: int, rng) -> None:
         seg[:, 3] -= 0.9 * np.minimum(1.0, 4 * ramp) + 0.25 * rng.standard_normal(n)
         seg[:, 0] += 0.35 * np.abs(rng.standard_normal(n))
     elif kind == "stuck":
-        seg[:, 2] = seg[0, 2]
+        seg[:, 0] = seg[0, 0]
     elif kind == "overload":
-        seg[:, 1] += 2.2
+        seg[:, 1] += 2.2 + 0.5 * rng.standard_normal(n)
         seg[:, 2] += 10.0 * ramp
     elif kind == "spikes":
         hits = np.zeros(n, dtype=bool)

@@ -227,6 +227,8 @@ class Emulator:
     def wait_for_reader(self, timeout: Optional[float] = None) -> bool:
         """Block until a reader has the pty open (then a short settle: pyserial flushes
         its input buffer right after opening, and bytes written before that vanish)."""
+        if self._master < 0:
+            return False  # unplugged for good
         poller = select.poll()
         poller.register(self._master, select.POLLOUT)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -271,7 +273,7 @@ class Emulator:
     def _run_safe(self) -> None:
         try:
             self.run()
-        except OSError as e:  # the test closed the pty under us
+        except (OSError, ValueError) as e:  # unplug() closed the pty under us
             self.error = e
 
     def run(self) -> None:

@@ -331,7 +331,11 @@ class LiveRun:
 
     # -- main loop -----------------------------------------------------------------
     def run(self) -> int:
-        self.reader.start()  # raises PortError (one line) if the port cannot be opened
+        try:
+            self.reader.start()  # raises PortError (one line) if the port cannot be opened
+        except BaseException:
+            self.writer.close()
+            raise
         status_every = self.args.status_interval
         next_status = time.perf_counter() + status_every if status_every > 0 else float("inf")
         next_save = time.perf_counter() + self.args.state_interval
@@ -364,8 +368,8 @@ class LiveRun:
             event = self.queue.get(0)
             if event is None:
                 return
-            if isinstance(event, Samples):
-                self._samples(event)
+            if isinstance(event, (Samples, Reboot, SeqReset)):
+                self._handle(event)
 
     def _handle(self, event) -> bool:
         """Act on one event; False ends the run."""
@@ -577,34 +581,3 @@ class _graceful_signals:
     def __exit__(self, *exc) -> None:
         for sig, old in self.saved.items():
             signal.signal(sig, old)
-
-
-# -- standalone entry point (`python -m edgernn.firmware_bridge.live`) -------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m edgernn.firmware_bridge.live",
-        description="Forecast samples from a serial device as they arrive (what "
-        "`edgernn run MODEL --port PORT` does).",
-    )
-    p.add_argument("model", metavar="MODEL.onnx")
-    src = p.add_mutually_exclusive_group(required=True)
-    add_serial_arguments(p, src)
-    p.add_argument("-o", "--out", metavar="OUT.jsonl|OUT.csv", help="default: JSON lines on stdout")
-    return p
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    from edgernn.runtime.model import Model
-
-    args = build_parser().parse_args(argv)
-    try:
-        return run_serial(args, Model(args.model))
-    except EdgernnError as e:
-        print(f"edgernn: error: {e}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

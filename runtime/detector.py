@@ -18,6 +18,18 @@ score into a 0/1 flag:
                 its pruning step, over a trailing window (see `dynamic_threshold`)
     "gaussian"  running mean + z * std of the score (a Gaussian tail)
     "fixed"     a value calibrated on validation scores at training time
+    "holdout"   margin x the `quantile` of the scores over the last `holdout` fraction
+                of the warm-up (learnt on the stream itself, e.g. a file's training part)
+
+Optional novelty term (`baseline` > 0): each channel's sample is also compared with
+a slow baseline of the stream itself (EWMA of unflagged samples, span `baseline`):
+d = x - baseline, z_b = d / scale_b, and the per-channel z**2 becomes
+(forecast_weight * z**2 + z_b**2) / (forecast_weight + 1). A forecast error fades
+once the model has seen a level shift for a while; the baseline does not move during
+flagged samples, so a sustained shift keeps scoring. scale_b is learnt
+on the warm-up's holdout part with the baseline frozen at its start, so it measures
+how far normal operation drifts from a frozen baseline over that many samples (slow
+drifts like temperature get a wide scale and do not alarm).
 
 Flagged samples never feed the running statistics (center/scale trackers, threshold
 references): an anomaly does not teach the detector that it is normal. The first
@@ -41,7 +53,7 @@ import numpy as np
 
 from edgernn.errors import InputError, ModelFormatError
 
-STRATEGIES = ("dynamic", "gaussian", "fixed")
+STRATEGIES = ("dynamic", "gaussian", "fixed", "holdout")
 COMBINES = ("mean", "max")
 CALIBRATION_FORMAT = 1
 MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): MAD of a Gaussian times this is its std
@@ -277,6 +289,28 @@ class _Gaussian:
         self.n, self.mean, self.var = int(d["n"]), float(d["mean"]), float(d["var"])
 
 
+class _Holdout:
+    """A fixed value learnt at the end of the warm-up (`Detector._learn_from_holdout`);
+    no verdict before that."""
+
+    def __init__(self):
+        self.value: Optional[float] = None
+
+    def decide(self, score: float) -> tuple[bool, Optional[float]]:
+        if self.value is None:
+            return False, None
+        return score > self.value, self.value
+
+    def update(self, score: float, flagged: bool) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.value = None if d["value"] is None else float(d["value"])
+
+
 class _Fixed:
     def __init__(self, value: float):
         self.value = value
@@ -313,9 +347,17 @@ class Detector:
     window: trailing window (samples) of the dynamic/gaussian threshold references.
     batch: the dynamic threshold's recent batch (flagged scores included).
     z: the gaussian threshold's z. z_max, buffer, p: the dynamic threshold's settings.
-    min_score: dynamic/gaussian never flag a score below this (1 is a typical error).
+    min_score: dynamic/gaussian/holdout never flag a score below this (1 is a typical
+        error).
     fixed_threshold: the "fixed" strategy's value (calibrate() provides one).
     top_k: channels named in an event.
+    baseline: EWMA span (samples) of the novelty baseline; 0 = off (forecast error only).
+    forecast_weight: weight of the forecast error beside the baseline term (0 = novelty
+        only); unused without a baseline.
+    holdout: the last fraction of the warm-up that learns the baseline's scale and the
+        "holdout" threshold.
+    quantile, margin: the "holdout" threshold is margin x this quantile of the holdout
+        scores.
     """
 
     def __init__(
@@ -338,6 +380,11 @@ class Detector:
         min_score: float = 2.0,
         fixed_threshold: Optional[float] = None,
         top_k: int = 3,
+        baseline: float = 0.0,
+        forecast_weight: float = 1.0,
+        holdout: float = 0.375,
+        quantile: float = 0.99,
+        margin: float = 1.0,
     ):
         # Stored as given (river-style): get_params() rebuilds an identical detector.
         self.error_scale = error_scale
@@ -358,6 +405,11 @@ class Detector:
         self.min_score = min_score
         self.fixed_threshold = fixed_threshold
         self.top_k = top_k
+        self.baseline = baseline
+        self.forecast_weight = forecast_weight
+        self.holdout = holdout
+        self.quantile = quantile
+        self.margin = margin
         self._check_params()
         self.reset()
 
@@ -377,7 +429,7 @@ class Detector:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("smoothing", "adapt", "z", "z_max", "p", "min_score"):
+        for name in _NUMBER_PARAMS:
             if isinstance(getattr(self, name), bool) or not isinstance(
                 getattr(self, name), (int, float, np.number)
             ):
@@ -390,6 +442,7 @@ class Detector:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+        self._check_novelty_params()
         if self.z_max <= 2.5:
             raise InputError(f"z_max must be above 2.5 (the first z tried), got {self.z_max}")
         if self.threshold == "fixed":
@@ -416,6 +469,26 @@ class Detector:
             if not np.isfinite(np.asarray(self.error_center, dtype=np.float64)).all():
                 raise InputError("error_center must be finite")
         self._n_channels = n
+
+    def _check_novelty_params(self) -> None:
+        if not (math.isfinite(self.baseline) and (self.baseline == 0 or self.baseline >= 1)):
+            raise InputError(
+                f"baseline (an EWMA span) must be 0 (off) or >= 1, got {self.baseline!r}"
+            )
+        if not (math.isfinite(self.forecast_weight) and self.forecast_weight >= 0):
+            raise InputError(f"forecast_weight must be >= 0, got {self.forecast_weight!r}")
+        if not 0.0 < self.holdout < 1.0:
+            raise InputError(f"holdout must be in (0, 1), got {self.holdout!r}")
+        if not 0.0 < self.quantile <= 1.0 or not (math.isfinite(self.margin) and self.margin > 0):
+            raise InputError("quantile must be in (0, 1] and margin > 0")
+        if (self.baseline > 0 or self.threshold == "holdout") and self._holdout_size() < 2:
+            raise InputError(
+                f"the baseline and the holdout threshold learn on the warm-up's last "
+                f"{self.holdout:g} fraction: warmup {self.warmup} leaves fewer than 2 samples"
+            )
+
+    def _holdout_size(self) -> int:
+        return int(round(self.holdout * self.warmup))
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments, JSON-able: Detector(**det.get_params()) is a fresh twin."""
@@ -461,12 +534,20 @@ class Detector:
         self._quiet = 0
         self._next_event_id = 1
         self.events: list[Event] = []  # closed events, the last MAX_EVENTS_KEPT
+        # Novelty baseline (baseline > 0) and the warm-up holdout.
+        self._level: Optional[np.ndarray] = None  # (C,) EWMA of unflagged samples
+        self._probe: Optional[np.ndarray] = None  # (C,) the level frozen at the holdout's start
+        self._held: list[tuple[np.ndarray, Optional[np.ndarray]]] = []  # (error, deviation)
+        self._base_center: Optional[np.ndarray] = None  # (C,)
+        self._base_mad: Optional[np.ndarray] = None  # (C,)
 
     def _make_strategy(self):
         if self.threshold == "dynamic":
             return _Dynamic(self.window, self.batch, self.z_max, self.buffer, self.p)
         if self.threshold == "gaussian":
             return _Gaussian(self.window, self.z)
+        if self.threshold == "holdout":
+            return _Holdout()
         return _Fixed(float(self.fixed_threshold))
 
     @property
@@ -505,6 +586,11 @@ class Detector:
             "quiet": self._quiet,
             "next_event_id": self._next_event_id,
             "events": [e.to_dict() for e in self.events],
+            "level": _to_list(self._level),
+            "probe": _to_list(self._probe),
+            "held": [[e.tolist(), _to_list(d)] for e, d in self._held],
+            "base_center": _to_list(self._base_center),
+            "base_mad": _to_list(self._base_mad),
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -536,6 +622,11 @@ class Detector:
             self._quiet = int(d["quiet"])
             self._next_event_id = int(d["next_event_id"])
             self.events = [Event(**e) for e in d["events"]]
+            self._level = _as_array(d.get("level"))
+            self._probe = _as_array(d.get("probe"))
+            self._held = [(_as_array(e), _as_array(dev)) for e, dev in d.get("held", [])]
+            self._base_center = _as_array(d.get("base_center"))
+            self._base_mad = _as_array(d.get("base_mad"))
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"damaged detector state ({e!r})") from None
 
@@ -544,34 +635,36 @@ class Detector:
         """Score sample x [C] against the forecast made for it [C] (both raw units)."""
         x = self._check_vector(x, "sample")
         forecast = self._check_vector(forecast, "forecast")
-        return self.score_error(forecast - x)
+        return self.score_error(forecast - x, sample=x)
 
-    def score_error(self, error) -> DetectorOutput:
-        """Score one forecast error (forecast - sample), [C] raw units."""
+    def score_error(self, error, sample=None) -> DetectorOutput:
+        """Score one forecast error (forecast - sample), [C] raw units. A detector with
+        a novelty baseline also needs the sample itself (score_one passes it)."""
         e = self._check_vector(error, "error")
+        x = None
+        if self.baseline > 0:
+            if sample is None:
+                raise InputError("a detector with a novelty baseline needs the sample (score_one)")
+            x = self._check_vector(sample, "sample")
         t = self.t
         self.t += 1
-        warming = t < self.warmup
+        d = self._deviation(x)  # (C,) x - baseline, or None without one
+        if t < self.warmup:
+            self._warm_up(t, e, x)
+            return self._neutral(len(e), warming=True)
         if self._mad is None:  # no calibration: learn center/scale from warm-up errors
             self._warm_errors.append(e)
-            if warming or len(self._warm_errors) < 2:
+            if len(self._warm_errors) < 2:
                 return self._neutral(len(e), warming=True)
             self._center, scale = robust_center_scale(np.stack(self._warm_errors))
             self._mad = scale / MAD_TO_STD
             self._warm_errors = []
-        z = (e - self._center) / (self._mad * MAD_TO_STD)
-        z2 = np.minimum(z * z, MAX_Z2)  # (C,)
-        alpha = 2.0 / (self.smoothing + 1.0)
-        if self._smoothed is None:
-            self._smoothed = z2
-        else:
-            self._smoothed = (1.0 - alpha) * self._smoothed + alpha * z2
-        m = self._smoothed
-        score = float(math.sqrt(m.mean() if self.combine == "mean" else m.max()))
+        if self._held:
+            self._learn_from_holdout()
+        m = self._smooth(self._z2(e, d))
+        score = self._combine(m)
         total = float(m.sum())
         contributions = m / total if total > 0 else np.zeros_like(m)
-        if warming:
-            return self._neutral(len(e), warming=True)
 
         flagged, threshold = self._strategy.decide(score)
         if self.threshold != "fixed" and score < self.min_score:
@@ -579,9 +672,78 @@ class Detector:
         self._strategy.update(score, flagged)
         if not flagged:
             self._track_center_scale(e)
+            self._advance_level(x)
         out = DetectorOutput(score, bool(flagged), threshold, False, contributions)
         self._update_events(out, t)
         return out
+
+    def _warm_up(self, t: int, e: np.ndarray, x: Optional[np.ndarray]) -> None:
+        """A warm-up sample: learn, never judge."""
+        holdout_start = self.warmup - self._holdout_size()
+        if self.baseline > 0 or self.threshold == "holdout":
+            if t == holdout_start:
+                self._probe = None if x is None else self._level.copy()
+            if t >= holdout_start:
+                self._held.append((e, None if x is None else x - self._probe))
+        self._advance_level(x)
+        if self._mad is None:
+            self._warm_errors.append(e)
+        elif self.baseline == 0:  # the forecast term alone is ready: warm the smoothing up
+            self._smooth(self._z2(e, None))
+
+    def _deviation(self, x: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        if x is None:
+            return None
+        if self._level is None:
+            self._level = x.copy()
+        return x - self._level
+
+    def _advance_level(self, x: Optional[np.ndarray]) -> None:
+        if x is not None:
+            self._level = self._level + (2.0 / (self.baseline + 1.0)) * (x - self._level)
+
+    def _z2(self, e: np.ndarray, d: Optional[np.ndarray]) -> np.ndarray:
+        """Per-channel squared z-scores, (..., C): forecast error, with the baseline term."""
+        z = (e - self._center) / (self._mad * MAD_TO_STD)
+        z2 = np.minimum(z * z, MAX_Z2)
+        if d is None:
+            return z2
+        zb = (d - self._base_center) / (self._base_mad * MAD_TO_STD)
+        w = self.forecast_weight
+        return (w * z2 + np.minimum(zb * zb, MAX_Z2)) / (w + 1.0)
+
+    def _smooth(self, z2: np.ndarray) -> np.ndarray:
+        alpha = 2.0 / (self.smoothing + 1.0)
+        if self._smoothed is None:
+            self._smoothed = z2
+        else:
+            self._smoothed = (1.0 - alpha) * self._smoothed + alpha * z2
+        return self._smoothed
+
+    def _combine(self, m: np.ndarray) -> float:
+        return float(math.sqrt(m.mean() if self.combine == "mean" else m.max()))
+
+    def _learn_from_holdout(self) -> None:
+        """End of warm-up: the baseline's center/scale from the deviations against the
+        frozen probe, and the "holdout" threshold from the scores they give."""
+        errors = np.stack([e for e, _ in self._held])  # (N, C)
+        devs = None
+        if self.baseline > 0:
+            devs = np.stack([d for _, d in self._held])  # (N, C)
+            # Centered on 0, not on the deviations' median: the live baseline tracks the
+            # level, so its deviations are centered; the frozen probe's drift belongs in
+            # the scale. Mirroring the deviations gives a median of 0 and MAD = median |d|.
+            _, scale = robust_center_scale(np.concatenate([devs, -devs]))
+            self._base_center, self._base_mad = np.zeros_like(scale), scale / MAD_TO_STD
+        if self.threshold == "holdout":
+            alpha = 2.0 / (self.smoothing + 1.0)
+            m, scores = None, []
+            for z2 in self._z2(errors, devs):
+                m = z2 if m is None else (1.0 - alpha) * m + alpha * z2
+                scores.append(self._combine(m))
+            skip = min(int(self.smoothing), len(scores) // 2)  # the smoothing's own warm-up
+            self._strategy.value = self.margin * float(np.quantile(scores[skip:], self.quantile))
+        self._held, self._probe = [], None
 
     def _neutral(self, n: int, warming: bool) -> DetectorOutput:
         return DetectorOutput(0.0, False, None, warming, np.zeros(n))
@@ -659,7 +821,11 @@ class Detector:
 _PARAM_NAMES = (
     "error_scale", "error_center", "channels", "threshold", "smoothing", "combine", "warmup",
     "holdoff", "adapt", "window", "batch", "z", "z_max", "buffer", "p", "min_score",
-    "fixed_threshold", "top_k",
+    "fixed_threshold", "top_k", "baseline", "forecast_weight", "holdout", "quantile", "margin",
+)  # fmt: skip
+_NUMBER_PARAMS = (
+    "smoothing", "adapt", "z", "z_max", "p", "min_score", "baseline", "forecast_weight",
+    "holdout", "quantile", "margin",
 )  # fmt: skip
 _TUNABLE = set(_PARAM_NAMES) - {"error_scale", "error_center", "channels", "fixed_threshold"}
 

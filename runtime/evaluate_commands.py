@@ -50,6 +50,11 @@ DETECTOR_FLAGS = {
     "z": "z",
     "p": "p",
     "adapt": "adapt",
+    "baseline": "baseline",
+    "forecast_weight": "forecast_weight",
+    "holdout": "holdout",
+    "quantile": "quantile",
+    "margin": "margin",
 }
 
 
@@ -246,6 +251,22 @@ def add_detector_arguments(parser) -> None:
     g.add_argument("--z", type=float, help="gaussian threshold: mean + z * std")
     g.add_argument("--p", type=float, help="dynamic threshold: pruning ratio")
     g.add_argument("--adapt", type=float, help="online scale tracking rate (0 = frozen)")
+    g.add_argument(
+        "--baseline", type=float, metavar="SPAN",
+        help="add a novelty term: each sample against a slow EWMA baseline of the stream "
+        "(span in samples; frozen while flagged, so a sustained shift keeps alarming)",
+    )  # fmt: skip
+    g.add_argument(
+        "--forecast-weight", type=float,
+        help="weight of the forecast error beside the baseline term (0 = novelty only)",
+    )  # fmt: skip
+    g.add_argument(
+        "--holdout", type=float, metavar="FRAC",
+        help="last fraction of the warm-up that learns the baseline scale and the "
+        "holdout threshold",
+    )  # fmt: skip
+    g.add_argument("--quantile", type=float, help="holdout threshold: this quantile of the scores")
+    g.add_argument("--margin", type=float, help="holdout threshold: times this margin")
 
 
 def detector_kwargs_from(args: argparse.Namespace) -> dict[str, Any]:

@@ -94,7 +94,10 @@ class Monitor:
 def _detector_fields(out) -> dict[str, Any]:
     """Detector output -> record fields (score, anomaly 0/1, event info)."""
     if hasattr(out, "to_record"):
-        return out.to_record()
+        record = out.to_record()
+        if getattr(out, "threshold", None) is not None:
+            record["threshold"] = out.threshold  # JSON lines show what the score was held to
+        return record
     record = dict(out)
     if record.get("anomaly") is not None:
         record["anomaly"] = int(bool(record["anomaly"]))

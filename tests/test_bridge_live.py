@@ -304,7 +304,7 @@ def test_unplug_and_replug_reconnects_and_counts_the_outage(model, tmp_path, cap
 
 # -- the state file ------------------------------------------------------------------------
 def _start_run(model_path: str, port: str, state: Path, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "edgernn.firmware_bridge.live", model_path, "--port", port,
+    cmd = [sys.executable, "-m", "edgernn", "run", model_path, "--port", port,
            "--state-file", str(state), "--state-interval", "0.2", "--status-interval", "0",
            "-o", str(out)]  # fmt: skip
     return subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=REPO)
@@ -418,3 +418,106 @@ def test_emulate_refuses_bad_faults_in_one_line():
         "edgernn: error: --faults: unknown fault 'meteor'; choose from garbage, corrupt, drop, "
         "overrun, reboot, disconnect, down"
     ]
+
+
+# -- inference falling behind: the overflow policy is explicit and counted ------------------
+class SlowDetector:
+    """A real Detector that takes 2 ms a sample: inference falls behind the wire."""
+
+    def __new__(cls, model: Model):
+        from edgernn.runtime.detector import Detector
+
+        class _Slow(Detector):
+            def score_one(self, x, forecast):
+                time.sleep(0.002)
+                return super().score_one(x, forecast)
+
+        return _Slow.from_meta(model.meta)
+
+
+@pytest.mark.parametrize("policy", ["drop-oldest", "block"])
+def test_overflow_policy_when_inference_falls_behind(model, tmp_path, policy):
+    dev = ScriptedDevice(gappy_wire({}, n=400)[0], piece=4096)  # a burst: 400 frames at once
+    out, summary = tmp_path / "out.jsonl", tmp_path / "s.json"
+    args = parse("--port", dev.path, "--no-reconnect", "--queue-size", "20", "--on-overflow",
+                 policy, "-o", str(out), "--summary-json", str(summary))  # fmt: skip
+    assert run_serial(args, model, detector=SlowDetector(model)) == 0
+    records, s = read_jsonl(out), json.loads(summary.read_text())
+    assert s["samples"] == 400 and s["missing"] == 0 and s["unaccounted"] == 0
+    assert "score" in records[-1] and "anomaly" in records[-1]
+    if policy == "block":
+        assert s["overflow"] == 0 and [r["seq"] for r in records] == list(range(400))
+        return
+    # Dropped samples are counted, and the next forecast says how many it follows.
+    assert s["overflow"] > 100 and s["forecasts"] + s["overflow"] == 400
+    assert sum(r.get("gap", 0) for r in records) == s["overflow"]
+    for a, b in zip(records, records[1:]):
+        assert b["seq"] - a["seq"] - 1 == b.get("gap", 0)
+
+
+# -- other transports ------------------------------------------------------------------------
+def test_socket_url_and_status_lines(model, tmp_path, capsys):
+    import socket
+
+    wire, values = gappy_wire({}, n=60)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve():
+        conn, _ = server.accept()
+        for i in range(0, len(wire), 50):
+            conn.sendall(wire[i : i + 50])
+            time.sleep(0.01)
+        conn.close()
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    out = tmp_path / "out.jsonl"
+    args = parse("--port", f"socket://127.0.0.1:{port}", "--no-reconnect", "--status-interval",
+                 "0.1", "-o", str(out))  # fmt: skip
+    assert run_serial(args, model) == 0
+    np.testing.assert_allclose(inputs(read_jsonl(out)), values, rtol=1e-6)
+    err = capsys.readouterr().err
+    assert "samples/s, latency p50" in err and "received" in err
+
+
+def test_usb_identity_matching_and_low_latency_on_a_pty():
+    from edgernn.firmware_bridge.port import (
+        PortInfo,
+        UsbMatch,
+        open_port,
+        parse_usb_match,
+        set_low_latency,
+    )
+
+    ports = [
+        PortInfo("/dev/ttyACM0", vid=0x2341, pid=0x0043, serial_number="A1"),
+        PortInfo("/dev/ttyACM1", vid=0x2341, pid=0x0043, serial_number="B2"),
+        PortInfo("/dev/ttyUSB0", vid=0x0403, pid=0x6001),
+    ]
+    assert parse_usb_match("usb:2341:0043:B2").find(ports) == "/dev/ttyACM1"
+    assert parse_usb_match("USB:2341:0043").find(ports) == "/dev/ttyACM0"
+    assert UsbMatch(0x0403, 0x6001).find(ports) == "/dev/ttyUSB0"
+    assert parse_usb_match("usb:1:2:C3").find(ports) is None
+    assert parse_usb_match("/dev/ttyACM0") is None
+    with pytest.raises(PortError, match="usb:VID:PID"):
+        parse_usb_match("usb:zz")
+    master, slave = os.openpty()
+    try:
+        ser = open_port(os.ttyname(slave))  # low latency asked for, refused quietly
+        assert set_low_latency(ser) is False
+        ser.close()
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+# -- `edgernn run MODEL --port` ---------------------------------------------------------
+def test_edgernn_run_port_end_to_end(model_path):
+    emu = Emulator(rate=500, channels=8, seed=9, duration=0.5, record=True).start()
+    unplug_when_done(emu)
+    r = _edgernn("run", model_path, "--port", emu.path, "--no-reconnect", "--status-interval", "0")
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [rec["seq"] for rec in records] == emu.sent_seqs
+    assert "0 unaccounted" in r.stderr

@@ -333,7 +333,10 @@ def _progress_bar(cfg: TrainConfig, ctx: Dist, done: int):
         try:
             from tqdm import tqdm
 
-            return tqdm(total=cfg.epochs, initial=done, desc="train", unit="epoch", leave=False)
+            # disable=None: no bar when stderr is not a terminal (logs, CI, pipes)
+            return tqdm(
+                total=cfg.epochs, initial=done, desc="train", unit="epoch", leave=False, disable=None
+            )
         except ImportError:
             pass
     return None

@@ -1,0 +1,134 @@
+"""The novelty baseline and the warm-up holdout threshold: a sustained level shift keeps
+alarming where a tracking forecaster's error fades, a slow drift seen in the warm-up does
+not alarm, the holdout threshold is the quantile it says, and the state resumes exactly."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from edgernn.errors import InputError
+from edgernn.runtime.detector import Detector
+from edgernn.runtime.evaluate_commands import add_detector_arguments, detector_kwargs_from
+
+WARMUP, ONSET, LENGTH, N = 400, 600, 300, 1100
+
+
+def level_shift_stream(seed: int = 0, drift: float = 0.0) -> np.ndarray:
+    """(N, 2) white noise (std 1); channel 1 shifts by +4 over ONSET..ONSET+LENGTH;
+    channel 0 drifts by `drift` per sample throughout."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, 2))
+    x[:, 0] += drift * np.arange(N)
+    x[ONSET : ONSET + LENGTH, 1] += 4.0
+    return x
+
+
+def run(x: np.ndarray, **kwargs) -> tuple[np.ndarray, Detector]:
+    """A persistence forecaster (forecast = previous sample): its error spikes at a
+    level shift's onset, then goes back to normal while the shift lasts."""
+    settings = dict(threshold="holdout", warmup=WARMUP, channels=["a", "b"], min_score=0.0)
+    det = Detector(**{**settings, **kwargs})
+    forecasts = np.vstack([x[:1], x[:-1]])
+    flags = np.array([det.score_one(x[t], forecasts[t]).anomaly for t in range(len(x))])
+    return flags, det
+
+
+def test_baseline_keeps_alarming_through_a_sustained_shift():
+    x = level_shift_stream()
+    with_baseline, det = run(x, baseline=120, forecast_weight=0.0)
+    forecast_only, _ = run(x)
+    shift = slice(ONSET, ONSET + LENGTH)
+    assert with_baseline[shift].mean() > 0.9  # frozen while flagged: the shift keeps scoring
+    assert forecast_only[shift].mean() < 0.2  # the onset spike, then the error is normal again
+    assert with_baseline[WARMUP:ONSET].mean() < 0.05
+    assert with_baseline[ONSET + LENGTH + 50 :].mean() < 0.05  # back to the old level: quiet
+    det.close_event()
+    assert any(ev.top_channels[0] == "b" for ev in det.events if ev.start >= ONSET)
+
+
+def test_slow_drift_seen_in_the_warm_up_does_not_alarm():
+    x = level_shift_stream(seed=1, drift=0.02)  # 8 std over the warm-up
+    flags, _ = run(x, baseline=120, forecast_weight=0.0)
+    assert flags[WARMUP:ONSET].mean() < 0.05
+    assert flags[ONSET : ONSET + LENGTH].mean() > 0.8
+
+
+def test_holdout_threshold_is_margin_times_the_quantile_of_holdout_scores():
+    # One channel, scale 1, no smoothing: a score is |error|. Holdout = the last 4 of 8
+    # warm-up samples; the first holdout score is skipped (the smoothing's warm-up).
+    det = Detector(
+        error_scale=[1.0], threshold="holdout", warmup=8, holdout=0.5, smoothing=1,
+        quantile=1.0, margin=2.0, min_score=0.0, adapt=0.0,
+    )  # fmt: skip
+    for e in [9.0, 9.0, 9.0, 9.0, 7.0, 1.0, 3.0, 2.0]:
+        assert det.score_error([e]).threshold is None
+    out = det.score_error([5.0])
+    assert out.threshold == pytest.approx(6.0)  # 2 x max(1, 3, 2)
+    assert not out.anomaly and det.score_error([6.5]).anomaly
+
+
+def test_state_resumes_exactly_with_a_baseline():
+    x = level_shift_stream(seed=2)
+    forecasts = np.vstack([x[:1], x[:-1]])
+    params = dict(threshold="holdout", warmup=WARMUP, baseline=60, min_score=0.0)
+
+    def outputs(det, rows):
+        return [
+            (o.score, o.anomaly, o.threshold)
+            for o in (det.score_one(x[t], forecasts[t]) for t in rows)
+        ]
+
+    expected = outputs(Detector(**params), range(N))
+    for cut in (300, WARMUP, 700):  # inside the holdout, at its end, inside the shift
+        first = Detector(**params)
+        got = outputs(first, range(cut))
+        saved = json.loads(json.dumps(first.state_dict()))
+        resumed = Detector(**saved["params"])
+        resumed.load_state_dict(saved)
+        assert got + outputs(resumed, range(cut, N)) == expected, f"cut at {cut}"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(baseline=0.5),
+        dict(baseline=float("inf")),
+        dict(forecast_weight=-1.0),
+        dict(holdout=1.0),
+        dict(quantile=0.0),
+        dict(margin=0.0),
+        dict(baseline=10, warmup=2),  # a holdout of 1 sample cannot give a scale
+        dict(threshold="holdout", warmup=0),
+    ],
+)
+def test_bad_novelty_settings_are_one_line_input_errors(kwargs):
+    with pytest.raises(InputError) as info:
+        Detector(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_baseline_needs_the_sample():
+    det = Detector(baseline=10, warmup=10)
+    with pytest.raises(InputError):
+        det.score_error([1.0, 2.0])
+    assert det.t == 0
+
+
+def test_cli_flags_reach_the_detector():
+    parser = argparse.ArgumentParser()
+    add_detector_arguments(parser)
+    args = parser.parse_args(
+        ["--threshold", "holdout", "--baseline", "120", "--forecast-weight", "0.5",
+         "--holdout", "0.25", "--quantile", "0.95", "--margin", "1.2"]
+    )  # fmt: skip
+    kwargs = detector_kwargs_from(args)
+    assert kwargs == dict(
+        threshold="holdout", baseline=120.0, forecast_weight=0.5, holdout=0.25,
+        quantile=0.95, margin=1.2,
+    )  # fmt: skip
+    det = Detector(**kwargs, warmup=100)
+    assert Detector(**det.get_params()).get_params() == det.get_params()
