@@ -162,10 +162,8 @@ def _live(args, model_path: str, log: PumpLog, out: str):
     closer.start()
     argv = [
         "run", model_path, "--port", emu.path, "--no-reconnect", "-o", jsonl,
-        "--summary-json", summary_path, "--threshold", args.threshold, "--status-interval", "2",
+        "--summary-json", summary_path, "--threshold", args.threshold, "--live",
     ]  # fmt: skip
-    if "--live" in _run_flags():
-        argv.append("--live")
     try:
         code = cli_main(argv)
     finally:
@@ -177,12 +175,6 @@ def _live(args, model_path: str, log: PumpLog, out: str):
     with open(jsonl) as fh:
         records = [json.loads(line) for line in fh]
     return summary, records
-
-
-def _run_flags() -> str:
-    from edgernn.cli import build_parser
-
-    return build_parser()._subparsers._group_actions[0].choices["run"].format_help()
 
 
 # -- results -------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from edgernn.firmware_bridge.port import (
     PortReader,
     SampleQueue,
 )
+from edgernn.runtime.liveview import LiveView, Snapshot
 
 GAP_POLICIES = ("fill", "reset", "continue")
 STATE_FORMAT = 1
@@ -126,6 +127,11 @@ def add_serial_arguments(parser: argparse.ArgumentParser, source_group) -> None:
         help="when inference falls behind a full queue: drop the oldest samples "
         "(counted, handled as a gap; default) or block the reader",
     )
+    g.add_argument(
+        "--live", action="store_true",
+        help="a live terminal view on stderr (rate, latency, score per channel, alerts) "
+        "instead of status lines",
+    )  # fmt: skip
     g.add_argument("--state-file", metavar="PATH", help="save/resume the stream state (JSON) here")
     g.add_argument(
         "--state-interval",
@@ -320,6 +326,10 @@ class LiveRun:
             fmt=None if out not in (None, "-") else "jsonl",
             flush=True,  # a live consumer (a pipe, `tail -f`) sees each sample at once
         )
+        self.view = LiveView(sys.stderr) if getattr(args, "live", False) else None
+        self._alerts: list[str] = []
+        self._open_alert: Optional[str] = None
+        self._view_mark = (time.perf_counter(), 0)  # (time, forecasts) at the last redraw
         self._pending_gap = 0  # invalid samples waiting to be handled as a gap
         self._pending_reset = False
         self._error: Optional[str] = None
@@ -327,6 +337,8 @@ class LiveRun:
 
     # -- messages ------------------------------------------------------------------
     def note(self, text: str) -> None:
+        if self.view is not None:
+            self.view.close()  # the next redraw starts below this line
         print(f"edgernn: {text}", file=sys.stderr, flush=True)
 
     # -- main loop -----------------------------------------------------------------
@@ -345,7 +357,10 @@ class LiveRun:
                 if event is not None and not self._handle(event):
                     break
                 now = time.perf_counter()
-                if now >= next_status:
+                if self.view is not None:
+                    if self.view.due():
+                        self.view.show(self.snapshot())
+                elif now >= next_status:
                     self.print_status()
                     next_status = now + status_every
                 if self.state_file is not None and now >= next_save:
@@ -357,6 +372,9 @@ class LiveRun:
             if self.state_file is not None:
                 self.state_file.save(self.monitor.state_dict(), self.stats.forecasts)
             self.writer.close()
+        if self.view is not None:
+            self.view.show(self.snapshot(final=True), force=True)
+            self.view.close()
         self.print_summary()
         if self._error:
             raise EdgernnError(self._error)
@@ -452,7 +470,54 @@ class LiveRun:
         if reset:
             record["reset"] = 1
         self.stats.anomalies += int(record.get("anomaly") or 0)
+        if self.view is not None:
+            self._track_alerts(record)
         return record
+
+    def _track_alerts(self, record: dict) -> None:
+        opened, closed = record.get("event_opened"), record.get("event_closed")
+        if opened:
+            top = ", ".join(opened.get("top_channels", []))
+            self._open_alert = f"#{opened['id']} since seq {record['seq']} ({top})"
+        if closed:
+            self._open_alert = None
+            self._alerts.append(
+                f"#{closed['id']} closed at seq {record['seq']}: {closed['flagged']} flagged, "
+                f"peak {closed['peak_score']:.2f} ({', '.join(closed.get('top_channels', []))})"
+            )
+            del self._alerts[:-3]
+
+    def snapshot(self, final: bool = False) -> Snapshot:
+        """What the live view shows now (final: rates over the whole run)."""
+        now, done = time.perf_counter(), self.stats.forecasts
+        then, before = (self._started, 0) if final else self._view_mark
+        self._view_mark = (now, done)
+        c = self.counters()
+        out = self.monitor.last_output
+        scores = {}
+        if out is not None:
+            share = np.asarray(out.contributions, dtype=float)
+            scores = {ch: float(out.score * w) for ch, w in zip(self.channels, share)}
+        return Snapshot(
+            rate=(done - before) / max(now - then, 1e-9),
+            latency_p50_ms=c["latency_p50_ms"],
+            latency_p99_ms=c["latency_p99_ms"],
+            counters={
+                k: c[k]
+                for k in (
+                    "samples",
+                    "forecasts",
+                    "rejected",
+                    "missing",
+                    "device_dropped",
+                    "anomalies",
+                )
+            },  # fmt: skip
+            scores=scores,
+            threshold=None if out is None else out.threshold,
+            open_alert=self._open_alert,
+            recent_alerts=list(self._alerts),
+        )
 
     def _on_gap(self, gap: int) -> bool:
         """Apply the gap policy; True if the state was reset."""

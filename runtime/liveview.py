@@ -94,7 +94,9 @@ class LiveView:
         self._lines = 0
 
 
-def channel_scores(contributions: Optional[Sequence[float]], channels: Sequence[str]) -> Mapping[str, float]:
+def channel_scores(
+    contributions: Optional[Sequence[float]], channels: Sequence[str]
+) -> Mapping[str, float]:
     if contributions is None:
         return {}
     return {c: float(v) for c, v in zip(channels, contributions)}

@@ -3,8 +3,8 @@
 A record is a dict: optional leading fields (time, seq, row), the input values by
 channel name, "forecast" (channel -> value) and optional trailing fields (score,
 anomaly, ...). JSON lines keep "forecast" nested; CSV flattens it into
-`<channel>_forecast` columns. Floats are written with 7 significant digits, which
-is all a float32 holds.
+`<channel>_forecast` columns. Floats are written as the shortest decimal that reads
+back as the same float32 (the runtime computes in float32): exact, and no longer.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import os
 import sys
 from collections.abc import Sequence
 from typing import IO, Any, Optional
+
+import numpy as np
 
 from edgernn.errors import EdgernnError
 
@@ -39,7 +41,7 @@ def _num(v: Any) -> Any:
     if isinstance(v, (bool, int, str)):
         return v
     f = float(v)
-    return float(f"{f:.7g}") if math.isfinite(f) else None
+    return float(str(np.float32(f))) if math.isfinite(f) else None
 
 
 def _jsonable(v: Any) -> Any:
@@ -117,4 +119,4 @@ def _cell(v: Any) -> str:
     if isinstance(v, (str, bool, int)):
         return str(int(v)) if isinstance(v, bool) else str(v)
     f = _num(v)
-    return "" if f is None else f"{f:.7g}"
+    return "" if f is None else repr(f)
