@@ -38,7 +38,9 @@ def plot(report: dict, path: str) -> None:
         p50 = [entry["results"][n]["p50_us"] for n in names]
         p99 = [entry["results"][n]["p99_us"] for n in names]
         y = range(len(names))
-        ax.barh(y, p50, color=["tab:green" if n.startswith("edgernn") else "tab:gray" for n in names])
+        ax.barh(
+            y, p50, color=["tab:green" if n.startswith("edgernn") else "tab:gray" for n in names]
+        )
         ax.scatter(p99, y, marker="|", s=200, color="black", label="p99")
         ax.set_yticks(list(y), names, fontsize=8)
         ax.invert_yaxis()

@@ -290,6 +290,7 @@ class LiveRun:
         self.args = args
         self.model = model
         self.channels = model.channels
+        self.view = LiveView(sys.stderr) if getattr(args, "live", False) else None
         self.stop = stop or threading.Event()
         self.stats = LiveStats()
         self.latency = LatencyHistogram()
@@ -326,7 +327,6 @@ class LiveRun:
             fmt=None if out not in (None, "-") else "jsonl",
             flush=True,  # a live consumer (a pipe, `tail -f`) sees each sample at once
         )
-        self.view = LiveView(sys.stderr) if getattr(args, "live", False) else None
         self._alerts: list[str] = []
         self._open_alert: Optional[str] = None
         self._view_mark = (time.perf_counter(), 0)  # (time, forecasts) at the last redraw

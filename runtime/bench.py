@@ -92,7 +92,9 @@ def _interleaved(steppers: dict[str, Callable], samples: np.ndarray, cfg: BenchC
         for r in range(cfg.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
-                times[name].append(_time_calls(steppers[name], samples, cfg.samples, r * cfg.samples))
+                times[name].append(
+                    _time_calls(steppers[name], samples, cfg.samples, r * cfg.samples)
+                )
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -214,7 +216,9 @@ def build_reference_models(workdir: str, cfg: BenchConfig) -> list[tuple[str, st
     torch.manual_seed(cfg.seed)
     out = []
     for label, cell, layers in REFERENCE_MODELS:
-        module = Forecaster(ModelConfig(n_channels=cfg.channels, cell=cell, hidden=cfg.hidden, layers=layers))
+        module = Forecaster(
+            ModelConfig(n_channels=cfg.channels, cell=cell, hidden=cfg.hidden, layers=layers)
+        )
         module.set_normalisation([20.0] * cfg.channels, [5.0] * cfg.channels)
         module.eval()
         path = os.path.join(workdir, f"{label}.onnx")
@@ -240,7 +244,9 @@ def macs_per_sample(meta) -> int:
     return total + meta.hidden * meta.n_channels
 
 
-def bench_single(label: str, path: str, module, cfg: BenchConfig, workdir: str, notes: list) -> dict:
+def bench_single(
+    label: str, path: str, module, cfg: BenchConfig, workdir: str, notes: list
+) -> dict:
     models = {}
     for backend in BACKENDS[1:]:
         try:
@@ -380,7 +386,10 @@ print(json.dumps({{"import_s": t1 - t0, "load_ms": (t2 - t1) * 1e3, "rss_mb": rs
 
 def footprint(path: str, backend: str = "auto", repeats: int = 5) -> dict:
     """Import time, load time (median of `repeats` fresh processes) and RSS after one step."""
-    runs = [json.loads(_python(_FOOTPRINT_CODE.format(path=path, backend=backend)).splitlines()[-1]) for _ in range(repeats)]
+    runs = [
+        json.loads(_python(_FOOTPRINT_CODE.format(path=path, backend=backend)).splitlines()[-1])
+        for _ in range(repeats)
+    ]
     out = dict(runs[-1])
     for key in ("import_s", "load_ms", "rss_mb"):
         out[key] = float(np.median([r[key] for r in runs]))
@@ -415,7 +424,11 @@ def machine_info() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith(("model name", "Model"))]
+            names = [
+                line.split(":", 1)[1].strip()
+                for line in f
+                if line.startswith(("model name", "Model"))
+            ]
         cpu = names[0] if names else cpu
     except OSError:
         pass
@@ -519,7 +532,9 @@ def format_report(report: dict) -> str:
                 f"model load {f['load_ms']:.1f} ms, RSS {f['rss_mb']:.1f} MB"
             )
     if report["footprint"].get("first_load_compile_ms") is not None:
-        lines.append(f"  first load of a new shape (C compile): {report['footprint']['first_load_compile_ms']:.0f} ms")
+        lines.append(
+            f"  first load of a new shape (C compile): {report['footprint']['first_load_compile_ms']:.0f} ms"
+        )
     for note in report["notes"]:
         lines.append(f"note: {note}")
     return "\n".join(lines)

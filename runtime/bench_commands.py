@@ -23,7 +23,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--batch", type=_positive_int, help="streams stepped together (default 1024)")
     p.add_argument("--samples", type=_positive_int, help="timed samples per round (default 2000)")
     p.add_argument("--rounds", type=_positive_int, help="interleaved rounds (default 5)")
-    p.add_argument("--quick", action="store_true", help="a short run (smaller models, fewer samples)")
+    p.add_argument(
+        "--quick", action="store_true", help="a short run (smaller models, fewer samples)"
+    )
     p.set_defaults(func=cmd_bench)
 
 

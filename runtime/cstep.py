@@ -332,6 +332,7 @@ _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])
 def compile_library(source: str) -> str:
     """Path of the shared library for `source`, compiling it on the first use."""
     import subprocess  # here, not at the top: a cached load never runs the compiler
+
     cc = _compiler()
     if cc is None:
         raise CStepUnavailable("no C compiler found (install gcc or set CC)")

@@ -342,7 +342,9 @@ def _check_interface(path: str, meta: ModelMeta, inputs: dict, outputs: dict) ->
     for kind, want, have in (("input", want_in, inputs), ("output", want_out, outputs)):
         for name, shape in want.items():
             if name not in have:
-                raise ModelFormatError(f"{path}: graph has no {kind} {name!r} named in its metadata")
+                raise ModelFormatError(
+                    f"{path}: graph has no {kind} {name!r} named in its metadata"
+                )
             _check_shape(path, name, have[name], shape)
     extra = set(inputs) - set(want_in)
     if extra:
@@ -374,7 +376,9 @@ class Stream:
         state: Optional[Mapping[str, np.ndarray]] = None,
         batch: Optional[int] = None,
     ):
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        if batch is not None and (
+            isinstance(batch, bool) or not isinstance(batch, int) or batch < 1
+        ):
             raise InputError(f"batch must be a positive integer or None, got {batch!r}")
         self.model = model
         self.batch = batch

@@ -184,7 +184,9 @@ def _attribute(buf):
     by_kind = {1: "f", 2: "i", 3: "s", 4: "t"}
     if kind in by_kind:
         return name, scalar.get(by_kind[kind])
-    return name, {6: floats, 7: ints, 8: strings, 9: tensors}.get(kind, next(iter(scalar.values()), ints))
+    return name, {6: floats, 7: ints, 8: strings, 9: tensors}.get(
+        kind, next(iter(scalar.values()), ints)
+    )
 
 
 def _node(buf) -> Node:
@@ -501,7 +503,9 @@ class Interpreter:
     Constant nodes) are folded once at construction; `run` executes the rest."""
 
     def __init__(self, graph: Graph, source: str = "model"):
-        unknown = sorted({n.op_type for n in graph.nodes if n.op_type not in _OPS and n.op_type != "Constant"})
+        unknown = sorted(
+            {n.op_type for n in graph.nodes if n.op_type not in _OPS and n.op_type != "Constant"}
+        )
         if unknown or any(n.domain not in ("", "ai.onnx") for n in graph.nodes):
             ops = unknown or sorted({f"{n.domain}.{n.op_type}" for n in graph.nodes if n.domain})
             raise ModelFormatError(
@@ -605,7 +609,9 @@ def _stack_layer(cell: str, w: np.ndarray, r: np.ndarray, b: np.ndarray) -> Laye
         zero_h = np.zeros((hidden, hidden), np.float32)
         top = np.concatenate([w[: 2 * hidden].T, w[2 * hidden :].T, zero_x], axis=1)
         bottom = np.concatenate([r[: 2 * hidden].T, zero_h, r[2 * hidden :].T], axis=1)
-        bias = np.concatenate([wb[: 2 * hidden] + rb[: 2 * hidden], wb[2 * hidden :], rb[2 * hidden :]])
+        bias = np.concatenate(
+            [wb[: 2 * hidden] + rb[: 2 * hidden], wb[2 * hidden :], rb[2 * hidden :]]
+        )
     else:
         top, bottom, bias = w.T, r.T, wb + rb
     weight = np.ascontiguousarray(np.concatenate([top, bottom]), dtype=np.float32)
@@ -623,17 +629,28 @@ def _cell_layers(interp: Interpreter, meta, source: str) -> list[Layer]:
     layers = []
     for node in cells:
         ins = node.inputs + [""] * (8 - len(node.inputs))
-        if not all(i in interp.constants for i in ins[1:3]) or (ins[3] and ins[3] not in interp.constants):
+        if not all(i in interp.constants for i in ins[1:3]) or (
+            ins[3] and ins[3] not in interp.constants
+        ):
             raise ModelFormatError(f"{source}: {node.op_type} weights are not constants")
         if node.attrs.get("hidden_size", meta.hidden) != meta.hidden:
             raise ModelFormatError(f"{source}: {node.op_type} hidden_size disagrees with metadata")
         if meta.cell == "gru" and not node.attrs.get("linear_before_reset", 0):
             raise ModelFormatError(f"{source}: GRU without linear_before_reset is not fused")
-        _check_cell_attrs(node, {"lstm": ["Sigmoid", "Tanh", "Tanh"], "gru": ["Sigmoid", "Tanh"]}.get(meta.cell, [meta.nonlinearity.capitalize()]))
+        _check_cell_attrs(
+            node,
+            {"lstm": ["Sigmoid", "Tanh", "Tanh"], "gru": ["Sigmoid", "Tanh"]}.get(
+                meta.cell, [meta.nonlinearity.capitalize()]
+            ),
+        )
         w = interp.constants[ins[1]][0].astype(np.float32)
         r = interp.constants[ins[2]][0].astype(np.float32)
         gates = w.shape[0]
-        b = interp.constants[ins[3]][0].astype(np.float32) if ins[3] else np.zeros(2 * gates, np.float32)
+        b = (
+            interp.constants[ins[3]][0].astype(np.float32)
+            if ins[3]
+            else np.zeros(2 * gates, np.float32)
+        )
         layers.append(_stack_layer(meta.cell, w, r, b))
     return layers
 
@@ -653,7 +670,9 @@ def _head(interp: Interpreter, meta, source: str) -> tuple[np.ndarray, np.ndarra
         if w.shape == (h, c):
             found.append((node, w))
     if len(found) != 1:
-        raise ModelFormatError(f"{source}: cannot find the one linear head ({h} -> {c}) in the graph")
+        raise ModelFormatError(
+            f"{source}: cannot find the one linear head ({h} -> {c}) in the graph"
+        )
     node, w = found[0]
     bias = np.zeros(c, np.float32)
     if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2]:
@@ -694,7 +713,9 @@ def verify_network(net: Network, interp: Interpreter, meta, source: str) -> None
     rng = np.random.default_rng(1234)
     batch = 3
     x = (rng.standard_normal((batch, net.n_channels)) * net.std + net.mean).astype(np.float32)
-    states = (0.5 * rng.standard_normal((net.n_state, meta.layers, batch, meta.hidden))).astype(np.float32)
+    states = (0.5 * rng.standard_normal((net.n_state, meta.layers, batch, meta.hidden))).astype(
+        np.float32
+    )
     feeds = {meta.input: x, **{s.input: states[i] for i, s in enumerate(meta.states)}}
     names = [meta.output] + [s.output for s in meta.states]
     want = interp.run(feeds, names)
@@ -735,7 +756,9 @@ def _prepare(net: Network) -> _Prepared:
     return _Prepared(w_x, w_h, bias)
 
 
-def fused_step(net: Network, x: np.ndarray, s_in: np.ndarray, s_out: np.ndarray, y: np.ndarray) -> None:
+def fused_step(
+    net: Network, x: np.ndarray, s_in: np.ndarray, s_out: np.ndarray, y: np.ndarray
+) -> None:
     """One step. x (B, C) raw units; s_in/s_out (S, L, B, H); y (B, C) written in place."""
     prep = net.__dict__.get("_prepared")
     if prep is None:

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, synthetic_signal, write_csv
 
 QUICK = ["--hidden", "12", "--epochs", "2", "--window", "24", "--no-progress"]
@@ -99,8 +98,12 @@ def test_bad_inputs_give_one_line_errors(trained, tmp_path):
     nan = tmp_path / "nan.csv"
     nan.write_text("a,b,c\n1,2,3\nNaN,2,3\n")
     _assert_clean_error(run_cli("train", str(nan), "--out", str(tmp_path / "r")), "row 3", "'a'")
-    _assert_clean_error(run_cli("run", model, "--csv", str(tmp_path / "missing.csv")), "cannot open")
-    _assert_clean_error(run_cli("export", str(tmp_path / "nothing"), "-o", "m.onnx"), "no checkpoint")
+    _assert_clean_error(
+        run_cli("run", model, "--csv", str(tmp_path / "missing.csv")), "cannot open"
+    )
+    _assert_clean_error(
+        run_cli("export", str(tmp_path / "nothing"), "-o", "m.onnx"), "no checkpoint"
+    )
     _assert_clean_error(run_cli("run", model, "--csv", two, "-o", str(tmp_path / "o.txt")))
 
 
@@ -117,7 +120,11 @@ def test_usage_errors_exit_2():
 def test_train_without_torch_names_the_extra(tmp_path, synthetic_csv):
     # Simulate the Pi's core install: torch cannot be imported.
     proc = run_cli(
-        "train", synthetic_csv, "--out", str(tmp_path / "r"), pre="import sys; sys.modules['torch'] = None"
+        "train",
+        synthetic_csv,
+        "--out",
+        str(tmp_path / "r"),
+        pre="import sys; sys.modules['torch'] = None",
     )
     _assert_clean_error(proc, "[train]", "pip install")
     assert len(proc.stderr.strip().splitlines()) == 1

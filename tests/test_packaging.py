@@ -30,7 +30,7 @@ def test_wheel_maps_folders_into_the_edgernn_namespace(tmp_path):
     assert sorted(r.split()[1].split(">")[0].split("=")[0] for r in core) == [
         "numpy", "onnxruntime", "pyserial",
     ]  # fmt: skip
-    assert any("torch" in r and "extra == \"train\"" in r for r in requires)
+    assert any("torch" in r and 'extra == "train"' in r for r in requires)
 
 
 def test_core_imports_without_torch_or_onnx():
@@ -53,6 +53,7 @@ def test_python_m_edgernn_is_the_console_script():
     b = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert a.returncode == b.returncode == 0
     assert a.stdout == b.stdout and a.stdout.startswith("edgernn ")
-    assert run_cli("--help").stdout == subprocess.run(
-        [exe, "--help"], capture_output=True, text=True
-    ).stdout
+    assert (
+        run_cli("--help").stdout
+        == subprocess.run([exe, "--help"], capture_output=True, text=True).stdout
+    )

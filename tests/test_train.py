@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_signal, write_csv
+
 from edgernn.errors import DataError
 from edgernn.train import TrainConfig, train_files
 from edgernn.train.checkpoint import load_checkpoint

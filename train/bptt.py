@@ -335,7 +335,12 @@ def _progress_bar(cfg: TrainConfig, ctx: Dist, done: int):
 
             # disable=None: no bar when stderr is not a terminal (logs, CI, pipes)
             return tqdm(
-                total=cfg.epochs, initial=done, desc="train", unit="epoch", leave=False, disable=None
+                total=cfg.epochs,
+                initial=done,
+                desc="train",
+                unit="epoch",
+                leave=False,
+                disable=None,
             )
         except ImportError:
             pass
