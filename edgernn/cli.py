@@ -13,6 +13,7 @@ import sys
 from typing import Callable, Optional
 
 from edgernn import __version__
+from edgernn.argtypes import csv_list, positive_int
 from edgernn.errors import EdgernnError, MissingDependencyError
 
 # Modules that register further subcommands with add_commands(subparsers).
@@ -23,17 +24,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgernn.runtime.bench_commands",
     "edgernn.firmware_bridge.commands",
 )
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _csv_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 # --------------------------------------------------------------------------- train
@@ -61,15 +51,15 @@ def add_train(sub) -> None:
         help="continue RUN_DIR's training from its last finished epoch (its data and settings; "
         "--epochs/--patience/--device/--amp may change)",
     )  # fmt: skip
-    p.add_argument("--channels", type=_csv_list, help="comma-separated channels to use")
-    p.add_argument("--ignore", type=_csv_list, default=[], help="comma-separated columns to drop")
+    p.add_argument("--channels", type=csv_list, help="comma-separated channels to use")
+    p.add_argument("--ignore", type=csv_list, default=[], help="comma-separated columns to drop")
     g = p.add_argument_group("model")
     g.add_argument("--cell", choices=["rnn", "lstm", "gru", "esn"], default=d.cell)
-    g.add_argument("--hidden", type=_positive_int, default=d.hidden)
-    g.add_argument("--layers", type=_positive_int, default=d.layers)
+    g.add_argument("--hidden", type=positive_int, default=d.hidden)
+    g.add_argument("--layers", type=positive_int, default=d.layers)
     g.add_argument("--nonlinearity", choices=["tanh", "relu"], default=d.nonlinearity)
     g.add_argument("--dropout", type=float, default=d.dropout)
-    g.add_argument("--horizon", type=_positive_int, default=d.horizon)
+    g.add_argument("--horizon", type=positive_int, default=d.horizon)
     g.add_argument(
         "--no-residual", dest="residual", action="store_false",
         help="forecast the value itself, not the change from the current sample",
@@ -81,16 +71,16 @@ def add_train(sub) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--val-frac", type=float, default=d.val_frac)
     g.add_argument("--bptt", choices=["window", "tbptt"], default=d.bptt)
-    g.add_argument("--window", type=_positive_int, default=d.window)
+    g.add_argument("--window", type=positive_int, default=d.window)
     g.add_argument("--burn-in", type=int, default=d.burn_in)
-    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
-    g.add_argument("--epochs", type=_positive_int, default=d.epochs)
+    g.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    g.add_argument("--epochs", type=positive_int, default=d.epochs)
     g.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch)
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--clip", choices=["norm", "value", "none"], default=d.clip)
     g.add_argument("--clip-value", type=float, default=d.clip_value)
-    g.add_argument("--patience", type=_positive_int, default=d.patience)
+    g.add_argument("--patience", type=positive_int, default=d.patience)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--schedule", choices=["constant", "cosine"], default=d.schedule,
                    help="learning rate over the epochs")  # fmt: skip
@@ -170,7 +160,7 @@ def add_export(sub) -> None:
         "If/Loop; what NPU converters and microcontroller toolchains accept",
     )  # fmt: skip
     p.add_argument(
-        "--static-batch", type=_positive_int, metavar="N",
+        "--static-batch", type=positive_int, metavar="N",
         help="with --unrolled: fix the batch dimension to N (fully static shapes)",
     )  # fmt: skip
     p.set_defaults(func=cmd_export)

@@ -120,22 +120,42 @@ def export_onnx(
         proto = onnx.load(raw_path)
     proto.ir_version = ir_version_for(opset)
     proto.producer_name = "edgernn"
+    set_metadata(proto, meta.to_props())
+    return save_checked(proto, model, path, tolerance=tolerance, seed=seed)
+
+
+def set_metadata(proto, props: dict[str, str]) -> None:
+    """Replace the graph's metadata_props with `props`."""
     del proto.metadata_props[:]
-    for key, value in meta.to_props().items():
+    for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+
+
+def save_checked(
+    proto,
+    model,
+    path: str,
+    tolerance: float = PARITY_TOLERANCE,
+    seed: int = 0,
+    batch: int = 3,
+    what: str = "exported graph",
+) -> ParityReport:
+    """The export gate every graph variant passes: onnx.checker, save, then streaming
+    parity against PyTorch; a graph that fails parity is kept as PATH.failed."""
+    onnx = require("onnx")
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
-        raise ExportError(f"exported graph fails onnx.checker: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"{what} fails onnx.checker: {str(e).splitlines()[0]}") from e
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     onnx.save(proto, path)
 
-    report = check_parity(model, path, seed=seed)
+    report = check_parity(model, path, batch=batch, seed=seed)
     if not report.max_abs <= tolerance:
         os.replace(path, path + ".failed")
         raise ExportError(
-            f"parity check failed: runtime differs from PyTorch by {report.max_abs:.3g} "
+            f"parity check failed: {what} differs from PyTorch by {report.max_abs:.3g} "
             f"(tolerance {tolerance:g}); the graph was kept as {path}.failed for inspection"
         )
     return report

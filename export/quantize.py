@@ -41,8 +41,8 @@ from typing import Optional
 import numpy as np
 
 from edgernn.errors import ExportError, InputError, ModelFormatError, require
-from edgernn.export.onnx_export import ir_version_for
-from edgernn.export.unrolled import CELL_OPS, graph_ops, set_metadata, unroll_cells
+from edgernn.export.onnx_export import ir_version_for, set_metadata
+from edgernn.export.unrolled import CELL_OPS, graph_ops, unroll_cells
 from edgernn.runtime.csvdata import read_csv
 from edgernn.runtime.metadata import ModelMeta
 from edgernn.runtime.model import Model

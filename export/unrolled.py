@@ -35,8 +35,9 @@ from edgernn.export.onnx_export import (
     PARITY_TOLERANCE,
     ParityReport,
     build_meta,
-    check_parity,
     ir_version_for,
+    save_checked,
+    set_metadata,
 )
 
 MIN_OPSET = 11  # Slice with tensor inputs, Gather with negative-index semantics
@@ -250,13 +251,6 @@ def build_unrolled_graph(model, meta, opset: int = DEFAULT_OPSET, static_batch: 
     return proto
 
 
-def set_metadata(proto, props: dict[str, str]) -> None:
-    del proto.metadata_props[:]
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
 def export_unrolled(
     model,
     path: str | os.PathLike,
@@ -269,7 +263,7 @@ def export_unrolled(
 ) -> ParityReport:
     """Write `model` (a Forecaster) as an unrolled graph and check it like export_onnx:
     onnx.checker, then streaming parity against PyTorch's full sequence."""
-    onnx = require("onnx")
+    require("onnx")  # a clear error before any work when onnx is missing
     if opset < MIN_OPSET:
         raise ExportError(f"the unrolled export needs opset >= {MIN_OPSET}, got {opset}")
     if static_batch is not None and (not isinstance(static_batch, int) or static_batch < 1):
@@ -280,21 +274,10 @@ def export_unrolled(
     extra["export"] = {"variant": "unrolled", "opset": opset, "static_batch": static_batch}
     meta = build_meta(model, error_scale, extra)
     proto = build_unrolled_graph(model, meta, opset=opset, static_batch=static_batch)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise ExportError(f"unrolled graph fails onnx.checker: {str(e).splitlines()[0]}") from e
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    onnx.save(proto, path)
-
-    report = check_parity(model, path, batch=static_batch or 3, seed=seed)
-    if not report.max_abs <= tolerance:
-        os.replace(path, path + ".failed")
-        raise ExportError(
-            f"parity check failed: unrolled graph differs from PyTorch by {report.max_abs:.3g} "
-            f"(tolerance {tolerance:g}); the graph was kept as {path}.failed for inspection"
-        )
-    return report
+    return save_checked(
+        proto, model, path, tolerance=tolerance, seed=seed, batch=static_batch or 3,
+        what="unrolled graph",
+    )  # fmt: skip
 
 
 # ------------------------------------------------------ rewriting an existing graph

@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from edgernn.argtypes import non_negative_int, positive_float
 from edgernn.errors import EdgernnError, InputError
 from edgernn.firmware_bridge.framing import (
     MODES,
@@ -60,20 +61,6 @@ POLL_S = 0.05  # the loop's longest sleep: how fast it notices a stop request
 
 
 # -- arguments -------------------------------------------------------------------------
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def add_serial_arguments(parser: argparse.ArgumentParser, source_group) -> None:
     """Add --port to `source_group` (mutually exclusive with --csv) and the live-run options."""
     source_group.add_argument(
@@ -95,7 +82,7 @@ def add_serial_arguments(parser: argparse.ArgumentParser, source_group) -> None:
     )
     g.add_argument(
         "--reconnect-timeout",
-        type=_positive_float,
+        type=positive_float,
         metavar="S",
         help="give up (exit 1) if the port is not back within S seconds (default: never)",
     )
@@ -108,14 +95,14 @@ def add_serial_arguments(parser: argparse.ArgumentParser, source_group) -> None:
     )
     g.add_argument(
         "--gap-fill",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=4,
         metavar="N",
         help="largest gap filled with forecasts under --on-gap fill (default 4)",
     )
     g.add_argument(
         "--queue-size",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=4096,
         metavar="N",
         help="samples buffered between reader and inference (default 4096)",
@@ -135,7 +122,7 @@ def add_serial_arguments(parser: argparse.ArgumentParser, source_group) -> None:
     g.add_argument("--state-file", metavar="PATH", help="save/resume the stream state (JSON) here")
     g.add_argument(
         "--state-interval",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         metavar="S",
         help="seconds between state saves (default 5)",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from edgernn.argtypes import positive_int
+
 
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
@@ -20,25 +22,13 @@ def add_commands(subparsers) -> None:
     p.add_argument("model", nargs="?", metavar="MODEL.onnx", help="model to bench")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-o", "--out", metavar="REPORT.json", help="also write the JSON report here")
-    p.add_argument("--batch", type=_positive_int, help="streams stepped together (default 1024)")
-    p.add_argument("--samples", type=_positive_int, help="timed samples per round (default 2000)")
-    p.add_argument("--rounds", type=_positive_int, help="interleaved rounds (default 5)")
+    p.add_argument("--batch", type=positive_int, help="streams stepped together (default 1024)")
+    p.add_argument("--samples", type=positive_int, help="timed samples per round (default 2000)")
+    p.add_argument("--rounds", type=positive_int, help="interleaved rounds (default 5)")
     p.add_argument(
         "--quick", action="store_true", help="a short run (smaller models, fewer samples)"
     )
     p.set_defaults(func=cmd_bench)
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def cmd_bench(args) -> int:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from edgernn.argtypes import csv_list, positive_int
 from edgernn.errors import DataError, EdgernnError
 from edgernn.runtime.csvdata import Table, read_csv
 from edgernn.runtime.detector import STRATEGIES, Detector
@@ -211,25 +212,25 @@ def add_commands(subparsers) -> None:
     p.add_argument("data", nargs="+", help="labelled CSV file(s)")
     p.add_argument("--label", default="anomaly", help="the 0/1 label column (default anomaly)")
     p.add_argument(
-        "--train-rows", type=_positive_int, required=True, metavar="N",
+        "--train-rows", type=positive_int, required=True, metavar="N",
         help="fit on each file's first N rows; the rest is the test part",
     )  # fmt: skip
     p.add_argument(
         "--normal", nargs="+", default=[], metavar="CSV",
         help="extra anomaly-free training files",
     )  # fmt: skip
-    p.add_argument("--channels", type=_csv_list, help="comma-separated channels to use")
-    p.add_argument("--ignore", type=_csv_list, default=[], help="comma-separated columns to drop")
+    p.add_argument("--channels", type=csv_list, help="comma-separated channels to use")
+    p.add_argument("--ignore", type=csv_list, default=[], help="comma-separated columns to drop")
     p.add_argument("--out", metavar="DIR", help="write per-file predictions and summary.json here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--profile", choices=sorted(NAB_PROFILES), default="standard")
     p.add_argument("--verbose", action="store_true", help="show training logs")
     g = p.add_argument_group("model (see `edgernn train`)")
     g.add_argument("--cell", choices=["rnn", "lstm", "gru", "esn"], default="esn")
-    g.add_argument("--hidden", type=_positive_int, default=d.hidden)
-    g.add_argument("--layers", type=_positive_int, default=d.layers)
-    g.add_argument("--horizon", type=_positive_int, default=d.horizon)
-    g.add_argument("--epochs", type=_positive_int, default=d.epochs)
+    g.add_argument("--hidden", type=positive_int, default=d.hidden)
+    g.add_argument("--layers", type=positive_int, default=d.layers)
+    g.add_argument("--horizon", type=positive_int, default=d.horizon)
+    g.add_argument("--epochs", type=positive_int, default=d.epochs)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--no-residual", dest="residual", action="store_false")
     g.add_argument("--ridge", type=float, default=d.ridge, help="ESN readout ridge penalty")
@@ -247,7 +248,7 @@ def add_detector_arguments(parser) -> None:
     g.add_argument("--warmup", type=int, help="samples with a neutral score at the start")
     g.add_argument("--holdoff", type=int, help="quiet samples that close an alert event")
     g.add_argument("--min-score", type=float, help="never flag a score below this")
-    g.add_argument("--threshold-window", type=_positive_int, help="trailing window, samples")
+    g.add_argument("--threshold-window", type=positive_int, help="trailing window, samples")
     g.add_argument("--z", type=float, help="gaussian threshold: mean + z * std")
     g.add_argument("--p", type=float, help="dynamic threshold: pruning ratio")
     g.add_argument("--adapt", type=float, help="online scale tracking rate (0 = frozen)")
@@ -354,14 +355,3 @@ def format_summary(summary: dict) -> str:
 
 def _short(text: str, width: int) -> str:
     return text if len(text) <= width else "..." + text[-(width - 3) :]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _csv_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]

@@ -2,6 +2,7 @@
 core (runtime + firmware bridge) that imports without torch or onnx."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -10,9 +11,12 @@ from conftest import ROOT, run_cli
 
 
 def test_wheel_maps_folders_into_the_edgernn_namespace(tmp_path):
+    # Build from a copy: an in-tree build would leave build/ in the checkout.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info"))
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "-q", "-w", str(tmp_path), ROOT],
+         "-q", "-w", str(tmp_path), str(src)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
