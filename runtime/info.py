@@ -21,14 +21,11 @@ def parameter_count(cell: str, layers: int, hidden: int, channels: int) -> int:
     return total + hidden * channels + channels  # head
 
 
-def graph_ops(path: str) -> dict[str, int] | None:
-    """Op histogram of the graph; needs the onnx package (not on the Pi core install)."""
-    try:
-        import onnx
-    except ImportError:
-        return None
-    proto = onnx.load(path, load_external_data=False)
-    return dict(Counter(node.op_type for node in proto.graph.node))
+def graph_ops(path: str) -> dict[str, int]:
+    """Op histogram of the graph, read with the runtime's own ONNX reader (no onnx needed)."""
+    from edgernn.runtime.numpy_backend import load_onnx
+
+    return dict(Counter(node.op_type for node in load_onnx(path).graph.nodes))
 
 
 def describe(path: str) -> dict[str, Any]:
@@ -85,9 +82,26 @@ def format_description(d: dict[str, Any]) -> str:
             lines.append(
                 f"  validation   RMSE {mm['rmse']:.4f} vs persistence {pp['rmse']:.4f} (normalised)"
             )
-    for key in ("quantization", "detector"):
-        if d.get(key):
-            lines.append(f"  {key:12s} {d[key]}")
+    q = d.get("quantization")
+    if isinstance(q, dict):
+        lines.append(
+            f"  quantized    {q.get('mode')}: {q.get('weights')} weights, "
+            f"{q.get('activations')} activations, {q.get('quantized_params', '?')} parameters"
+            f" (from {q.get('source', '?')}, {q.get('source_bytes', 0) / 1024:.1f} KiB)"
+        )
+    det = d.get("detector")
+    if isinstance(det, dict):
+        val = det.get("validation", {})
+        fixed = det.get("fixed_threshold")
+        lines.append(
+            f"  detector     default threshold {det.get('threshold')}"
+            + (f", fixed threshold {fixed:.3g}" if fixed is not None else "")
+            + (
+                f"; validation score p50 {val['score_p50']:.3g}, p99 {val['score_p99']:.3g}"
+                if "score_p50" in val and "score_p99" in val
+                else ""
+            )
+        )
     if d["ops"] is None:
         lines.append("  ops          (install onnx to list the graph's ops)")
     else:

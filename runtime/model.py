@@ -117,15 +117,16 @@ class _OrtKernel(_Kernel):
 
 class _NumpyKernel(_Kernel):
     def __init__(self, engine: _NumpyEngine, batch: int):
-        super().__init__(engine.meta, batch)
-        self._net = engine.net
-
-    def step(self, cur: int) -> bool:
         from edgernn.runtime.numpy_backend import fused_step
 
+        super().__init__(engine.meta, batch)
+        self._net = engine.net
+        self._fused_step = fused_step
+
+    def step(self, cur: int) -> bool:
         if not np.isfinite(self.x).all():
             return False
-        fused_step(self._net, self.x, self.s[cur], self.s[1 - cur], self.y)
+        self._fused_step(self._net, self.x, self.s[cur], self.s[1 - cur], self.y)
         return True
 
 
