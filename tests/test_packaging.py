@@ -13,7 +13,9 @@ from conftest import ROOT, run_cli
 def test_wheel_maps_folders_into_the_edgernn_namespace(tmp_path):
     # Build from a copy: an in-tree build would leave build/ in the checkout.
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info"))
+    shutil.copytree(
+        ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info")
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
          "-q", "-w", str(tmp_path), str(src)],
