@@ -122,7 +122,10 @@ def cmd_train(args) -> int:
     elif not data or not out:
         raise EdgernnError("give the data (CSV files, directories or globs) and --out RUN_DIR, "
                            "or --resume RUN_DIR")  # fmt: skip
-    cfg = TrainConfig.from_dict(given)
+    try:
+        cfg = TrainConfig.from_dict(given)
+    except ValueError as e:
+        raise EdgernnError(str(e)) from None
     if cfg.cell != "esn":
         from edgernn.errors import require
 

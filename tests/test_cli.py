@@ -134,3 +134,18 @@ def test_train_without_torch_names_the_extra(tmp_path, synthetic_csv):
         pre="import sys; sys.modules['torch'] = None",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--lr", "-1"], "lr must be > 0"),
+        (["--dropout", "1.5"], "dropout"),
+        (["--val-frac", "0"], "val_frac"),
+        (["--cell", "esn", "--washout", "-5"], "washout must be >= 0"),
+        (["--clip-value", "0"], "clip_value must be > 0"),
+    ],
+)
+def test_impossible_training_settings_are_one_line_errors(tmp_path, synthetic_csv, flags, needle):
+    proc = run_cli("train", synthetic_csv, "--out", str(tmp_path / "r"), "--no-progress", *flags)
+    _assert_clean_error(proc, needle)

@@ -44,6 +44,30 @@ class TrainConfig:
     ridge: float = 1e-4
     washout: int = 50
 
+    def __post_init__(self):
+        """Settings no training can run with fail here, before any data is read."""
+        checks = [  # (field, holds, what it must be)
+            ("window", self.window >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("patience", self.patience >= 1, ">= 1"),
+            ("burn_in", self.burn_in >= 0, ">= 0"),
+            ("steps_per_epoch", self.steps_per_epoch >= 0, ">= 0 (0: automatic)"),
+            ("lr", self.lr > 0, "> 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("clip", self.clip in ("norm", "value", "none"), "norm, value or none"),
+            ("clip_value", self.clip == "none" or self.clip_value > 0, "> 0"),
+            ("val_frac", 0.0 < self.val_frac < 1.0, "between 0 and 1"),
+            ("bptt", self.bptt in ("window", "tbptt"), "window or tbptt"),
+            ("spectral_radius", self.spectral_radius > 0, "> 0"),
+            ("input_scale", self.input_scale > 0, "> 0"),
+            ("ridge", self.ridge >= 0, ">= 0"),
+            ("washout", self.washout >= 0, ">= 0"),
+        ]
+        for name, holds, requirement in checks:
+            if not holds:
+                raise ValueError(f"{name} must be {requirement}, got {getattr(self, name)!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
