@@ -25,6 +25,7 @@ from edgernn.errors import ExportError, require
 from edgernn.runtime.metadata import ModelMeta, StateSpec
 
 DEFAULT_OPSET = 17
+MIN_OPSET = 11  # older opsets lack kernels in onnxruntime for ops the graph needs
 PARITY_TOLERANCE = 1e-5
 
 
@@ -91,6 +92,8 @@ def export_onnx(
     onnx = require("onnx")
     from edgernn.train.model import SingleStep
 
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset must be >= {MIN_OPSET}, got {opset}")
     path = os.fspath(path)
     model = model.cpu().eval()
     meta = build_meta(model, error_scale, extra_meta)
@@ -107,7 +110,7 @@ def export_onnx(
             # The exporter warns that RNNs with batch_first/explicit state may behave
             # differently for other batch sizes: the parity run below settles that.
             warnings.simplefilter("ignore")
-            torch.onnx.export(
+            _torch_export(
                 SingleStep(model),
                 (example_x, *example_state),
                 raw_path,
@@ -159,6 +162,16 @@ def save_checked(
             f"(tolerance {tolerance:g}); the graph was kept as {path}.failed for inspection"
         )
     return report
+
+
+def _torch_export(*args, **kwargs) -> None:
+    """torch.onnx.export, its refusals (an opset it cannot write) as one-line errors."""
+    torch = require("torch")
+    try:
+        torch.onnx.export(*args, **kwargs)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"the PyTorch ONNX exporter refused: {first}") from e
 
 
 def check_parity(model, path: str, steps: int = 64, batch: int = 3, seed: int = 0) -> ParityReport:
