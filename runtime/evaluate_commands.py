@@ -56,6 +56,8 @@ DETECTOR_FLAGS = {
     "holdout": "holdout",
     "quantile": "quantile",
     "margin": "margin",
+    "release": "release",
+    "freeze": "freeze",
 }
 
 
@@ -268,6 +270,16 @@ def add_detector_arguments(parser) -> None:
     )  # fmt: skip
     g.add_argument("--quantile", type=float, help="holdout threshold: this quantile of the scores")
     g.add_argument("--margin", type=float, help="holdout threshold: times this margin")
+    g.add_argument(
+        "--freeze", type=float, metavar="Z",
+        help="on flagged samples only channels with baseline |z| above Z freeze their "
+        "baseline; the others keep tracking (0 = all freeze)",
+    )  # fmt: skip
+    g.add_argument(
+        "--release", type=float, metavar="RATIO",
+        help="hysteresis: an alarm holds while the score stays above RATIO x the threshold "
+        "(1 = none)",
+    )  # fmt: skip
 
 
 def detector_kwargs_from(args: argparse.Namespace) -> dict[str, Any]:

@@ -83,8 +83,11 @@ def test_each_cell_and_mode_round_trips(models, tmp_path, cell, mode):
     props = {p.key: p.value for p in proto.metadata_props}
     entry = json.loads(props.pop("quantization"))
     assert props == src_props
-    assert entry["mode"] == mode and entry["quantized_params"] > 0
-    assert entry["unrolled"] == (mode == "static" or (mode == "dynamic" and cell != "lstm"))
+    # The file stores the mode and scale granularity; the report has the rest.
+    assert entry == ({"mode": mode} if mode == "fp16" else {"mode": mode, "per_channel": False})
+    done = report.quantization
+    assert done["mode"] == mode and done["quantized_params"] > 0
+    assert done["unrolled"] == (mode == "static" or (mode == "dynamic" and cell != "lstm"))
     runtime = Model(dst)  # default backend, unchanged runtime
     assert runtime.channels == ["ch0", "ch1", "ch2"]
     x = _signal()[:50].astype(np.float32)
@@ -114,9 +117,14 @@ def test_quantized_stream_is_self_consistent(models, tmp_path, mode):
         np.testing.assert_allclose(copies[:, b], whole, rtol=1e-6, atol=1e-5)
 
 
-def test_static_keeps_the_recurrence_float(models, tmp_path):
-    """Only MatMul inputs are rounded; state outputs and gate arithmetic read floats."""
+@pytest.mark.parametrize("layers", [1, 2])
+def test_static_keeps_the_recurrence_float(models, tmp_path, layers):
+    """Only MatMul inputs are rounded; state outputs and gate arithmetic read floats.
+    With one layer the new state is itself a graph output that the head multiplies."""
     src, csv = models["lstm"]
+    if layers == 1:
+        src = str(tmp_path / "one.onnx")
+        export_onnx(make_model("lstm", layers=1, hidden=32), src)
     dst = str(tmp_path / "q.onnx")
     q.quantize_model(src, dst, mode="static", calib=csv)
     graph = onnx.load(dst).graph
@@ -274,7 +282,17 @@ def test_per_channel_scales(models, tmp_path, mode):
     assert report.worst_deviation < MAX_DEVIATION[mode]
     graph = onnx.load(tmp_path / "q.onnx").graph
     inits = {t.name: t for t in graph.initializer}
-    # where the weight's zero point sits: DequantizeLinear(w, s, zp), MatMulInteger(a, w, azp, wzp)
+    produced = {o: n for n in graph.node for o in n.output}
+
+    def weight_scale(node):
+        if node.op_type == "DequantizeLinear":  # (w, scale[, zero point])
+            return inits[node.input[1]]
+        # MatMulInteger(a, w, a_zp): the weight scale multiplies the activation scale
+        a_scale = produced[node.input[0]].output[1]  # DynamicQuantizeLinear (a, scale, zp)
+        mul = next(n for n in graph.node if n.op_type == "Mul" and a_scale in n.input)
+        return inits[next(i for i in mul.input if i != a_scale)]
+
+    # where the weight sits, and where its zero point would (left out: all zeros)
     positions = {"DequantizeLinear": (0, 2), "MatMulInteger": (1, 3)}
     checked = 0
     for node in graph.node:
@@ -283,6 +301,42 @@ def test_per_channel_scales(models, tmp_path, mode):
         w_at, zp_at = positions[node.op_type]
         weight = inits.get(node.input[w_at])
         if weight is not None and weight.data_type == onnx.TensorProto.INT8:
-            assert list(inits[node.input[zp_at]].dims) == [weight.dims[1]]  # one per column
+            assert list(weight_scale(node).dims) == [weight.dims[1]]  # one per column
+            assert len(node.input) == zp_at  # symmetric: the default zero point
             checked += 1
     assert checked == 5  # two GRU layers x (input, recurrent) weights + the head
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_meets_the_size_target_at_hidden_64(tmp_path, mode):
+    """Issue 5: int8 <= 0.3x the float file at hidden >= 64. A one-layer RNN is the
+    tightest case (the least weight per byte of graph and metadata)."""
+    src = str(tmp_path / "f.onnx")
+    export_onnx(make_model("rnn", layers=1, hidden=64), src)
+    csv = write_csv(tmp_path / "d.csv", _signal(300), names=("ch0", "ch1", "ch2"))
+    report = q.quantize_model(src, str(tmp_path / "q.onnx"), mode=mode, calib=csv)
+    assert report.size_ratio <= 0.30
+    graph = onnx.load(tmp_path / "q.onnx").graph
+    # The exporter's plumbing is gone, nothing is computed that nobody reads, and no
+    # weight zero point is stored (symmetric int8: the default).
+    assert not {n.op_type for n in graph.node} & {"Transpose", "Unsqueeze", "Gather"}
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    assert all(o in read for n in graph.node for o in n.output)
+    int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8) == 3  # W_ih, W_hh, head
+
+
+def test_a_graph_the_rebuild_cannot_prove_is_unrolled_in_place(tmp_path):
+    """A file whose normalisation disagrees with its metadata is not rebuilt from the
+    metadata: its cell nodes are rewritten where they stand, and the quantized model
+    follows the file."""
+    src = str(tmp_path / "f.onnx")
+    export_onnx(make_model("gru", layers=1, hidden=32), src)
+    proto = onnx.load(src)
+    mean = next(t for t in proto.graph.initializer if t.name == "model.mean")
+    shifted = (onnx.numpy_helper.to_array(mean) + 0.5).astype(np.float32)
+    mean.CopyFrom(onnx.numpy_helper.from_array(shifted, "model.mean"))
+    onnx.save(proto, src)
+    report = q.quantize_model(src, str(tmp_path / "q.onnx"))
+    assert "Transpose" in graph_ops(onnx.load(tmp_path / "q.onnx"))  # the in-place rewrite
+    assert report.worst_deviation < MAX_DEVIATION["dynamic"]

@@ -153,3 +153,54 @@ def test_unroll_cells_refuses_weights_that_are_not_constants(tmp_path):
     _cell_node(proto).input[2] = "h"  # R now comes from a graph input
     with pytest.raises(ModelFormatError, match="not an initializer"):
         unroll_cells(proto)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell,nl", CASES[:4], ids=[f"{c}-{n}" for c, n in CASES[:4]])
+def test_lean_unroll_rebuilds_an_exported_graph(tmp_path, cell, nl, layers):
+    """The rebuild drops the exporter's plumbing and still passes the export's parity
+    gate; a one-layer state goes in and out of the cell with no reshape at all."""
+    model = make_model(cell, layers, nonlinearity=nl)
+    export_onnx(model, tmp_path / "f.onnx")
+    proto = onnx.load(tmp_path / "f.onnx")
+    meta = Model(tmp_path / "f.onnx", backend="onnxruntime").meta
+    lean = unrolled.lean_unroll(proto, meta)
+    onnx.checker.check_model(lean, full_check=True)
+    ops = graph_ops(lean)
+    assert ops <= PRIMITIVE_OPS and not ops & FORBIDDEN
+    assert not ops & {"Transpose", "Unsqueeze", "Gather"}
+    assert "Reshape" not in ops and ("Concat" in ops) == (layers > 1)
+    assert len(lean.graph.node) < len(unroll_cells(proto).graph.node)
+    onnx.save(lean, tmp_path / "r.onnx")
+    assert check_parity(model, str(tmp_path / "r.onnx")).max_abs <= 1e-5
+
+
+def test_lean_unroll_refuses_a_graph_it_does_not_reproduce(tmp_path):
+    """The network is read from the cells, the head and the metadata; a graph whose
+    normalisation disagrees with its metadata fails the probe instead of being
+    rewritten into what the metadata says."""
+    model = make_model("gru", 1)
+    export_onnx(model, tmp_path / "f.onnx")
+    proto = onnx.load(tmp_path / "f.onnx")
+    meta = Model(tmp_path / "f.onnx", backend="onnxruntime").meta
+    mean = next(t for t in proto.graph.initializer if t.name == "model.mean")
+    shifted = onnx.numpy_helper.to_array(mean) + 0.5
+    mean.CopyFrom(onnx.numpy_helper.from_array(shifted.astype(np.float32), "model.mean"))
+    with pytest.raises(ModelFormatError, match="differs from the original"):
+        unrolled.lean_unroll(proto, meta)
+    _cell_node(proto).op_type = "LSTM"
+    with pytest.raises(ModelFormatError, match="expected 1 gru cell"):
+        unrolled.lean_unroll(proto, meta)
+
+
+def test_lean_graph_without_residual(tmp_path):
+    """Without the residual the head bias and the mean fold into one constant."""
+    model = make_model("gru", 2)
+    model.config.residual = False
+    export_onnx(model, tmp_path / "f.onnx")
+    assert export_unrolled(model, tmp_path / "u.onnx").max_abs <= 1e-5
+    meta = Model(tmp_path / "f.onnx", backend="onnxruntime").meta
+    assert meta.residual is False
+    lean = unrolled.lean_unroll(onnx.load(tmp_path / "f.onnx"), meta)
+    onnx.save(lean, tmp_path / "r.onnx")
+    assert check_parity(model, str(tmp_path / "r.onnx")).max_abs <= 1e-5

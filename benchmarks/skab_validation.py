@@ -1,0 +1,379 @@
+"""A validation benchmark for the SKAB detector, built without SKAB's test labels.
+
+    python benchmarks/skab_validation.py ../shared/data/skab --out /tmp/skab-val
+    python benchmarks/skab_validation.py ../shared/data/skab --out /tmp/skab-val --grid
+
+Why: every detector setting used on SKAB must be chosen here, never on the test part of
+the labelled files. The only SKAB data read is `anomaly-free/anomaly-free.csv` (normal
+operation, 9,405 rows at 1 Hz).
+
+Episodes mimic SKAB's protocol: a window of 1,150 consecutive anomaly-free rows (first
+400 train the forecaster and warm the detector up, the other 750 are the test part);
+windows start every 400 rows, so 21 windows, each with its own model (ESN, 64 units,
+non-residual, exactly as benchmarks/skab.py trains it). Every window gives 7 episodes:
+one clean, and one per fault kind below, injected into its test part with labels we
+generate. Magnitudes are in units of each channel's std over the anomaly-free file
+(sigma) and the ranges were fixed before any run, from what the faults do physically
+(SKAB's README names the experiments; nothing was read off the labelled files):
+
+    valve_inlet    closing the inlet valve starves the pump: flow -2..8 sigma,
+                   pressure -1..4, current -0.5..2, accelerometers +0..2 (turbulence)
+    valve_outlet   closing the outlet valve: flow -2..8, pressure +1..4, current -0.5..2
+    leak           fluid leak or addition: pressure and flow +-1..4 (one random sign)
+    imbalance      rotor imbalance on both accelerometers, +2..8 sigma, one of the
+                   shapes SKAB lists (sharp burst, linear, step, exponential), and noise
+                   x1.5..3; current +0..1
+    cavitation     flow -1..4, flow/pressure/current/accelerometer noise x2..4
+    hot_water      water of increased temperature: Temperature and Thermocouple
+                   +2..6 sigma, reached over 60..180 s, then held
+
+Each fault lasts 120..420 s (an operator's manipulation of minutes), starts anywhere in
+the test part leaving 30 s before and after, ramps in over 2..10 s (valves turn), and
+its labelled span is its whole duration. Normal behaviour that must NOT be flagged:
+in every episode, Temperature and Thermocouple drift linearly by -3..3 sigma over the
+test part and Voltage by -1..1 sigma (room and mains drift), unlabelled.
+
+Everything is seeded (`--seed`, default 0). Scoring: point-wise F1 / FAR / MAR pooled
+over all test rows, as SKAB. The selection rule, fixed before the grid ran: among the
+grid's settings, the lowest validation MAR with validation FAR <= 10 % (headroom for
+the test files' own drift, since Conv-AE's FAR is 13.55 %); ties to the lower FAR.
+
+Forecasts come from the exported ONNX model (Model + Monitor, sample by sample) and are
+cached in OUT/episodes.npz; the detector is then replayed on (sample, forecast) pairs,
+which is exactly what Monitor does with horizon 1 (checked by `--check`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+import numpy as np
+
+from edgernn.runtime.csvdata import read_csv
+from edgernn.runtime.detector import Detector
+from edgernn.runtime.evaluate import point_metrics
+from edgernn.runtime.evaluate_commands import stream_file, train_and_export, write_table_head
+from edgernn.train.config import TrainConfig
+
+TRAIN_ROWS, TEST_ROWS, STRIDE = 400, 750, 400
+FAULTS = ("valve_inlet", "valve_outlet", "leak", "imbalance", "cavitation", "hot_water")
+CHANNELS = (
+    "Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature",
+    "Thermocouple", "Voltage", "Volume Flow RateRMS",
+)  # fmt: skip
+A1, A2, CUR, PRES, TEMP, THERMO, VOLT, FLOW = range(8)
+MAX_FAR = 0.10  # the selection rule's FAR bound (see the docstring)
+
+
+# ------------------------------------------------------------------------- injection
+def _ramp(n: int, rise: int) -> np.ndarray:
+    """(n,) 0 -> 1 over `rise` samples, then 1."""
+    return np.minimum(np.arange(1, n + 1) / max(rise, 1), 1.0)
+
+
+def _shape(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Imbalance profiles after SKAB's list (other/5..9): 0 -> 1 in various ways."""
+    t = np.arange(n) / n
+    if kind == "sharp":  # short bursts on a modest level
+        bursts = (rng.random(n) < 0.08).astype(float)
+        return 0.4 + 0.6 * bursts
+    if kind == "linear":
+        return t
+    if kind == "exponential":
+        return np.expm1(4 * t) / np.expm1(4)
+    return np.ones(n)  # step
+
+
+def inject(x: np.ndarray, fault: str, sigma: np.ndarray, rng: np.random.Generator):
+    """Inject `fault` into the test part of x (T, C) in place; returns labels (T,)."""
+    labels = np.zeros(len(x), dtype=np.int8)
+    test = np.arange(TRAIN_ROWS, len(x))
+    n_test = len(test)
+    # Normal drifts first (every episode, clean ones too): not labelled.
+    ramp = np.linspace(0.0, 1.0, n_test)
+    for ch, span in ((TEMP, 3.0), (THERMO, 3.0), (VOLT, 1.0)):
+        x[test, ch] += rng.uniform(-span, span) * sigma[ch] * ramp
+    if fault == "clean":
+        return labels
+    duration = int(rng.integers(120, 421))
+    start = TRAIN_ROWS + int(rng.integers(30, n_test - duration - 30 + 1))
+    span = slice(start, start + duration)
+    on = _ramp(duration, int(rng.integers(2, 11)))  # (D,) the fault's onset profile
+    u = rng.uniform
+
+    def shift(ch: int, lo: float, hi: float, sign: float = 1.0, profile=on) -> None:
+        x[span, ch] += sign * u(lo, hi) * sigma[ch] * profile
+
+    def noisier(ch: int, lo: float, hi: float) -> None:
+        extra = np.sqrt(u(lo, hi) ** 2 - 1.0) * sigma[ch]
+        x[span, ch] += extra * on * rng.standard_normal(duration)
+
+    if fault in ("valve_inlet", "valve_outlet"):
+        shift(FLOW, 2, 8, -1)
+        shift(PRES, 1, 4, -1 if fault == "valve_inlet" else 1)
+        shift(CUR, 0.5, 2, -1)
+        if fault == "valve_inlet":
+            shift(A1, 0, 2)
+            shift(A2, 0, 2)
+    elif fault == "leak":
+        sign = rng.choice([-1.0, 1.0])
+        shift(PRES, 1, 4, sign)
+        shift(FLOW, 1, 4, sign)
+    elif fault == "imbalance":
+        profile = _shape(str(rng.choice(["sharp", "linear", "step", "exponential"])), duration, rng)
+        shift(A1, 2, 8, profile=on * profile)
+        shift(A2, 2, 8, profile=on * profile)
+        noisier(A1, 1.5, 3)
+        noisier(A2, 1.5, 3)
+        shift(CUR, 0, 1)
+    elif fault == "cavitation":
+        shift(FLOW, 1, 4, -1)
+        for ch in (FLOW, PRES, CUR, A1, A2):
+            noisier(ch, 2, 4)
+    elif fault == "hot_water":
+        heat = _ramp(duration, int(rng.integers(60, 181)))
+        shift(TEMP, 2, 6, profile=heat)
+        shift(THERMO, 2, 6, profile=heat)
+    else:
+        raise ValueError(f"unknown fault {fault!r}")
+    labels[span] = 1
+    return labels
+
+
+# -------------------------------------------------------------------- building episodes
+def forecasts(model_path: str, x: np.ndarray) -> np.ndarray:
+    """(T, C) forecast made for each sample (row 0: NaN, none is due), via Monitor."""
+    from edgernn.runtime.model import Model
+    from edgernn.runtime.monitor import Monitor
+
+    monitor = Monitor(Model(model_path))
+    out = np.full(x.shape, np.nan)
+    for t in range(len(x) - 1):
+        out[t + 1] = monitor.process(x[t])["forecast"]
+    return out
+
+
+def build(data_dir: str, out_dir: str, seed: int, train_cfg: TrainConfig) -> dict:
+    """Train one model per window, inject every episode, cache samples and forecasts."""
+    table = read_csv(os.path.join(data_dir, "anomaly-free", "anomaly-free.csv"))
+    if tuple(table.channels) != CHANNELS:
+        sys.exit(f"skab_validation.py: unexpected channels {table.channels}")
+    values = table.values.astype(np.float64)
+    sigma = values.std(axis=0)  # (C,) the magnitude unit
+    rng = np.random.default_rng(seed)
+    length = TRAIN_ROWS + TEST_ROWS
+    starts = range(0, len(values) - length + 1, STRIDE)
+    xs, fs, ys, kinds, windows, calibrations = [], [], [], [], [], []
+    for w, s in enumerate(starts):
+        window = values[s : s + length]
+        with tempfile.TemporaryDirectory(prefix="skab-val-") as tmp:
+            head = os.path.join(tmp, "head.csv")
+            write_table_head(
+                SimpleNamespace(channels=list(CHANNELS), values=window), TRAIN_ROWS, head
+            )
+            model_path = train_and_export([head], train_cfg, tmp, CHANNELS, log=lambda m: None)
+            from edgernn.runtime.model import Model
+
+            calibrations.append(Model(model_path).meta.extra.get("detector"))
+            for fault in ("clean", *FAULTS):
+                x = window.copy()
+                labels = inject(x, fault, sigma, rng)
+                xs.append(x.astype(np.float32).astype(np.float64))  # what the sensor sends
+                fs.append(forecasts(model_path, xs[-1]))
+                ys.append(labels)
+                kinds.append(fault)
+                windows.append(w)
+        print(f"window {w + 1}/{len(starts)} built", file=sys.stderr)
+    data = dict(x=np.stack(xs), f=np.stack(fs), y=np.stack(ys), kind=np.array(kinds),
+                window=np.array(windows), sigma=sigma)  # fmt: skip
+    np.savez_compressed(os.path.join(out_dir, "episodes.npz"), **data)
+    with open(os.path.join(out_dir, "calibrations.json"), "w") as fh:
+        json.dump(calibrations, fh)
+    data["calibrations"] = calibrations
+    return data
+
+
+def load(out_dir: str) -> dict:
+    with np.load(os.path.join(out_dir, "episodes.npz")) as npz:
+        data = {k: npz[k] for k in npz.files}
+    with open(os.path.join(out_dir, "calibrations.json")) as fh:
+        data["calibrations"] = json.load(fh)
+    return data
+
+
+# ------------------------------------------------------------------------------ scoring
+def detector_for(calibration: dict, settings: dict) -> Detector:
+    meta = SimpleNamespace(
+        channels=list(CHANNELS), n_channels=len(CHANNELS), error_scale=None,
+        extra={"detector": calibration},
+    )  # fmt: skip
+    return Detector.from_meta(meta, **settings)
+
+
+def replay(x: np.ndarray, f: np.ndarray, det: Detector) -> np.ndarray:
+    """Flags (T,) as Monitor gives them: row 0 has no forecast due."""
+    flags = np.zeros(len(x), dtype=np.int8)
+    for t in range(1, len(x)):
+        flags[t] = det.score_one(x[t], f[t]).anomaly
+    return flags
+
+
+def evaluate(data: dict, settings: dict) -> dict:
+    """Pooled point metrics over the test parts, overall and per fault kind."""
+    flags = []
+    for i in range(len(data["x"])):
+        det = detector_for(data["calibrations"][data["window"][i]], settings)
+        flags.append(replay(data["x"][i], data["f"][i], det)[TRAIN_ROWS:])
+    flags = np.stack(flags)
+    labels = data["y"][:, TRAIN_ROWS:]
+    result = {"all": point_metrics(labels.ravel(), flags.ravel())}
+    for kind in ("clean", *FAULTS):
+        rows = data["kind"] == kind
+        result[kind] = point_metrics(labels[rows].ravel(), flags[rows].ravel())
+    return result
+
+
+def summary_line(name: str, r: dict) -> str:
+    a = r["all"]
+    per_kind = " ".join(
+        f"{k[:5]} {100 * r[k]['recall']:3.0f}" for k in FAULTS
+    )  # recall % per fault kind
+    return (
+        f"{name:44s} F1 {a['f1']:.3f} FAR {100 * a['far']:5.2f} MAR {100 * a['mar']:5.2f} "
+        f"clean-FAR {100 * r['clean']['far']:5.2f} | {per_kind}"
+    )
+
+
+# The grids. "first" was fixed before anything ran: the SKAB default of the time and its
+# neighbours (baseline span, forecast weight, holdout margin, smoothing, combine,
+# hysteresis); on the value-forecasting model every setting had FAR > 50 % (the model
+# extrapolates badly under drift), so forecasters became residual (--residual) and two
+# detector options were added for what the diagnosis showed (drift during an alarm kept
+# it on: per-channel `freeze`; a Holt-style drifting baseline was tried, made it
+# worse, and was removed). "second" is the grid the choice was made on.
+BASE = dict(threshold="holdout", warmup=TRAIN_ROWS - 1, baseline=120.0)
+
+
+def grid(name: str) -> list[dict]:
+    configs = [dict(BASE), dict(BASE, baseline=0.0)]
+    if name == "first":
+        axes = dict(
+            baseline=[60.0, 120.0, 240.0, 480.0],
+            forecast_weight=[0.0, 0.5, 1.0, 2.0],
+            margin=[1.0, 1.25, 1.5],
+            smoothing=[5.0, 10.0, 20.0],
+            combine=["mean", "max"],
+            release=[1.0, 0.7, 0.5],
+        )
+        for axis, values in axes.items():  # one axis at a time around BASE
+            configs += [dict(BASE, **{axis: v}) for v in values]
+        product = itertools.product([120.0, 240.0, 480.0], [0.5, 1.0], [1.0, 1.25, 1.5], [1.0, 0.7])
+        configs += [dict(BASE, baseline=b, forecast_weight=w, margin=m, release=r)
+                    for b, w, m, r in product]  # fmt: skip
+    else:
+        product = itertools.product(
+            [30.0, 60.0, 120.0], [0.5, 1.0, 2.0], [1.0, 1.5, 2.0], [3.0, 5.0]
+        )
+        configs += [dict(BASE, baseline=b, forecast_weight=w, margin=m, freeze=f)
+                    for b, w, m, f in product]  # fmt: skip
+    unique = []
+    for c in configs:
+        if c not in unique:
+            unique.append(c)
+    return unique
+
+
+def select(results: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """The rule: lowest MAR among FAR <= MAX_FAR; ties to the lower FAR."""
+    ok = [(s, r) for s, r in results if r["all"]["far"] <= MAX_FAR]
+    if not ok:
+        sys.exit("skab_validation.py: no setting meets the FAR bound")
+    return min(ok, key=lambda sr: (round(sr[1]["all"]["mar"], 6), sr[1]["all"]["far"]))
+
+
+def short(settings: dict) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in settings.items() if k not in ("threshold", "warmup"))  # fmt: skip
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data_dir", help="SKAB data folder (only anomaly-free/ is read)")
+    ap.add_argument("--out", required=True, help="cache / output folder")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--residual", action="store_true",
+        help="forecasters predict the change from the last sample (use a separate --out)",
+    )  # fmt: skip
+    ap.add_argument("--rebuild", action="store_true", help="ignore the cached episodes")
+    ap.add_argument("--grid", choices=["first", "second"], help="run a tuning grid and select")
+    ap.add_argument("--settings", default="{}", help="JSON detector settings over the base")
+    ap.add_argument(
+        "--check", action="store_true",
+        help="also stream one episode per fault through Model + Monitor + Detector and "
+        "compare with the replay",
+    )  # fmt: skip
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    train_cfg = TrainConfig(cell="esn", residual=args.residual, seed=args.seed, progress=False)
+    cached = os.path.join(args.out, "episodes.npz")
+    started = time.perf_counter()
+    data = load(args.out) if os.path.exists(cached) and not args.rebuild else None
+    if data is None:
+        data = build(args.data_dir, args.out, args.seed, train_cfg)
+    print(f"{len(data['x'])} episodes, {data['y'][:, TRAIN_ROWS:].size} test rows, "
+          f"{100 * data['y'][:, TRAIN_ROWS:].mean():.1f} % labelled", file=sys.stderr)  # fmt: skip
+    if args.grid:
+        results = []
+        for settings in grid(args.grid):
+            r = evaluate(data, settings)
+            results.append((settings, r))
+            print(summary_line(short(settings), r), flush=True)
+        chosen, r = select(results)
+        print(f"\nchosen (FAR <= {100 * MAX_FAR:.0f} %, lowest MAR):")
+        print(summary_line(short(chosen), r))
+        with open(os.path.join(args.out, f"grid-{args.grid}.json"), "w") as fh:
+            json.dump({"results": results, "chosen": chosen}, fh, indent=1)
+    else:
+        settings = {**BASE, **json.loads(args.settings)}
+        print(summary_line(short(settings), evaluate(data, settings)))
+        if args.check:
+            check_replay(args, data, settings, train_cfg)
+    print(f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+def check_replay(args, data: dict, settings: dict, train_cfg: TrainConfig) -> None:
+    """The replay equals a full Model + Monitor + Detector stream (window 0)."""
+    with tempfile.TemporaryDirectory(prefix="skab-val-") as tmp:
+        x0 = data["x"][0]
+        head = os.path.join(tmp, "head.csv")
+        write_table_head(SimpleNamespace(channels=list(CHANNELS), values=x0), TRAIN_ROWS, head)
+        model_path = train_and_export([head], train_cfg, tmp, CHANNELS, log=lambda m: None)
+        for i in np.flatnonzero(data["window"] == 0):
+            x = data["x"][i]
+            flags, _, _ = stream_file(model_path, _Rows(x), settings)
+            det = detector_for(data["calibrations"][0], settings)
+            same = np.array_equal(flags, replay(x, data["f"][i], det))
+            print(f"check {data['kind'][i]:12s} replay == stream: {same}")
+
+
+class _Rows:
+    """The slice of a Table that stream_file reads."""
+
+    def __init__(self, values: np.ndarray):
+        self.values = values.astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
