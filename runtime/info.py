@@ -84,10 +84,12 @@ def format_description(d: dict[str, Any]) -> str:
             )
     q = d.get("quantization")
     if isinstance(q, dict):
+        mode = q.get("mode")
+        weights = "float16" if mode == "fp16" else "int8"
+        acts = {"dynamic": "uint8 per step", "static": "uint8 calibrated"}.get(mode, "float32")
         lines.append(
-            f"  quantized    {q.get('mode')}: {q.get('weights')} weights, "
-            f"{q.get('activations')} activations, {q.get('quantized_params', '?')} parameters"
-            f" (from {q.get('source', '?')}, {q.get('source_bytes', 0) / 1024:.1f} KiB)"
+            f"  quantized    {mode}: {weights} weights, {acts} activations"
+            + (", per-channel scales" if q.get("per_channel") else "")
         )
     det = d.get("detector")
     if isinstance(det, dict):
