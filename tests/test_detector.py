@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import assert_resumes_exactly
 
 from edgernn.errors import InputError, ModelFormatError
 from edgernn.runtime.detector import (
@@ -127,16 +128,12 @@ def test_contract_warmup_is_neutral(strategy):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_contract_state_dict_resume_is_exact(strategy):
     errors = stream_with_anomaly(seed=1)
-    whole = make_detector(strategy)
-    expected = outputs_as_tuples([whole.score_error(e) for e in errors])
-    for cut in (10, 310, 335):  # in warm-up, inside the burst's event, near its end
-        first = make_detector(strategy)
-        got = outputs_as_tuples([first.score_error(e) for e in errors[:cut]])
-        saved = json.loads(json.dumps(first.state_dict()))  # must survive a JSON file
-        resumed = Detector(**saved["params"])
-        resumed.load_state_dict(saved)
-        got += outputs_as_tuples([resumed.score_error(e) for e in errors[cut:]])
-        assert got == expected, f"cut at {cut}"
+
+    def step(det, t):
+        return outputs_as_tuples([det.score_error(errors[t])])[0]
+
+    # cuts: in warm-up, inside the burst's event, near its end
+    assert_resumes_exactly(lambda: make_detector(strategy), step, len(errors), (10, 310, 335))
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -5,10 +5,10 @@ not alarm, the holdout threshold is the quantile it says, and the state resumes 
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import pytest
+from conftest import assert_resumes_exactly
 
 from edgernn.errors import InputError
 from edgernn.runtime.detector import Detector
@@ -76,20 +76,12 @@ def test_state_resumes_exactly_with_a_baseline():
     forecasts = np.vstack([x[:1], x[:-1]])
     params = dict(threshold="holdout", warmup=WARMUP, baseline=60, min_score=0.0)
 
-    def outputs(det, rows):
-        return [
-            (o.score, o.anomaly, o.threshold)
-            for o in (det.score_one(x[t], forecasts[t]) for t in rows)
-        ]
+    def step(det, t):
+        o = det.score_one(x[t], forecasts[t])
+        return o.score, o.anomaly, o.threshold
 
-    expected = outputs(Detector(**params), range(N))
-    for cut in (300, WARMUP, 700):  # inside the holdout, at its end, inside the shift
-        first = Detector(**params)
-        got = outputs(first, range(cut))
-        saved = json.loads(json.dumps(first.state_dict()))
-        resumed = Detector(**saved["params"])
-        resumed.load_state_dict(saved)
-        assert got + outputs(resumed, range(cut, N)) == expected, f"cut at {cut}"
+    # cuts: inside the holdout, at its end, inside the shift
+    assert_resumes_exactly(lambda: Detector(**params), step, N, (300, WARMUP, 700))
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,10 @@ CLI flags."""
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import pytest
+from conftest import assert_resumes_exactly
 
 from edgernn.errors import InputError
 from edgernn.runtime.detector import Detector
@@ -65,17 +65,12 @@ def test_state_resumes_exactly_with_the_new_options(extra):
     forecasts = np.vstack([x[:1], x[:-1]])
     params = dict(threshold="holdout", warmup=WARMUP, baseline=60, min_score=0.0, **extra)
 
-    def outputs(det, rows):
-        return [(o.score, o.anomaly) for o in (det.score_one(x[t], forecasts[t]) for t in rows)]
+    def step(det, t):
+        o = det.score_one(x[t], forecasts[t])
+        return o.score, o.anomaly
 
-    expected = outputs(Detector(**params), range(N))
-    for cut in (350, ONSET + 20, ONSET + LENGTH + 5):
-        first = Detector(**params)
-        got = outputs(first, range(cut))
-        saved = json.loads(json.dumps(first.state_dict()))
-        resumed = Detector(**saved["params"])
-        resumed.load_state_dict(saved)
-        assert got + outputs(resumed, range(cut, N)) == expected, f"cut at {cut}"
+    cuts = (350, ONSET + 20, ONSET + LENGTH + 5)
+    assert_resumes_exactly(lambda: Detector(**params), step, N, cuts)
 
 
 @pytest.mark.parametrize(
