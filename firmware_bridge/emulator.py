@@ -197,6 +197,7 @@ class Emulator:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._master = -1
+        self._fd_lock = threading.Lock()
         self._pts = ""
         self._open_pty()
 
@@ -220,9 +221,12 @@ class Emulator:
             os.replace(tmp, self.link)
 
     def _close_pty(self) -> None:
-        if self._master >= 0:
-            os.close(self._master)
-            self._master = -1
+        # unplug() (any thread) and stop() may race: take the descriptor under a lock so
+        # it is closed exactly once (closing a reused number would hit someone else's file).
+        with self._fd_lock:
+            fd, self._master = self._master, -1
+        if fd >= 0:
+            os.close(fd)
 
     def wait_for_reader(self, timeout: Optional[float] = None) -> bool:
         """Block until a reader has the pty open (then a short settle: pyserial flushes
