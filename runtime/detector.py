@@ -35,6 +35,17 @@ Flagged samples never feed the running statistics (center/scale trackers, thresh
 references): an anomaly does not teach the detector that it is normal. The first
 `warmup` samples (cold recurrent state) get a neutral score of 0 and are never flagged.
 
+Reference novelty (`novelty="reference"`): instead of a tracking baseline, each
+channel's short EWMA of the samples (span `baseline`) is compared with a reference
+learnt once, on the warm-up's holdout part: its median, and a scale that is the
+spread of the smoothed samples over the holdout (never below the raw samples'
+robust std / sqrt(span), the spread an EWMA of pure noise would have). The reference
+does not move afterwards, so a fault that lasts minutes scores for as long as it
+lasts; it suits streams whose normal state is captured by their warm-up (a test run,
+a batch, a shift), not months of slow change. `novelty_channels` limits the novelty
+term to some channels (names or indices; the others contribute forecast error only),
+for sensors known to drift in normal operation (temperatures).
+
 Per-channel freezing (`freeze` > 0): on a flagged sample only the channels whose
 baseline |z| is above `freeze` stop; the others keep tracking, so a channel that drifts
 during another channel's fault does not keep the alarm on once the fault ends.
@@ -62,6 +73,7 @@ import numpy as np
 from edgernn.errors import InputError, ModelFormatError
 
 STRATEGIES = ("dynamic", "gaussian", "fixed", "holdout")
+NOVELTY_MODES = ("tracking", "reference")
 COMBINES = ("mean", "max")
 CALIBRATION_FORMAT = 1
 MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): MAD of a Gaussian times this is its std
@@ -370,6 +382,9 @@ class Detector:
         (0 = every channel freezes).
     release: hysteresis; a flagged stream stays flagged while the score is above
         release x the threshold (1 = none).
+    novelty: "tracking" (a slow baseline that follows unflagged samples) or
+        "reference" (a short EWMA against a reference fixed at the end of warm-up).
+    novelty_channels: channels (names or indices) in the novelty term; None = all.
     """
 
     def __init__(
@@ -399,6 +414,8 @@ class Detector:
         margin: float = 1.0,
         release: float = 1.0,
         freeze: float = 0.0,
+        novelty: str = "tracking",
+        novelty_channels: Optional[list] = None,
     ):
         # Stored as given (river-style): get_params() rebuilds an identical detector.
         self.error_scale = error_scale
@@ -426,6 +443,8 @@ class Detector:
         self.margin = margin
         self.release = release
         self.freeze = freeze
+        self.novelty = novelty
+        self.novelty_channels = novelty_channels
         self._check_params()
         self.reset()
 
@@ -474,6 +493,8 @@ class Detector:
             value = getattr(self, name)
             if value is None:
                 continue
+            if isinstance(value, str) or not hasattr(value, "__len__"):
+                raise InputError(f"{name} must be a list (one entry per channel), got {value!r}")
             if n is not None and len(value) != n:
                 raise InputError(f"{name} has {len(value)} entries, expected {n} (one per channel)")
             n = len(value)
@@ -485,6 +506,46 @@ class Detector:
             if not np.isfinite(np.asarray(self.error_center, dtype=np.float64)).all():
                 raise InputError("error_center must be finite")
         self._n_channels = n
+        self._novelty_indices = self._resolve_novelty_channels()
+        self._novelty_mask: Optional[np.ndarray] = None  # (C,) bool, built on first use
+
+    def _resolve_novelty_channels(self) -> Optional[list[int]]:
+        """The novelty term's channels as indices; None for every channel."""
+        chosen = self.novelty_channels
+        if chosen is None:
+            return None
+        if isinstance(chosen, str) or not hasattr(chosen, "__iter__"):
+            raise InputError(f"novelty_channels must be a list, got {chosen!r}")
+        chosen = list(chosen)
+        n = self._n_channels
+        indices = []
+        for c in chosen:
+            if isinstance(c, str):
+                if self.channels is None or c not in self.channels:
+                    known = ", ".join(self.channels or []) or "none named"
+                    raise InputError(f"novelty channel {c!r} is not a channel ({known})")
+                indices.append(list(self.channels).index(c))
+            elif isinstance(c, (int, np.integer, float)) and float(c).is_integer() and c >= 0:
+                indices.append(int(c))
+            else:
+                raise InputError(f"novelty channel {c!r} is neither a name nor an index")
+        if n is not None and any(i >= n for i in indices):
+            raise InputError(f"novelty channel index out of range for {n} channels: {chosen}")
+        return indices
+
+    def _novelty_weights(self, n: int) -> Optional[np.ndarray]:
+        """(C,) 1.0 for the novelty term's channels, 0.0 for the others; None = all."""
+        if self._novelty_indices is None:
+            return None
+        if self._novelty_mask is None or len(self._novelty_mask) != n:
+            if any(i >= n for i in self._novelty_indices):
+                raise InputError(
+                    f"novelty channel index out of range for {n} channels: {self.novelty_channels}"
+                )
+            mask = np.zeros(n)
+            mask[self._novelty_indices] = 1.0
+            self._novelty_mask = mask
+        return self._novelty_mask
 
     def _check_novelty_params(self) -> None:
         if not (math.isfinite(self.baseline) and (self.baseline == 0 or self.baseline >= 1)):
@@ -501,6 +562,10 @@ class Detector:
             raise InputError(f"freeze must be a finite number >= 0, got {self.freeze!r}")
         if not 0.0 < self.release <= 1.0:
             raise InputError(f"release must be in (0, 1], got {self.release!r}")
+        if self.novelty not in NOVELTY_MODES:
+            raise InputError(
+                f"unknown novelty {self.novelty!r}; choose from {', '.join(NOVELTY_MODES)}"
+            )
         if (self.baseline > 0 or self.threshold == "holdout") and self._holdout_size() < 2:
             raise InputError(
                 f"the baseline and the holdout threshold learn on the warm-up's last "
@@ -558,7 +623,8 @@ class Detector:
         # Novelty baseline (baseline > 0) and the warm-up holdout.
         self._level: Optional[np.ndarray] = None  # (C,) EWMA of unflagged samples
         self._probe: Optional[np.ndarray] = None  # (C,) the level frozen at the holdout's start
-        self._held: list[tuple[np.ndarray, Optional[np.ndarray]]] = []  # (error, deviation)
+        # (error, deviation or smoothed sample, raw sample in reference mode)
+        self._held: list[tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]] = []
         self._base_center: Optional[np.ndarray] = None  # (C,)
         self._base_mad: Optional[np.ndarray] = None  # (C,)
 
@@ -609,7 +675,7 @@ class Detector:
             "events": [e.to_dict() for e in self.events],
             "level": _to_list(self._level),
             "probe": _to_list(self._probe),
-            "held": [[e.tolist(), _to_list(d)] for e, d in self._held],
+            "held": [[e.tolist(), _to_list(d), _to_list(x)] for e, d, x in self._held],
             "base_center": _to_list(self._base_center),
             "base_mad": _to_list(self._base_mad),
             "last_flag": self._last_flag,
@@ -646,7 +712,10 @@ class Detector:
             self.events = [Event(**e) for e in d["events"]]
             self._level = _as_array(d.get("level"))
             self._probe = _as_array(d.get("probe"))
-            self._held = [(_as_array(e), _as_array(dev)) for e, dev in d.get("held", [])]
+            self._held = [
+                (_as_array(h[0]), _as_array(h[1]), _as_array(h[2]) if len(h) > 2 else None)
+                for h in d.get("held", [])
+            ]
             self._base_center = _as_array(d.get("base_center"))
             self._base_mad = _as_array(d.get("base_mad"))
             self._last_flag = bool(d.get("last_flag", False))
@@ -671,7 +740,7 @@ class Detector:
             x = self._check_vector(sample, "sample")
         t = self.t
         self.t += 1
-        d = self._deviation(x)  # (C,) x - baseline, or None without one
+        d = self._deviation(x)  # (C,) x - baseline (reference: the smoothed x), or None
         if t < self.warmup:
             self._warm_up(t, e, x)
             return self._neutral(len(e), warming=True)
@@ -698,6 +767,9 @@ class Detector:
         self._strategy.update(score, flagged)
         if not flagged:
             self._track_center_scale(e)
+        if self.novelty == "reference":
+            pass  # the smoother already took x; the reference never moves
+        elif not flagged:
             self._advance_level(x)
         elif x is not None:  # frozen, but for the channels that stay quiet
             self._advance_level(x, moving=np.abs(self._baseline_z(d)) <= self.freeze)
@@ -708,12 +780,19 @@ class Detector:
     def _warm_up(self, t: int, e: np.ndarray, x: Optional[np.ndarray]) -> None:
         """A warm-up sample: learn, never judge."""
         holdout_start = self.warmup - self._holdout_size()
+        reference = self.novelty == "reference"
         if self.baseline > 0 or self.threshold == "holdout":
-            if t == holdout_start and x is not None:
+            if t == holdout_start and x is not None and not reference:
                 self._probe = self._level.copy()
             if t >= holdout_start:
-                self._held.append((e, None if x is None else x - self._probe))
-        self._advance_level(x)
+                if x is None:
+                    self._held.append((e, None, None))
+                elif reference:  # the smoothed sample (already advanced) and the raw one
+                    self._held.append((e, self._level.copy(), x))
+                else:
+                    self._held.append((e, x - self._probe, None))
+        if not reference:
+            self._advance_level(x)
         if self._mad is None:
             self._warm_errors.append(e)
         elif self.baseline == 0:  # the forecast term alone is ready: warm the smoothing up
@@ -724,6 +803,9 @@ class Detector:
             return None
         if self._level is None:
             self._level = x.copy()
+        if self.novelty == "reference":  # smooth first: compare the smoothed sample
+            self._advance_level(x)
+            return self._level.copy()
         return x - self._level
 
     def _advance_level(self, x: Optional[np.ndarray], moving=True) -> None:
@@ -743,8 +825,12 @@ class Detector:
         if d is None:
             return z2
         zb = self._baseline_z(d)
+        zb2 = np.minimum(zb * zb, MAX_Z2)
+        weights = self._novelty_weights(zb2.shape[-1])
+        if weights is not None:
+            zb2 = zb2 * weights
         w = self.forecast_weight
-        return (w * z2 + np.minimum(zb * zb, MAX_Z2)) / (w + 1.0)
+        return (w * z2 + zb2) / (w + 1.0)
 
     def _smooth(self, z2: np.ndarray) -> np.ndarray:
         alpha = 2.0 / (self.smoothing + 1.0)
@@ -760,10 +846,20 @@ class Detector:
     def _learn_from_holdout(self) -> None:
         """End of warm-up: the baseline's center/scale from the deviations against the
         frozen probe, and the "holdout" threshold from the scores they give."""
-        errors = np.stack([e for e, _ in self._held])  # (N, C)
+        errors = np.stack([e for e, _, _ in self._held])  # (N, C)
         devs = None
-        if self.baseline > 0:
-            devs = np.stack([d for _, d in self._held])  # (N, C)
+        if self.baseline > 0 and self.novelty == "reference":
+            devs = np.stack([d for _, d, _ in self._held])  # (N, C) smoothed samples
+            center, scale = robust_center_scale(devs)
+            raw = np.stack([x for _, _, x in self._held])  # (N, C)
+            _, raw_scale = robust_center_scale(raw)
+            # Quantised or nearly constant channels have a robust std of ~0: the raw std
+            # keeps a rare step from scoring like a fault.
+            raw_scale = np.maximum(raw_scale, 0.5 * raw.std(axis=0))
+            scale = np.maximum(scale, raw_scale / math.sqrt(self.baseline))
+            self._base_center, self._base_mad = center, scale / MAD_TO_STD
+        elif self.baseline > 0:
+            devs = np.stack([d for _, d, _ in self._held])  # (N, C)
             # Centered on 0, not on the deviations' median: the live baseline tracks the
             # level, so its deviations are centered; the frozen probe's drift belongs in
             # the scale. Mirroring the deviations gives a median of 0 and MAD = median |d|.
@@ -856,7 +952,7 @@ _PARAM_NAMES = (
     "error_scale", "error_center", "channels", "threshold", "smoothing", "combine", "warmup",
     "holdoff", "adapt", "window", "batch", "z", "z_max", "buffer", "p", "min_score",
     "fixed_threshold", "top_k", "baseline", "forecast_weight", "holdout", "quantile", "margin",
-    "release", "freeze",
+    "release", "freeze", "novelty", "novelty_channels",
 )  # fmt: skip
 _NUMBER_PARAMS = (
     "smoothing", "adapt", "z", "z_max", "p", "min_score", "baseline", "forecast_weight",

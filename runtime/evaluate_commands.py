@@ -24,7 +24,7 @@ import numpy as np
 from edgernn.argtypes import csv_list, positive_int
 from edgernn.errors import DataError, EdgernnError
 from edgernn.runtime.csvdata import Table, read_csv
-from edgernn.runtime.detector import STRATEGIES, Detector
+from edgernn.runtime.detector import NOVELTY_MODES, STRATEGIES, Detector
 from edgernn.runtime.evaluate import (
     NAB_PROFILES,
     NabScore,
@@ -58,6 +58,8 @@ DETECTOR_FLAGS = {
     "margin": "margin",
     "release": "release",
     "freeze": "freeze",
+    "novelty": "novelty",
+    "novelty_channels": "novelty_channels",
 }
 
 
@@ -276,10 +278,28 @@ def add_detector_arguments(parser) -> None:
         "baseline; the others keep tracking (0 = all freeze)",
     )  # fmt: skip
     g.add_argument(
+        "--novelty", choices=NOVELTY_MODES,
+        help="novelty term: 'tracking' (a slow baseline that follows normal samples) or "
+        "'reference' (a short EWMA of the samples, span --baseline, against a reference "
+        "fixed at the end of the warm-up)",
+    )  # fmt: skip
+    g.add_argument(
+        "--novelty-channels", type=channel_list, metavar="NAMES",
+        help="comma-separated channels in the novelty term (default: all); leave out "
+        "sensors that drift in normal operation",
+    )  # fmt: skip
+    g.add_argument(
         "--release", type=float, metavar="RATIO",
         help="hysteresis: an alarm holds while the score stays above RATIO x the threshold "
         "(1 = none)",
     )  # fmt: skip
+
+
+def channel_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one channel name")
+    return names
 
 
 def detector_kwargs_from(args: argparse.Namespace) -> dict[str, Any]:

@@ -124,3 +124,96 @@ def test_cli_flags_reach_the_detector():
     )  # fmt: skip
     det = Detector(**kwargs, warmup=100)
     assert Detector(**det.get_params()).get_params() == det.get_params()
+
+
+# -- reference novelty --------------------------------------------------------------------
+def test_reference_keeps_alarming_through_a_slow_onset_the_tracking_baseline_absorbs():
+    # A shift that creeps in over 150 samples: a tracking baseline follows it before it
+    # is ever flagged; a reference fixed at the end of the warm-up does not move.
+    x = level_shift_stream(seed=3)
+    x[ONSET : ONSET + LENGTH, 1] -= 4.0
+    x[ONSET : ONSET + LENGTH, 1] += 4.0 * np.minimum(np.arange(LENGTH) / 150, 1.0)
+    reference, _ = run(
+        x, novelty="reference", baseline=10, forecast_weight=0.0, holdout=0.8, margin=1.5
+    )
+    tracking, _ = run(x, baseline=120, forecast_weight=0.0)
+    late = slice(ONSET + 150, ONSET + LENGTH)
+    assert reference[late].mean() > 0.9
+    assert tracking[late].mean() < reference[late].mean() - 0.3
+    assert reference[WARMUP:ONSET].mean() < 0.05
+    assert reference[ONSET + LENGTH + 30 :].mean() < 0.05
+
+
+def test_novelty_channels_leave_a_drifting_sensor_to_the_forecast_term():
+    x = level_shift_stream(seed=4)
+    x[WARMUP:, 0] += 0.01 * np.arange(N - WARMUP)  # channel a drifts 7 std after warm-up
+    common = dict(novelty="reference", baseline=10, forecast_weight=0.0, holdout=0.8, margin=1.5)
+    every, _ = run(x, **common)
+    only_b, det = run(x, novelty_channels=["b"], **common)
+    assert every[WARMUP + 400 :].mean() > 0.5  # the drift alone alarms
+    assert only_b[WARMUP:ONSET].mean() < 0.05 and only_b[ONSET + LENGTH + 30 :].mean() < 0.05
+    assert only_b[ONSET : ONSET + LENGTH].mean() > 0.9
+    assert Detector(**det.get_params()).get_params() == det.get_params()
+    by_index, _ = run(x, novelty_channels=[1], **common)
+    assert np.array_equal(by_index, only_b)
+
+
+def test_reference_scale_has_a_noise_floor():
+    # Channel b alternates 0/1 through the warm-up (a ripple sampled at twice its
+    # period): its smoothed level hardly moves, so the smoothed spread alone would be
+    # tiny. Afterwards the same 0/1 values come in random order, as sensor noise does:
+    # the floor (the raw std / sqrt(span)) keeps that from reading as a fault.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((N, 2))
+    x[:WARMUP, 1] = np.arange(WARMUP) % 2
+    x[WARMUP:, 1] = rng.integers(0, 2, N - WARMUP)
+    flags, _ = run(
+        x, novelty="reference", baseline=30, forecast_weight=0.0, holdout=0.8, margin=1.5
+    )
+    assert flags[WARMUP:].mean() < 0.05
+
+
+def test_state_resumes_exactly_with_a_reference():
+    x = level_shift_stream(seed=6)
+    forecasts = np.vstack([x[:1], x[:-1]])
+    params = dict(
+        threshold="holdout", warmup=WARMUP, baseline=20, novelty="reference", holdout=0.5,
+        novelty_channels=["b"], channels=["a", "b"], min_score=0.0,
+    )  # fmt: skip
+
+    def step(det, t):
+        o = det.score_one(x[t], forecasts[t])
+        return o.score, o.anomaly, o.threshold
+
+    assert_resumes_exactly(lambda: Detector(**params), step, N, (100, 300, WARMUP, 700))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(novelty="static"),
+        dict(novelty_channels=["c"], channels=["a", "b"]),
+        dict(novelty_channels=["a"]),  # names need the channel names
+        dict(novelty_channels=[2], channels=["a", "b"]),
+        dict(novelty_channels="a", channels=["a", "b"]),
+        dict(novelty_channels=[-1]),
+    ],
+)
+def test_bad_reference_settings_are_one_line_input_errors(kwargs):
+    with pytest.raises(InputError) as info:
+        Detector(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_novelty_index_beyond_the_samples_is_an_input_error():
+    det = Detector(baseline=10, warmup=20, novelty_channels=[3], novelty="reference")
+    with pytest.raises(InputError, match="out of range"):
+        for _ in range(30):
+            det.score_one([0.0, 1.0], [0.0, 1.0])
+
+
+def test_cli_novelty_flags_reach_the_detector():
+    parser = argparse.ArgumentParser()
+    add_detector_arguments(parser)
+    args = parser.parse_args(["--novelty", "reference", "--novelty-channels", "a, b"])
+    assert detector_kwargs_from(args) == dict(novelty="reference", novelty_channels=["a", "b"])
