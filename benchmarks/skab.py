@@ -16,11 +16,13 @@ Writes OUT/<folder>_<file>.csv (one row per test row: datetime, the labels, scor
 anomaly_pred) and OUT/summary.json, and prints our row beside the published ones.
 Nothing here looks at test labels except to score: every setting is a default or is
 given on the command line. Defaults: a residual ESN forecaster; the training part is
-the detector's warm-up; its last 37.5 % (150 rows) learns the novelty baseline's scale
-(span 120 s, frozen while flagged for channels with |z| > 3, the others keep tracking)
-and the "holdout" threshold (1.9 x the 0.99 quantile of its scores); forecast error and
-novelty weigh equally. These were chosen on benchmarks/skab_validation.py alone (no
-SKAB test labels); per-file results are not printed unless --per-file is given.
+the detector's warm-up; its rows 50..399 fix each channel's reference (median and spread
+of a 30-sample EWMA, the "reference" novelty) and the "holdout" threshold (2.5 x the
+0.99 quantile of their scores); forecast error weighs 2:1 against the distance from the
+reference, which leaves the thermocouple out. These were chosen on
+benchmarks/skab_validation.py alone (grid "third", no SKAB test labels); per-file
+results are not printed unless --per-file is given. --first-blind runs the first
+attempt's detector (a tracking baseline) for comparison.
 """
 
 from __future__ import annotations
