@@ -385,6 +385,7 @@ class Detector:
     novelty: "tracking" (a slow baseline that follows unflagged samples) or
         "reference" (a short EWMA against a reference fixed at the end of warm-up).
     novelty_channels: channels (names or indices) in the novelty term; None = all.
+        `freeze` applies to the tracking baseline only.
     """
 
     def __init__(
@@ -507,7 +508,7 @@ class Detector:
                 raise InputError("error_center must be finite")
         self._n_channels = n
         self._novelty_indices = self._resolve_novelty_channels()
-        self._novelty_mask: Optional[np.ndarray] = None  # (C,) bool, built on first use
+        self._novelty_mask: Optional[np.ndarray] = None  # (C,) 0/1 weights, built on first use
 
     def _resolve_novelty_channels(self) -> Optional[list[int]]:
         """The novelty term's channels as indices; None for every channel."""
@@ -565,6 +566,10 @@ class Detector:
         if self.novelty not in NOVELTY_MODES:
             raise InputError(
                 f"unknown novelty {self.novelty!r}; choose from {', '.join(NOVELTY_MODES)}"
+            )
+        if self.baseline == 0 and (self.novelty != "tracking" or self.novelty_channels):
+            raise InputError(
+                "novelty settings need a novelty term: give a baseline span (--baseline SPAN)"
             )
         if (self.baseline > 0 or self.threshold == "holdout") and self._holdout_size() < 2:
             raise InputError(
@@ -853,8 +858,9 @@ class Detector:
             center, scale = robust_center_scale(devs)
             raw = np.stack([x for _, _, x in self._held])  # (N, C)
             _, raw_scale = robust_center_scale(raw)
-            # Quantised or nearly constant channels have a robust std of ~0: the raw std
-            # keeps a rare step from scoring like a fault.
+            # The smoothed spread can fall below what an EWMA of the raw noise gives (a
+            # lucky holdout, a ripple that averages out): floor it there. Quantised
+            # channels whose raw MAD is 0 use half their plain std.
             raw_scale = np.maximum(raw_scale, 0.5 * raw.std(axis=0))
             scale = np.maximum(scale, raw_scale / math.sqrt(self.baseline))
             self._base_center, self._base_mad = center, scale / MAD_TO_STD

@@ -197,11 +197,13 @@ def test_state_resumes_exactly_with_a_reference():
         dict(novelty_channels=[2], channels=["a", "b"]),
         dict(novelty_channels="a", channels=["a", "b"]),
         dict(novelty_channels=[-1]),
+        dict(novelty="reference", baseline=0.0),  # a mode without a novelty term
+        dict(novelty_channels=["a"], channels=["a", "b"], baseline=0.0),
     ],
 )
 def test_bad_reference_settings_are_one_line_input_errors(kwargs):
     with pytest.raises(InputError) as info:
-        Detector(**kwargs)
+        Detector(**{"baseline": 10.0, "warmup": 50, **kwargs})
     assert "\n" not in str(info.value)
 
 
