@@ -63,6 +63,17 @@ static void sample_now(void) {
 }
 
 #if defined(ARDUINO_ARCH_AVR)
+// OCR1A is 16 bits: at clock / 8 a 16 MHz board goes no slower than ~31 Hz.
+#if F_CPU / 8UL / RATE_HZ > 65536UL
+#error "RATE_HZ too low for Timer1 at clock / 8: OCR1A would overflow"
+#endif
+#ifdef SERIAL_TX_BUFFER_SIZE
+// availableForWrite() never exceeds SERIAL_TX_BUFFER_SIZE - 1 (63 on an Uno): a
+// larger frame would never be sent.
+static_assert(FRAME_BYTES < SERIAL_TX_BUFFER_SIZE,
+              "a data frame must fit the TX buffer: fewer SAMPLES_PER_FRAME or channels");
+#endif
+
 ISR(TIMER1_COMPA_vect) { sample_now(); }
 
 static void start_sampling(void) {
