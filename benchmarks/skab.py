@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+from edgernn.argtypes import nonempty_csv_list
 from edgernn.runtime.csvdata import read_csv
 from edgernn.runtime.detector import NOVELTY_MODES, STRATEGIES
 from edgernn.runtime.evaluate import (
@@ -48,7 +49,6 @@ from edgernn.runtime.evaluate import (
 )
 from edgernn.runtime.evaluate_commands import (
     FileEvaluation,
-    channel_list,
     evaluate_file,
     pooled_metrics,
 )
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("--freeze", type=float, default=CHOSEN.get("freeze"))
     ap.add_argument("--novelty", default=CHOSEN.get("novelty"), choices=list(NOVELTY_MODES))
     ap.add_argument(
-        "--novelty-channels", type=channel_list, default=CHOSEN.get("novelty_channels"),
+        "--novelty-channels", type=nonempty_csv_list, default=CHOSEN.get("novelty_channels"),
         metavar="NAMES", help="comma-separated channels in the novelty term",
     )  # fmt: skip
     ap.add_argument("--combine", default=CHOSEN.get("combine"), choices=["mean", "max"])

@@ -41,3 +41,11 @@ def positive_float(text: str) -> float:
 def csv_list(text: str) -> list[str]:
     """'a, b,c' -> ['a', 'b', 'c']."""
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def nonempty_csv_list(text: str) -> list[str]:
+    """csv_list with at least one name."""
+    names = csv_list(text)
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one name")
+    return names

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from edgernn.argtypes import csv_list, positive_int
+from edgernn.argtypes import csv_list, nonempty_csv_list, positive_int
 from edgernn.errors import DataError, EdgernnError
 from edgernn.runtime.csvdata import Table, read_csv
 from edgernn.runtime.detector import NOVELTY_MODES, STRATEGIES, Detector
@@ -284,7 +284,7 @@ def add_detector_arguments(parser) -> None:
         "fixed at the end of the warm-up)",
     )  # fmt: skip
     g.add_argument(
-        "--novelty-channels", type=channel_list, metavar="NAMES",
+        "--novelty-channels", type=nonempty_csv_list, metavar="NAMES",
         help="comma-separated channels in the novelty term (default: all); leave out "
         "sensors that drift in normal operation",
     )  # fmt: skip
@@ -293,13 +293,6 @@ def add_detector_arguments(parser) -> None:
         help="hysteresis: an alarm holds while the score stays above RATIO x the threshold "
         "(1 = none)",
     )  # fmt: skip
-
-
-def channel_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one channel name")
-    return names
 
 
 def detector_kwargs_from(args: argparse.Namespace) -> dict[str, Any]:
