@@ -179,6 +179,9 @@ def main(argv=None) -> int:
     }  # fmt: skip
     if args.first_blind:
         det_kwargs = dict(threshold="holdout", warmup=args.warmup, **FIRST_BLIND)
+    if not det_kwargs.get("baseline"):  # forecast error only: no novelty settings
+        for key in ("novelty", "novelty_channels", "freeze"):
+            det_kwargs.pop(key, None)
     normal = []
     if args.with_anomaly_free:
         normal = [os.path.join(args.data_dir, "anomaly-free", "anomaly-free.csv")]
