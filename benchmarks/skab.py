@@ -39,7 +39,7 @@ import numpy as np
 
 from edgernn.argtypes import nonempty_csv_list
 from edgernn.runtime.csvdata import read_csv
-from edgernn.runtime.detector import NOVELTY_MODES, STRATEGIES
+from edgernn.runtime.detector import COMBINES, NOVELTY_MODES, STRATEGIES
 from edgernn.runtime.evaluate import (
     NAB_PROFILES,
     changepoint_windows,
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         "--novelty-channels", type=nonempty_csv_list, default=CHOSEN.get("novelty_channels"),
         metavar="NAMES", help="comma-separated channels in the novelty term",
     )  # fmt: skip
-    ap.add_argument("--combine", default=CHOSEN.get("combine"), choices=["mean", "max"])
+    ap.add_argument("--combine", default=CHOSEN.get("combine"), choices=list(COMBINES))
     ap.add_argument("--release", type=float, default=None)
     ap.add_argument(
         "--per-file", action="store_true",

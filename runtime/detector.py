@@ -74,7 +74,7 @@ from edgernn.errors import InputError, ModelFormatError
 
 STRATEGIES = ("dynamic", "gaussian", "fixed", "holdout")
 NOVELTY_MODES = ("tracking", "reference")
-COMBINES = ("mean", "max")
+COMBINES = ("mean", "top2", "top3", "max")
 CALIBRATION_FORMAT = 1
 MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): MAD of a Gaussian times this is its std
 MAX_Z2 = 1e12  # cap on a squared z-score: keeps a dead-flat channel from giving inf
@@ -360,7 +360,9 @@ class Detector:
         (forecast - sample, raw units). None: learnt from the warm-up samples.
     threshold: "dynamic" | "gaussian" | "fixed".
     smoothing: EWMA span in samples (1 = no smoothing).
-    combine: "mean" (RMS over channels) or "max" (the worst channel) for the score.
+    combine: how channels make the score: "mean" (RMS over channels; best when a fault
+        moves many sensors), "max" (the worst channel; best when it moves one), or
+        "top2"/"top3" (RMS over the 2 or 3 worst channels, in between).
     warmup: samples with a neutral score at the start (and after reset()).
     holdoff: unflagged samples that close an event.
     adapt: learning rate of the online center/scale trackers (0 = frozen).
@@ -846,7 +848,12 @@ class Detector:
         return self._smoothed
 
     def _combine(self, m: np.ndarray) -> float:
-        return float(math.sqrt(m.mean() if self.combine == "mean" else m.max()))
+        if self.combine == "mean":
+            return float(math.sqrt(m.mean()))
+        if self.combine == "max":
+            return float(math.sqrt(m.max()))
+        k = min(int(self.combine[3:]), len(m))  # "topK": RMS over the K worst channels
+        return float(math.sqrt(np.partition(m, len(m) - k)[len(m) - k :].mean()))
 
     def _learn_from_holdout(self) -> None:
         """End of warm-up: the baseline's center/scale from the deviations against the

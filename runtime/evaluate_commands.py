@@ -24,7 +24,7 @@ import numpy as np
 from edgernn.argtypes import csv_list, nonempty_csv_list, positive_int
 from edgernn.errors import DataError, EdgernnError
 from edgernn.runtime.csvdata import Table, read_csv
-from edgernn.runtime.detector import NOVELTY_MODES, STRATEGIES, Detector
+from edgernn.runtime.detector import COMBINES, NOVELTY_MODES, STRATEGIES, Detector
 from edgernn.runtime.evaluate import (
     NAB_PROFILES,
     NabScore,
@@ -52,6 +52,7 @@ DETECTOR_FLAGS = {
     "p": "p",
     "adapt": "adapt",
     "baseline": "baseline",
+    "combine": "combine",
     "forecast_weight": "forecast_weight",
     "holdout": "holdout",
     "quantile": "quantile",
@@ -256,6 +257,11 @@ def add_detector_arguments(parser) -> None:
     g.add_argument("--z", type=float, help="gaussian threshold: mean + z * std")
     g.add_argument("--p", type=float, help="dynamic threshold: pruning ratio")
     g.add_argument("--adapt", type=float, help="online scale tracking rate (0 = frozen)")
+    g.add_argument(
+        "--combine", choices=COMBINES,
+        help="channels -> score: RMS over all ('mean'), the worst ('max'), or the 2 or 3 "
+        "worst ('top2', 'top3')",
+    )  # fmt: skip
     g.add_argument(
         "--baseline", type=float, metavar="SPAN",
         help="add a novelty term: each sample against a slow EWMA baseline of the stream "

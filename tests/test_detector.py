@@ -191,6 +191,23 @@ def test_contract_bad_samples_raise_input_error(strategy):
 
 
 @pytest.mark.parametrize(
+    "combine, expected",
+    [("mean", math.sqrt((9 + 16 + 1 + 0) / 4)), ("top2", math.sqrt((9 + 16) / 2)),
+     ("top3", math.sqrt((9 + 16 + 1) / 3)), ("max", 4.0)],
+)  # fmt: skip
+def test_combine_rules_on_a_known_error(combine, expected):
+    """Unit scales, no smoothing: per-channel z = the error; the score is the RMS over
+    all channels, the K worst, or the worst."""
+    det = Detector(
+        error_scale=[1.0] * 4, threshold="fixed", fixed_threshold=100.0, smoothing=1,
+        warmup=0, adapt=0.0, combine=combine,
+    )  # fmt: skip
+    out = det.score_error([3.0, -4.0, 1.0, 0.0])
+    assert out.score == pytest.approx(expected)
+    assert Detector(**det.get_params()).combine == combine
+
+
+@pytest.mark.parametrize(
     "kwargs",
     [
         dict(threshold="magic"),

@@ -25,7 +25,8 @@ def window(seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "fault", ["clean", *"valve_inlet valve_outlet leak imbalance cavitation hot_water".split()]
+    "fault",
+    ["clean", *"valve_inlet valve_outlet valve_small leak imbalance cavitation hot_water".split()],
 )
 def test_injection_is_seeded_and_labels_one_span_in_the_test_part(sv, fault):
     sigma = np.ones(8)
