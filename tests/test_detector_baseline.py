@@ -217,5 +217,9 @@ def test_novelty_index_beyond_the_samples_is_an_input_error():
 def test_cli_novelty_flags_reach_the_detector():
     parser = argparse.ArgumentParser()
     add_detector_arguments(parser)
-    args = parser.parse_args(["--novelty", "reference", "--novelty-channels", "a, b"])
-    assert detector_kwargs_from(args) == dict(novelty="reference", novelty_channels=["a", "b"])
+    args = parser.parse_args(
+        ["--novelty", "reference", "--novelty-channels", "a, b", "--combine", "top2"]
+    )
+    assert detector_kwargs_from(args) == dict(
+        novelty="reference", novelty_channels=["a", "b"], combine="top2"
+    )
