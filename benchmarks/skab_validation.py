@@ -14,11 +14,11 @@ row of a test part is ever read.
 The long part. Episodes mimic SKAB's protocol: a window of 1,150 consecutive anomaly-free rows (first
 400 train the forecaster and warm the detector up, the other 750 are the test part);
 windows start every 400 rows, so 21 windows, each with its own model (ESN, 64 units;
-residual with --residual, as benchmarks/skab.py trains it). Every window gives 7 episodes:
+residual with --residual, as benchmarks/skab.py trains it). Every window gives 8 episodes:
 one clean, and one per fault kind below, injected into its test part with labels we
 generate. Magnitudes are in units of each channel's std over the anomaly-free file
 (sigma) and the ranges were fixed before any run, from what the faults do physically
-(SKAB's README names the experiments; nothing was read off the labelled files):
+(SKAB's README names the experiments; nothing was read off a test part):
 
     valve_inlet    closing the inlet valve starves the pump: flow -2..8 sigma,
                    pressure -1..4, current -0.5..2, accelerometers +0..2 (turbulence)
