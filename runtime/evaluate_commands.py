@@ -308,6 +308,13 @@ def detector_kwargs_from(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
+def check_detector_flags(det_kwargs: dict[str, Any]) -> None:
+    """Bad detector flags fail before any training. Channel names in --novelty-channels
+    are checked later, against each file's columns, once they are known."""
+    named = [c for c in det_kwargs.get("novelty_channels") or [] if isinstance(c, str)]
+    Detector(**{"fixed_threshold": 1.0, "channels": named or None, **det_kwargs})
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from edgernn.errors import require
     from edgernn.train.config import TrainConfig
@@ -316,7 +323,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     require("onnx")
     cfg = TrainConfig(**{k: getattr(args, k) for k in TRAIN_FLAGS}, progress=False)
     det_kwargs = detector_kwargs_from(args)
-    Detector(**{"fixed_threshold": 1.0, **det_kwargs})  # bad detector flags fail before training
+    check_detector_flags(det_kwargs)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else (lambda msg: None)
     results = []
     for path in args.data:

@@ -173,6 +173,19 @@ def test_evaluate_cli_end_to_end(tmp_path, capsys):
     assert (out / "summary.json").exists()
 
 
+def test_evaluate_cli_novelty_channels_by_name(tmp_path, capsys):
+    """Names are resolved against the file's columns (the flags check before training
+    does not know them yet)."""
+    f = labelled_csv(tmp_path / "n.csv", seed=5)
+    args = ["evaluate", f, "--train-rows", "600", "--hidden", "16", "--threshold", "holdout",
+            "--novelty", "reference", "--baseline", "10", "--novelty-channels", "b",
+            "--combine", "top2", "--warmup", "599", "--json"]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["detector"]["novelty_channels"] == ["b"]
+    assert summary["pooled"]["detected"] == 1
+
+
 def test_evaluate_cli_table_output(tmp_path, capsys):
     f = labelled_csv(tmp_path / "g.csv", seed=3)
     assert (
@@ -189,6 +202,8 @@ def test_evaluate_cli_table_output(tmp_path, capsys):
         (["--label", "nope"], "no column 'nope'"),
         (["--train-rows", "5000"], "leaves nothing to test"),
         (["--threshold", "fixed", "--threshold-value", "-1"], "fixed threshold must be >= 0"),
+        (["--baseline", "30", "--novelty-channels", "b,zz"], "novelty channel 'zz' is not"),
+        (["--novelty-channels", "b"], "novelty settings need a novelty term"),
     ],
 )
 def test_evaluate_cli_errors_are_one_line(tmp_path, capsys, extra, message):
