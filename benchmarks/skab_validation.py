@@ -66,7 +66,6 @@ which is exactly what Monitor does with horizon 1 (checked by `--check`).
 from __future__ import annotations
 
 import argparse
-import glob
 import itertools
 import json
 import os
@@ -78,6 +77,8 @@ from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
+from skab import TRAIN_ROWS as SKAB_TRAIN_ROWS  # benchmarks/skab.py, beside this script
+from skab import labelled_files
 
 from edgernn.runtime.csvdata import read_csv
 from edgernn.runtime.detector import Detector
@@ -87,9 +88,8 @@ from edgernn.train.config import TrainConfig
 
 TRAIN_ROWS, TEST_ROWS, STRIDE = 400, 750, 400
 # The short part: training parts of the labelled files (see build_short).
-SKAB_TRAIN_ROWS, SHORT_TRAIN_ROWS = 400, 250
+SHORT_TRAIN_ROWS = 250
 SHORT_DURATIONS, SHORT_GAP = (40, 140), 10
-FOLDERS = ("valve1", "valve2", "other")
 PARTS = {
     "long": {"file": "episodes.npz", "calibrations": "calibrations.json"},
     "short": {"file": "episodes-short.npz", "calibrations": "calibrations-short.json"},
@@ -275,11 +275,7 @@ def build_short(data_dir: str, out_dir: str, seed: int, train_cfg: TrainConfig) 
     sigma = _anomaly_free(data_dir).std(axis=0)  # the same physical unit as "long"
     rng = np.random.default_rng(seed + 1)
     episodes, windows, calibrations = [], [], []
-    files = []
-    for folder in FOLDERS:
-        found = glob.glob(os.path.join(data_dir, folder, "*.csv"))
-        files += sorted(found, key=lambda p: int(os.path.splitext(os.path.basename(p))[0]))
-    for path in files:
+    for path in labelled_files(data_dir):
         table = read_csv(path, ignore=["changepoint"], keep=["anomaly"])
         if tuple(table.channels) != CHANNELS:
             sys.exit(f"skab_validation.py: unexpected channels in {path}")
@@ -304,7 +300,8 @@ def load(out_dir: str, part: str = "long") -> Optional[dict]:
         return None
     with np.load(path) as npz:
         data = {k: npz[k] for k in npz.files}
-    data.setdefault("train_rows", TRAIN_ROWS)  # caches from before the short part
+    if "train_rows" not in data:  # a cache from before the short part: rebuild it
+        return None
     with open(os.path.join(out_dir, PARTS[part]["calibrations"])) as fh:
         data["calibrations"] = json.load(fh)
     return data

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "skab_validat
 
 @pytest.fixture(scope="module")
 def sv():
+    sys.path.insert(0, os.path.dirname(PATH))  # it imports benchmarks/skab.py, as a script does
     spec = importlib.util.spec_from_file_location("skab_validation", PATH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
