@@ -122,3 +122,21 @@ def test_short_part_reads_only_training_parts(sv, tmp_path):
     assert int(data["train_rows"]) == sv.SHORT_TRAIN_ROWS
     loaded = sv.load(str(out), "short")
     assert np.array_equal(loaded["x"], data["x"]) and len(loaded["calibrations"]) == 1
+
+
+def test_frontier_is_the_rule_under_each_bound(sv):
+    def r(far_long, far_short, mar):
+        parts = {"long": {"all": {"far": far_long}}, "short": {"all": {"far": far_short}}}
+        return {"all": {"far": (far_long + far_short) / 2, "mar": mar}, "parts": parts}
+
+    results = [
+        ({"a": 1}, r(0.07, 0.01, 0.30)),
+        ({"a": 2}, r(0.09, 0.02, 0.25)),
+        ({"a": 3}, r(0.14, 0.01, 0.20)),  # only a looser bound admits it
+        ({"a": 4}, r(0.05, 0.16, 0.10)),  # the short part's FAR keeps it out up to 15 %
+    ]
+    picks = {
+        bound: s["a"] for bound, s, _ in sv.frontier(results, bounds=(0.06, 0.08, 0.10, 0.15, 0.2))
+    }
+    assert picks == {0.08: 1, 0.10: 2, 0.15: 3, 0.2: 4}  # 6 %: nothing qualifies, left out
+    assert sv.frontier(results, bounds=(0.10,))[0][1] == sv.select(results)[0]
