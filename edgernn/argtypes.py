@@ -24,6 +24,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_at_least(minimum: int):
+    """An int type with a floor, e.g. the fewest rows a step can work with."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def non_negative_int(text: str) -> int:
     value = _number(text, int)
     if value < 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable, Optional
 
@@ -296,7 +297,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args) or 0
+        code = func(args) or 0
+        _flush_stdout()  # a full disk or closed pipe shows here, not at interpreter exit
+        return code
     except MissingDependencyError as e:
         print(f"edgernn: error: {e}", file=sys.stderr)
         return 1
@@ -308,7 +311,35 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         # `edgernn run ... | head`: the reader went away; that is not an error.
+        _drop_stdout()
         return 0
+    except OSError as e:
+        # A file the user named cannot be written or read (a directory, a full disk, ...).
+        _drop_stdout()
+        # os.replace(tmp, dst) names both; the destination is the path the user gave.
+        name = e.filename2 or e.filename
+        print(f"edgernn: error: {name}: {e.strerror}" if name and e.strerror
+              else f"edgernn: error: {e}", file=sys.stderr)  # fmt: skip
+        return 1
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except OSError as e:  # name the stream (OSError() keeps the subclass, e.g. BrokenPipe)
+        raise OSError(e.errno, e.strerror, "stdout") from e
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: output still buffered for a broken or full stdout
+    would fail again (with a traceback) when the interpreter flushes it at exit."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,8 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from edgernn.argtypes import int_at_least, positive_float, positive_int
 from edgernn.errors import EdgernnError, require
 from edgernn.pump import CHANNELS, FAULT_KINDS, PumpLog, pump_log, write_csv
+
+MIN_ROWS = 100  # fewest rows for --train-rows / --live-rows
 
 
 class ArraySignal:
@@ -50,11 +53,16 @@ def add_commands(sub) -> None:
     )
     p.add_argument("--out", default="edgernn-demo", metavar="DIR", help="default ./edgernn-demo")
     p.add_argument("--cell", choices=["rnn", "lstm", "gru", "esn"], default="lstm")
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--train-rows", type=int, default=8000, help="healthy training log length")
-    p.add_argument("--live-rows", type=int, default=4000, help="live log length (with faults)")
-    p.add_argument("--rate", type=float, default=250.0, help="emulated samples per second")
+    p.add_argument("--hidden", type=positive_int, default=32)
+    p.add_argument("--epochs", type=positive_int, default=12)
+    # Training needs a 64-sample window plus 20% validation (81 rows at the least); the
+    # live log needs room for five fault spans. 100 keeps both clear of the edge.
+    p.add_argument("--train-rows", type=int_at_least(MIN_ROWS), default=8000,
+                   help=f"healthy training log length (>= {MIN_ROWS})")  # fmt: skip
+    p.add_argument("--live-rows", type=int_at_least(MIN_ROWS), default=4000,
+                   help=f"live log length, with faults (>= {MIN_ROWS})")  # fmt: skip
+    p.add_argument("--rate", type=positive_float, default=250.0,
+                   help="emulated samples per second")  # fmt: skip
     p.add_argument(
         "--threshold", choices=["dynamic", "gaussian", "fixed"], default="fixed",
         help="detector threshold strategy (default: fixed, calibrated on validation errors)",
@@ -72,6 +80,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     require("torch")
     require("onnx")
     out = os.path.abspath(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise EdgernnError(f"{args.out}: exists and is not a directory")
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
 

@@ -14,7 +14,9 @@ floor of the raw output value (4 ulps) is allowed on top.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -151,27 +153,58 @@ def save_checked(
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{what} fails onnx.checker: {str(e).splitlines()[0]}") from e
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    onnx.save(proto, path)
-
-    report = check_parity(model, path, batch=batch, seed=seed)
-    if not report.max_abs <= tolerance:
-        os.replace(path, path + ".failed")
-        raise ExportError(
-            f"parity check failed: {what} differs from PyTorch by {report.max_abs:.3g} "
-            f"(tolerance {tolerance:g}); the graph was kept as {path}.failed for inspection"
-        )
+    with staged(path) as tmp:
+        onnx.save(proto, tmp)
+        report = check_parity(model, tmp, batch=batch, seed=seed)
+        if not report.max_abs <= tolerance:
+            os.replace(tmp, path + ".failed")
+            raise ExportError(
+                f"parity check failed: {what} differs from PyTorch by {report.max_abs:.3g} "
+                f"(tolerance {tolerance:g}); the graph was kept as {path}.failed for inspection"
+            )
     return report
+
+
+@contextlib.contextmanager
+def staged(path: str):
+    """Yield a temporary name beside `path`; it replaces `path` only if the block succeeds,
+    so a failed export or quantization never costs the file already at `path`. The block
+    may move the temporary file away itself (to PATH.failed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
 
 
 def _torch_export(*args, **kwargs) -> None:
     """torch.onnx.export, its refusals (an opset it cannot write) as one-line errors."""
     torch = require("torch")
     try:
-        torch.onnx.export(*args, **kwargs)
+        with _quiet_stdout():
+            torch.onnx.export(*args, **kwargs)
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"the PyTorch ONNX exporter refused: {first}") from e
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence file descriptor 1. torch's TorchScript exporter turns its C++ log on for
+    good and, when an export fails, prints the whole graph to stdout from C++, which
+    sys.stdout redirection does not reach."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def check_parity(model, path: str, steps: int = 64, batch: int = 3, seed: int = 0) -> ParityReport:

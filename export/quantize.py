@@ -46,7 +46,7 @@ from typing import Optional
 import numpy as np
 
 from edgernn.errors import ExportError, InputError, ModelFormatError, require
-from edgernn.export.onnx_export import ir_version_for, set_metadata
+from edgernn.export.onnx_export import ir_version_for, set_metadata, staged
 from edgernn.export.unrolled import CELL_OPS, graph_ops, lean_unroll, unroll_cells
 from edgernn.runtime.csvdata import read_csv
 from edgernn.runtime.metadata import ModelMeta
@@ -173,7 +173,7 @@ def quantize_model(
     src, dst = os.fspath(src), os.fspath(dst)
     if mode not in MODES:
         raise InputError(f"unknown quantization mode {mode!r}; choose from {', '.join(MODES)}")
-    if os.path.abspath(src) == os.path.abspath(dst):
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):  # links too
         raise InputError("the output path is the input model; write the quantized model elsewhere")
     # Both models are compared on onnxruntime, the one backend that runs every variant.
     float_model = Model(src, backend="onnxruntime")  # loadable edgernn model or one-line error
@@ -203,17 +203,18 @@ def quantize_model(
     entry = _metadata_entry(mode, ops, out, src, calib, calib_x)
     if mode != "fp16":
         entry["per_channel"] = per_channel
-    _write(out, dst, props, {k: entry[k] for k in STORED_KEYS if k in entry})
-
-    quant_model = _load_written(dst)
-    report = measure(float_model, quant_model, eval_x, eval_source)
-    report.mode, report.quantization, report.skipped_rows = mode, entry, skipped
-    if max_deviation is not None and report.worst_deviation > max_deviation:
-        os.replace(dst, dst + ".failed")
-        raise ExportError(
-            f"quantized forecast deviates by {100 * report.worst_deviation:.2f}% of signal std "
-            f"(limit {100 * max_deviation:.3g}%); the model was kept as {dst}.failed"
-        )
+    with staged(dst) as tmp:  # dst is replaced only by a model that passes
+        _write(out, tmp, props, {k: entry[k] for k in STORED_KEYS if k in entry})
+        quant_model = _load_written(tmp, dst)
+        report = measure(float_model, quant_model, eval_x, eval_source)
+        report.path, report.mode, report.quantization = dst, mode, entry
+        report.skipped_rows = skipped
+        if max_deviation is not None and report.worst_deviation > max_deviation:
+            os.replace(tmp, dst + ".failed")
+            raise ExportError(
+                f"quantized forecast deviates by {100 * report.worst_deviation:.2f}% of signal "
+                f"std (limit {100 * max_deviation:.3g}%); the model was kept as {dst}.failed"
+            )
     return report
 
 
@@ -671,11 +672,11 @@ def _json(value) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _load_written(dst: str) -> Model:
+def _load_written(tmp: str, dst: str) -> Model:
     try:
-        return Model(dst, backend="onnxruntime")
+        return Model(tmp, backend="onnxruntime")
     except ModelFormatError as e:
-        os.replace(dst, dst + ".failed")
+        os.replace(tmp, dst + ".failed")
         raise ExportError(f"the quantized model does not load ({e}); kept as {dst}.failed") from e
 
 

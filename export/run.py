@@ -9,7 +9,7 @@ import numpy as np
 from edgernn import __version__
 from edgernn.errors import require
 from edgernn.export.onnx_export import DEFAULT_OPSET, ParityReport, export_onnx
-from edgernn.train.checkpoint import load_checkpoint
+from edgernn.train.checkpoint import checkpoint_path, load_checkpoint, unusable
 
 
 def load_forecaster(run_dir: str):
@@ -19,9 +19,12 @@ def load_forecaster(run_dir: str):
     from edgernn.train.model import Forecaster
 
     weights, meta, val_errors = load_checkpoint(run_dir)
-    model = Forecaster(ModelConfig(**meta["model"]))
-    state = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
-    model.load_state_dict(state)
+    try:  # the archive read, but its model arguments or weights may not fit together
+        model = Forecaster(ModelConfig(**meta["model"]))
+        state = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise unusable(checkpoint_path(run_dir), e) from e
     return model.eval(), meta, val_errors
 
 
@@ -47,7 +50,7 @@ def export_run(
     extra = {
         "producer": f"edgernn {__version__}",
         "metrics": {
-            k: meta["metrics"][k] for k in ("model", "persistence") if k in meta["metrics"]
+            k: meta["metrics"][k] for k in ("model", "persistence") if k in meta.get("metrics", {})
         },
     }
     calibration = detector_calibration(val_errors)

@@ -9,7 +9,10 @@ import argparse
 import json
 import sys
 
+from edgernn.argtypes import nonempty_csv_list, positive_float
 from edgernn.errors import InputError
+
+DRAIN_S = 2.0  # at the end, how long the reader gets to take the last frames
 
 
 def add_commands(sub) -> None:
@@ -29,7 +32,9 @@ def add_commands(sub) -> None:
         "sensor signal on it the way the edgernn firmware does (text or binary), with "
         "optional injected faults. Streaming starts when a reader opens the port.",
     )
-    p.add_argument("--rate", type=float, default=100.0, metavar="HZ", help="samples/s (100)")
+    p.add_argument(
+        "--rate", type=positive_float, default=100.0, metavar="HZ", help="samples/s (100)"
+    )
     p.add_argument("--channels", type=int, default=3, metavar="N", help="channels (3)")
     p.add_argument("--mode", choices=["binary", "text"], default="binary")
     p.add_argument(
@@ -37,7 +42,7 @@ def add_commands(sub) -> None:
         metavar="MODEL.onnx",
         help="take channel count, names and signal scale from a model's metadata",
     )
-    p.add_argument("--names", help="comma-separated channel names")
+    p.add_argument("--names", type=channel_names, help="comma-separated channel names")
     p.add_argument("--named-text", action="store_true", help="text mode: send name:value pairs")
     p.add_argument(
         "--samples-per-frame", type=int, default=1, metavar="S", help="binary: samples per frame"
@@ -48,10 +53,20 @@ def add_commands(sub) -> None:
         help="comma-separated: garbage=P, corrupt=P, drop=P, overrun=P (per-frame "
         "probabilities), reboot=T, disconnect=T (seconds in), down=S",
     )
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds of signal")
+    p.add_argument(
+        "--duration", type=positive_float, metavar="S", help="stop after S seconds of signal"
+    )
     p.add_argument("--link", metavar="PATH", help="also make PATH a symlink to the pty")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_emulate)
+
+
+def channel_names(text: str) -> list[str]:
+    names = nonempty_csv_list(text)
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise argparse.ArgumentTypeError(f"duplicate channel names: {', '.join(dups)}")
+    return names
 
 
 def cmd_ports(args) -> int:
@@ -87,7 +102,7 @@ def _port_dict(p) -> dict:
 def emulator_from_args(args: argparse.Namespace):
     from edgernn.firmware_bridge.emulator import Emulator, Faults
 
-    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    names = args.names
     channels, mean, std = args.channels, None, None
     if args.like:
         from edgernn.runtime.model import Model
@@ -127,8 +142,13 @@ def cmd_emulate(args) -> int:
         file=sys.stderr,
         flush=True,
     )
+    unread = ""
     try:
         emu.run()
+        # Closing the pty discards what the reader has not taken yet: let it catch up,
+        # so "sent" means delivered (or say that it was not).
+        if emu.truth.sent and not emu.drain(DRAIN_S):
+            unread = f"; the reader had not read everything within {DRAIN_S:g} s of the end"
     except KeyboardInterrupt:
         pass
     finally:
@@ -138,7 +158,7 @@ def cmd_emulate(args) -> int:
         f"edgernn: emulator sent {t.sent} of {t.samples} samples ({t.frames} frames, "
         f"{t.hellos} hellos); faults: {t.garbage} garbage, {t.corrupted} corrupted, "
         f"{t.dropped} dropped, {t.overrun} device-dropped, {t.reboots} reboots, "
-        f"{t.disconnects} disconnects ({t.lost_offline} samples lost offline)",
+        f"{t.disconnects} disconnects ({t.lost_offline} samples lost offline){unread}",
         file=sys.stderr,
     )
     return 0

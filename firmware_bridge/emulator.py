@@ -74,6 +74,8 @@ class Faults:
                 if not 0.0 <= number <= 1.0:
                     raise InputError(f"--faults: {name} is a probability in [0, 1]")
                 setattr(faults, name, number)
+            elif name in TIME_FAULTS + ("down",) and not 0 <= number < float("inf"):
+                raise InputError(f"--faults: {name} is a time in seconds, >= 0")
             elif name in TIME_FAULTS:
                 getattr(faults, name).append(number)
             elif name == "down":
@@ -168,8 +170,8 @@ class Emulator:
     ):
         if mode not in ("text", "binary"):
             raise InputError(f"mode must be text or binary, got {mode!r}")
-        if rate <= 0 or channels < 1 or not 1 <= samples_per_frame <= 255:
-            raise InputError("need rate > 0, channels >= 1 and 1..255 samples per frame")
+        if not 0 < rate < float("inf") or channels < 1 or not 1 <= samples_per_frame <= 255:
+            raise InputError("need a finite rate > 0, channels >= 1 and 1..255 samples per frame")
         self.rate = float(rate)
         self.mode = mode
         self.faults = faults or Faults()
@@ -199,6 +201,8 @@ class Emulator:
         self._master = -1
         self._fd_lock = threading.Lock()
         self._pts = ""
+        if link:
+            _check_link(link)
         self._open_pty()
 
     # -- the pty ---------------------------------------------------------------------
@@ -215,10 +219,16 @@ class Emulator:
         self._master = master
         if self.link:
             tmp = f"{self.link}.{os.getpid()}.tmp"
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            os.symlink(self._pts, tmp)
-            os.replace(tmp, self.link)
+            try:
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+                os.symlink(self._pts, tmp)
+                os.replace(tmp, self.link)
+            except OSError as e:
+                if os.path.islink(tmp):
+                    os.unlink(tmp)
+                self._close_pty()
+                raise InputError(f"--link {self.link}: cannot link ({e.strerror or e})") from e
 
     def _close_pty(self) -> None:
         # unplug() (any thread) and stop() may race: take the descriptor under a lock so
@@ -484,6 +494,16 @@ def wait_until_read(pts: str, timeout: float = 5.0, settle: float = 0.05) -> boo
     finally:
         os.close(fd)
     return False
+
+
+def _check_link(link: str) -> None:
+    """The link replaces `link` and is removed at exit: never let that be a user's file."""
+    if os.path.lexists(link) and not os.path.islink(link):
+        kind = "a directory" if os.path.isdir(link) else "an existing file"
+        raise InputError(f"--link {link} is {kind}; give a new path (or an old link)")
+    folder = os.path.dirname(link) or "."
+    if not os.path.isdir(folder):
+        raise InputError(f"--link {link}: folder {folder} does not exist")
 
 
 def _fmt(v: float) -> str:

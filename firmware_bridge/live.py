@@ -158,11 +158,28 @@ def write_atomic(path: str, text: str) -> None:
     """Write-then-rename in the same directory: a reader (or a power cut) sees the old
     file or the new one, never half of one."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp) and not os.path.isdir(tmp):
+            os.unlink(tmp)  # a failed save leaves nothing behind
+        raise
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Fail before the run, not after it, on an output file that cannot be written."""
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise InputError(f"{flag} {path} is a directory; give a file path")
+    if not os.path.isdir(folder):
+        why = "is not a folder" if os.path.lexists(folder) else "does not exist"
+        raise InputError(f"{flag} {path}: {folder} {why}")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{flag} {path}: folder {folder} is not writable")
 
 
 class StateFile:
@@ -173,7 +190,9 @@ class StateFile:
         self.path = path
         self.fingerprint = fingerprint
         self.saves = 0
-        self.error: Optional[str] = None
+        self.failures = 0
+        self.error: Optional[str] = None  # the last save's error, None once one succeeds
+        self.last_error = ""  # kept for the summary
         self._thread: Optional[threading.Thread] = None
 
     def load(self) -> tuple[Optional[dict], str]:
@@ -225,7 +244,8 @@ class StateFile:
             self.saves += 1
             self.error = None
         except OSError as e:
-            self.error = f"cannot save state to {self.path}: {e.strerror or e}"
+            self.failures += 1
+            self.error = self.last_error = f"cannot save state to {self.path}: {e.strerror or e}"
 
 
 # -- statistics ------------------------------------------------------------------------
@@ -284,16 +304,18 @@ class LiveRun:
         self.window = LatencyHistogram()  # since the last status line
         self.state_file: Optional[StateFile] = None
         self.mode_line = ""
-        state = None
+        state, line = None, ""
         if args.state_file:
             self.state_file = StateFile(args.state_file, model_fingerprint(model.path))
             state, line = self.state_file.load()
-            self.note(line)
         try:
             self.monitor = Monitor(model, detector=detector, state=state)
         except (KeyError, ValueError, TypeError) as e:  # a state of the right model, damaged
-            self.note(f"state file unusable ({e.__class__.__name__}): starting cold")
+            # Said instead of "resumed ...": the state turned out unusable after all.
+            line = f"state file {args.state_file} unusable ({e.__class__.__name__}): starting cold"
             self.monitor = Monitor(model, detector=detector)
+        if line:
+            self.note(line)
         self.decoder = Decoder(args.mode, self.channels)
         self.queue = SampleQueue(args.queue_size, args.on_overflow)
         self.reader = PortReader(
@@ -365,6 +387,9 @@ class LiveRun:
         self.print_summary()
         if self._error:
             raise EdgernnError(self._error)
+        sf = self.state_file
+        if sf is not None and sf.saves == 0 and sf.failures:
+            raise EdgernnError(f"{sf.last_error}; the stream state was never saved")
         return 0
 
     def _drain(self) -> None:
@@ -579,11 +604,20 @@ class LiveRun:
                 f"  latency (read to emitted): p50 {c['latency_p50_ms']:.2f} ms, "
                 f"p99 {c['latency_p99_ms']:.2f} ms"
             )
-        if self.state_file is not None:
-            lines.append(f"  state: saved to {self.state_file.path} ({c['state_saves']} saves)")
+        sf = self.state_file
+        if sf is not None:
+            state = f"  state: saved to {sf.path} ({sf.saves} saves"
+            if sf.failures:
+                state += f", {sf.failures} failed; last: {sf.last_error}"
+            lines.append(state + ")")
         self.note("\n".join(lines))
         if self.args.summary_json:
-            write_atomic(self.args.summary_json, json.dumps(c, indent=2))
+            try:
+                write_atomic(self.args.summary_json, json.dumps(c, indent=2))
+            except OSError as e:
+                raise EdgernnError(
+                    f"cannot write --summary-json {self.args.summary_json}: {e.strerror or e}"
+                ) from e
 
 
 def run_serial(args, model, detector=None, stop: Optional[threading.Event] = None) -> int:
@@ -591,6 +625,9 @@ def run_serial(args, model, detector=None, stop: Optional[threading.Event] = Non
     disconnect (--no-reconnect); raises EdgernnError for user errors."""
     if args.queue_size < 1:
         raise InputError("--queue-size must be at least 1")
+    for flag, path in (("--summary-json", args.summary_json), ("--state-file", args.state_file)):
+        if path:
+            check_writable(path, flag)
     if getattr(args, "realtime", False):
         print(f"edgernn: {request_realtime()}", file=sys.stderr)
     run = LiveRun(args, model, detector, stop)

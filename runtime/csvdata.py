@@ -1,9 +1,9 @@
 """Reading sensor CSVs: header required, `,` `;` or tab separated.
 
 A time/date column (named time/timestamp/datetime/date, or non-numeric in the first
-data row) is skipped. Every other selected cell must be a finite number; a bad one is
-an error naming the file, the row (1-based line number in the file) and the column,
-or, with on_bad="skip", the row is skipped and counted.
+data row) is skipped. Every other selected cell must be a finite number within float32
+range; a bad one is an error naming the file, the row (1-based line number in the file)
+and the column, or, with on_bad="skip", the row is skipped and counted.
 """
 
 from __future__ import annotations
@@ -49,10 +49,20 @@ def sniff_delimiter(header_line: str) -> str:
     return best if counts[best] > 0 else ","
 
 
+# Values are stored as float32: anything larger in magnitude would turn into inf.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _to_float(cell: str) -> float:
-    v = float(cell)
+    """The cell's value; ValueError saying why when it is not a usable float32."""
+    try:
+        v = float(cell)
+    except ValueError:
+        v = math.nan
     if not math.isfinite(v):
-        raise ValueError("not finite")
+        raise ValueError("is not a finite number")
+    if abs(v) > FLOAT32_MAX:
+        raise ValueError("is out of float32 range")
     return v
 
 
@@ -166,10 +176,8 @@ def _cell(path: str, line_no: int, header: list[str], row: list[str], j: int) ->
         raise DataError(f"{path}: row {line_no}, column {header[j]!r}: missing value")
     try:
         return _to_float(cell)
-    except ValueError:
-        raise DataError(
-            f"{path}: row {line_no}, column {header[j]!r}: {cell[:20]!r} is not a finite number"
-        ) from None
+    except ValueError as e:
+        raise DataError(f"{path}: row {line_no}, column {header[j]!r}: {cell[:20]!r} {e}") from None
 
 
 def _find_time_column(header: list[str], first_row: list[str]) -> int | None:

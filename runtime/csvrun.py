@@ -7,6 +7,7 @@ forecast cells, counted, and do not advance the model.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from edgernn.errors import EdgernnError
 from edgernn.runtime.csvdata import read_csv
 from edgernn.runtime.model import Model
 from edgernn.runtime.monitor import Monitor
@@ -50,6 +52,13 @@ def run_csv(
     detector=None,
 ) -> RunSummary:
     table = read_csv(in_path, channels=model.channels, on_bad="skip" if skip_bad else "error")
+    # Opening the output truncates it: never the input itself (samefile follows links).
+    if (
+        out_path not in (None, "-")
+        and os.path.exists(out_path)
+        and os.path.samefile(in_path, out_path)
+    ):
+        raise EdgernnError(f"{out_path}: is the input file; write the output somewhere else")
     monitor = Monitor(model, detector=detector)
     leading = [table.time_column] if table.time_column is not None else []
     trailing = ["score", "anomaly"] if detector is not None else []

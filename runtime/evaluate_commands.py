@@ -324,6 +324,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{k: getattr(args, k) for k in TRAIN_FLAGS}, progress=False)
     det_kwargs = detector_kwargs_from(args)
     check_detector_flags(det_kwargs)
+    check_files(args)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else (lambda msg: None)
     results = []
     for path in args.data:
@@ -352,12 +353,45 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def prediction_name(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0] + "_pred.csv"
+
+
+def check_files(args: argparse.Namespace) -> None:
+    """Problems the run would only meet at its end (or never report) fail before any
+    training: a file given twice, two files whose predictions would overwrite each
+    other, an --out that is not a folder, the label fed to the model as an input."""
+    seen: dict[str, str] = {}
+    for path in args.data:
+        real = os.path.realpath(path)
+        if real in seen:
+            also = "" if seen[real] == path else f" (also as {seen[real]})"
+            raise EdgernnError(f"{path} is given twice{also}")
+        seen[real] = path
+    if args.channels and args.label in args.channels:
+        raise EdgernnError(
+            f"--channels names the label column {args.label!r}: the model would see the answer"
+        )
+    if not args.out:
+        return
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise EdgernnError(f"--out {args.out} is not a folder")
+    names: dict[str, str] = {}
+    for path in args.data:
+        name = prediction_name(path)
+        if name in names:
+            raise EdgernnError(
+                f"{names[name]} and {path} would both write {args.out}/{name}; "
+                "rename one or evaluate them separately"
+            )
+        names[name] = path
+
+
 def write_outputs(out_dir: str, results: Sequence[FileEvaluation], summary: dict) -> None:
     try:
         os.makedirs(out_dir, exist_ok=True)
         for r in results:
-            name = os.path.splitext(os.path.basename(r.path))[0] + "_pred.csv"
-            with open(os.path.join(out_dir, name), "w", newline="") as fh:
+            with open(os.path.join(out_dir, prediction_name(r.path)), "w", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(["row", "label", "score", "anomaly"])
                 for i, (y, s, f) in enumerate(zip(r.labels, r.scores, r.flags)):

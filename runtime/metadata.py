@@ -140,6 +140,12 @@ class ModelMeta:
             raise ModelFormatError(f"{source} has damaged edgernn metadata ({e!r})") from e
         if meta.cell not in CELLS:
             raise ModelFormatError(f"{source}: unknown cell {meta.cell!r} in metadata")
+        if meta.horizon < 1:
+            raise ModelFormatError(
+                f"{source}: horizon must be >= 1 in metadata, got {meta.horizon}"
+            )
+        if len(set(meta.channels)) != meta.n_channels:
+            raise ModelFormatError(f"{source}: duplicate channel names in metadata {meta.channels}")
         if len(meta.norm_mean) != meta.n_channels or len(meta.norm_std) != meta.n_channels:
             raise ModelFormatError(f"{source}: normalisation does not match the channel count")
         return meta

@@ -9,6 +9,7 @@ back as the same float32 (the runtime computes in float32): exact, and no longer
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -70,6 +71,7 @@ class RecordWriter:
         self.trailing = list(trailing)
         self.flush = flush
         self.count = 0
+        self.name = path if path not in (None, "-") else "stdout"
         self._owned: Optional[IO[str]] = None
         if path is None or path == "-":
             self._fh: IO[str] = sys.stdout
@@ -80,14 +82,15 @@ class RecordWriter:
                 raise EdgernnError(f"{path}: cannot write ({e.strerror})") from e
         if self.fmt == "csv":
             self._csv = csv.writer(self._fh, lineterminator="\n")
-            self._csv.writerow(
-                self.leading
-                + self.channels
-                + [f"{c}_forecast" for c in self.channels]
-                + self.trailing
-            )
+            header = self.leading + self.channels + [f"{c}_forecast" for c in self.channels]
+            with self._naming_errors():
+                self._csv.writerow(header + self.trailing)
 
     def write(self, record: dict[str, Any]) -> None:
+        with self._naming_errors():
+            self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
         if self.fmt == "csv":
             forecast = record.get("forecast") or {}
             row = [record.get(k) for k in self.leading]
@@ -102,11 +105,23 @@ class RecordWriter:
             self._fh.flush()
 
     def close(self) -> None:
+        with self._naming_errors():
+            try:
+                self._fh.flush()
+            finally:
+                if self._owned is not None:
+                    self._owned.close()
+
+    @contextlib.contextmanager
+    def _naming_errors(self):
+        """A failed write (full disk, closed pipe) names the output it was for.
+        OSError(errno, ...) builds the matching subclass, so BrokenPipeError stays one."""
         try:
-            self._fh.flush()
-        finally:
-            if self._owned is not None:
-                self._owned.close()
+            yield
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror, self.name) from e
 
     def __enter__(self) -> RecordWriter:
         return self

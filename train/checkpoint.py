@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
 
-from edgernn.errors import DataError
+from edgernn.errors import DataError, ModelFormatError
 
 CHECKPOINT = "checkpoint.npz"
 FORMAT = 1
@@ -47,7 +48,7 @@ def load_checkpoint(
     run_dir: str,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndarray | None]:
     """Returns (weights, meta, val_errors or None)."""
-    path = run_dir if run_dir.endswith(".npz") else os.path.join(run_dir, CHECKPOINT)
+    path = checkpoint_path(run_dir)
     if not os.path.isfile(path):
         raise DataError(f"{run_dir}: no {CHECKPOINT} here; train one with `edgernn train`")
     try:
@@ -55,8 +56,23 @@ def load_checkpoint(
             meta = json.loads(str(z[META_KEY]))
             val_errors = z[VAL_ERRORS_KEY] if VAL_ERRORS_KEY in z.files else None
             weights = {k: z[k] for k in z.files if k not in (META_KEY, VAL_ERRORS_KEY)}
-    except (OSError, ValueError, KeyError) as e:
-        raise DataError(f"{path} is not an edgernn checkpoint ({e})") from e
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise unusable(path, e) from e
+    if not isinstance(meta, dict) or not isinstance(meta.get("format", 0), int):
+        raise unusable(path, f"{META_KEY} is not a JSON object with an integer format")
     if meta.get("format", 0) > FORMAT:
         raise DataError(f"{path}: checkpoint format {meta['format']} is newer than this edgernn")
     return weights, meta, val_errors
+
+
+def checkpoint_path(run_dir: str) -> str:
+    return run_dir if run_dir.endswith(".npz") else os.path.join(run_dir, CHECKPOINT)
+
+
+def unusable(path: str, why) -> ModelFormatError:
+    """The one-line error for a damaged or foreign checkpoint; `why` is a reason or an
+    exception (a multi-line one, like load_state_dict's, is folded onto one line)."""
+    if isinstance(why, KeyError):
+        why = f"no {why} entry"
+    reason = " ".join(str(why).split()) or type(why).__name__
+    return ModelFormatError(f"{path} is not a usable edgernn checkpoint ({reason})")

@@ -5,6 +5,7 @@ Runs unchanged as one process or as N under torchrun (see train/distributed.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -21,6 +22,7 @@ from edgernn.train.checkpoint import CHECKPOINT, MAX_VAL_ERRORS, save_checkpoint
 from edgernn.train.config import TrainConfig, model_config_from
 from edgernn.train.data import SplitData, robust_scale, split_tables, validation_summary
 from edgernn.train.logs import load_logs, rank_from_env
+from edgernn.train.resume import state_path
 
 
 @dataclass
@@ -95,6 +97,10 @@ def _train_esn(paths, cfg, out_dir, channels, ignore, log, resume) -> RunResult:
     weights = esn.fit_esn(cfg, data.train_parts(), data.n_channels)
     seconds = time.perf_counter() - started
     predict = lambda xn: esn.predict(weights, xn, cfg)  # noqa: E731
+    # An ESN writes no train_state.pt; one left by an earlier PyTorch run in this folder
+    # would let `--resume` continue that run over this checkpoint.
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(state_path(out_dir))
     return _finish(cfg, data, out_dir, weights, predict, [], seconds, log, {})
 
 
