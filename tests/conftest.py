@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -107,3 +108,16 @@ def assert_resumes_exactly(new_detector, step, n: int, cuts) -> None:
         resumed.load_state_dict(saved)
         got += [step(resumed, t) for t in range(cut, n)]
         assert got == expected, f"cut at {cut}"
+
+
+def parse_run_args(*argv: str) -> argparse.Namespace:
+    """The arguments `edgernn run MODEL --port ...` would get (status lines off)."""
+    from edgernn.firmware_bridge.live import add_serial_arguments
+
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--csv")
+    add_serial_arguments(p, src)
+    p.add_argument("-o", "--out")
+    return p.parse_args(["unused.onnx", "--status-interval", "0", *argv])

@@ -15,6 +15,7 @@ import threading
 import numpy as np
 import pytest
 from conftest import ROOT, run_cli, write_csv
+from conftest import parse_run_args as parse
 
 from edgernn.errors import EdgernnError, InputError
 from edgernn.firmware_bridge import commands, live
@@ -22,7 +23,6 @@ from edgernn.firmware_bridge.emulator import Emulator, Faults
 from edgernn.firmware_bridge.live import (
     LiveRun,
     StateFile,
-    add_serial_arguments,
     model_fingerprint,
     run_serial,
     write_atomic,
@@ -41,17 +41,6 @@ def model_path(exported_models) -> str:
 @pytest.fixture(scope="module")
 def model(model_path) -> Model:
     return Model(model_path)
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    """The arguments `edgernn run MODEL --port ...` would get."""
-    p = argparse.ArgumentParser()
-    p.add_argument("model")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--csv")
-    add_serial_arguments(p, src)
-    p.add_argument("-o", "--out")
-    return p.parse_args(["unused.onnx", "--status-interval", "0", *argv])
 
 
 def short_stream(samples: int = 50) -> Emulator:

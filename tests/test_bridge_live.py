@@ -5,7 +5,6 @@ the `edgernn ports` / `edgernn emulate` commands."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import select
@@ -19,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import parse_run_args as parse
 
 from edgernn.errors import EdgernnError
 from edgernn.firmware_bridge import protocol as P
 from edgernn.firmware_bridge.emulator import DEFAULT_NAMES, Emulator, Faults, wait_until_read
 from edgernn.firmware_bridge.framing import Samples
-from edgernn.firmware_bridge.live import add_serial_arguments, run_serial
+from edgernn.firmware_bridge.live import run_serial
 from edgernn.firmware_bridge.port import PortError, SampleQueue
 from edgernn.runtime.model import Model
 from edgernn.runtime.monitor import Monitor
@@ -50,17 +50,6 @@ def model_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def model(model_path) -> Model:
     return Model(model_path)
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    """The arguments `edgernn run MODEL --port ...` would get."""
-    p = argparse.ArgumentParser()
-    p.add_argument("model")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--csv")
-    add_serial_arguments(p, src)
-    p.add_argument("-o", "--out")
-    return p.parse_args(["unused.onnx", "--status-interval", "0", *argv])
 
 
 def read_jsonl(path) -> list[dict]:
