@@ -9,14 +9,13 @@ back as the same float32 (the runtime computes in float32): exact, and no longer
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import IO, Any, Optional
+from typing import IO, Any, NoReturn, Optional
 
 import numpy as np
 
@@ -83,12 +82,16 @@ class RecordWriter:
         if self.fmt == "csv":
             self._csv = csv.writer(self._fh, lineterminator="\n")
             header = self.leading + self.channels + [f"{c}_forecast" for c in self.channels]
-            with self._naming_errors():
+            try:
                 self._csv.writerow(header + self.trailing)
+            except OSError as e:
+                self._raise_naming_output(e)
 
     def write(self, record: dict[str, Any]) -> None:
-        with self._naming_errors():
+        try:  # a plain try, not a context manager: this runs once per sample
             self._write(record)
+        except OSError as e:
+            self._raise_naming_output(e)
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.fmt == "csv":
@@ -105,23 +108,21 @@ class RecordWriter:
             self._fh.flush()
 
     def close(self) -> None:
-        with self._naming_errors():
+        try:
             try:
                 self._fh.flush()
             finally:
                 if self._owned is not None:
                     self._owned.close()
+        except OSError as e:
+            self._raise_naming_output(e)
 
-    @contextlib.contextmanager
-    def _naming_errors(self):
+    def _raise_naming_output(self, e: OSError) -> NoReturn:
         """A failed write (full disk, closed pipe) names the output it was for.
         OSError(errno, ...) builds the matching subclass, so BrokenPipeError stays one."""
-        try:
-            yield
-        except OSError as e:
-            if e.filename is not None:
-                raise
-            raise OSError(e.errno, e.strerror, self.name) from e
+        if e.filename is not None:
+            raise e
+        raise OSError(e.errno, e.strerror, self.name) from e
 
     def __enter__(self) -> RecordWriter:
         return self
