@@ -63,3 +63,22 @@ def test_python_m_edgernn_is_the_console_script():
         run_cli("--help").stdout
         == subprocess.run([exe, "--help"], capture_output=True, text=True).stdout
     )
+
+
+def test_checkout_package_finds_its_mapped_folders_without_the_install_mapping():
+    # What `python -m edgernn` in the repository root sees after a non-editable install:
+    # the checkout's edgernn/ first on sys.path, and no editable-install finder (-S skips
+    # the .pth files) to map train/, export/, runtime/ into it.
+    import sysconfig
+
+    site = sysconfig.get_paths()["purelib"]
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(ROOT)!r}, {site!r}]\n"
+        "import edgernn.runtime, edgernn.firmware_bridge\n"
+        "from edgernn.runtime import Model\n"
+        "print(edgernn.runtime.__file__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == os.path.join(str(ROOT), "runtime", "__init__.py")
