@@ -2,8 +2,10 @@
 
 The numpy backend recognises the graph as a `Network`; this module writes C for
 that network's *shape* (cell, layers, hidden, channels, residual) and compiles it
-with the system C compiler into a shared library cached under
-`$EDGERNN_CACHE_DIR` (default `~/.cache/edgernn`). Weights are not baked in: they
+with the system C compiler into a shared library cached in a private (0700, owner
+checked) folder under `$EDGERNN_CACHE_DIR` (default `~/.cache/edgernn`), keyed by
+compiler, flags, source and CPU features, and proved against the numpy step on every
+load (see "compiling and loading" below). Weights are not baked in: they
 are passed as one float buffer, so every model of the same shape shares one
 library and a second load costs a dlopen, not a compile.
 
@@ -20,12 +22,16 @@ auto backend then falls back to onnxruntime or numpy.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import functools
 import hashlib
+import itertools
 import os
 import platform
 import shlex
 import shutil
+import stat
 import sys
 import tempfile
 from typing import Optional
@@ -33,7 +39,7 @@ from typing import Optional
 import numpy as np
 
 from edgernn.errors import EdgernnError
-from edgernn.runtime.numpy_backend import Network
+from edgernn.runtime.numpy_backend import Network, fused_step
 
 ROWS = 16  # batch rows processed per chunk: gates for 16 rows stay in L1
 NR = 16  # output columns per microkernel tile (two 8-float vectors)
@@ -308,6 +314,16 @@ int edgernn_run(const ctx_t *ctx, int cur, long T, const float *X, float *Y) {{
 
 # ----------------------------------------------------------------------------------
 # compiling and loading
+#
+# A shared library is code that runs in this process the moment it is loaded, so the
+# cache is treated like a private key: a folder owned by this user with no group/other
+# access, checked before every use. Without one, each process builds in its own fresh
+# mkdtemp folder. Libraries are written with fsync + rename beside a sha256 sidecar;
+# before a dlopen the file must be ours, sized and ELF as recorded, and match the
+# digest (a truncated .so would otherwise SIGBUS the process on load, every start).
+# After the dlopen the library must carry the digest of the source it was built from
+# (a library of another shape is never called) and compute what the numpy step does
+# on a probe; one that fails is deleted and rebuilt once.
 
 
 def _compiler() -> Optional[list[str]]:
@@ -327,33 +343,239 @@ def cache_dir() -> str:
 
 
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])
+_GROUP_OTHER = 0o077
+_process_dir: Optional[str] = None  # the mkdtemp fallback, one per process
 
 
-def compile_library(source: str) -> str:
-    """Path of the shared library for `source`, compiling it on the first use."""
-    import subprocess  # here, not at the top: a cached load never runs the compiler
+def _euid() -> Optional[int]:
+    return os.geteuid() if hasattr(os, "geteuid") else None
 
+
+def private_dir_problem(path: str) -> Optional[str]:
+    """Why `path` is not a folder only this user can use (None when it is)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"{path}: {e.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a folder"
+    euid = _euid()
+    if euid is not None and st.st_uid != euid:
+        return f"{path} is owned by uid {st.st_uid}, not this user ({euid})"
+    if euid is not None and st.st_mode & _GROUP_OTHER:
+        return f"{path} is accessible to other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _make_private(path: str) -> Optional[str]:
+    """Create (or tighten) `path` as a 0700 folder of ours; None on success, else why not."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+            os.chmod(path, 0o700)  # mkdir's mode is cut by the umask; chmod is not
+        except FileExistsError:
+            st = os.stat(path)
+            # An older edgernn made this folder 0755: still ours and never writable by
+            # anyone else, so it can be tightened. A group/other-writable one cannot be
+            # trusted (anything could have been put there) and is not used.
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == _euid() and not st.st_mode & 0o022:
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~_GROUP_OTHER)
+    except OSError as e:
+        return f"cannot create {path} ({e.strerror})"
+    return private_dir_problem(path)
+
+
+def library_dir() -> tuple[str, Optional[str]]:
+    """(the folder libraries are built in and loaded from, why the cache is not used)."""
+    global _process_dir
+    directory = cache_dir()
+    problem = _make_private(directory)
+    if problem is None:
+        return directory, None
+    if _process_dir is None or private_dir_problem(_process_dir) is not None:
+        try:
+            _process_dir = tempfile.mkdtemp(prefix="edgernn-cstep-")  # 0700, ours alone
+        except OSError as e:
+            raise CStepUnavailable(
+                f"no private folder to build the C step in ({problem}; mkdtemp: {e.strerror})"
+            ) from e
+        atexit.register(shutil.rmtree, _process_dir, True)
+    return _process_dir, problem
+
+
+@functools.lru_cache(maxsize=8)
+def _compiler_version(path: str, stamp: tuple) -> str:
+    import subprocess
+
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    return proc.stdout + proc.stderr
+
+
+def compiler_identity(cc: list[str]) -> str:
+    """The compiler's resolved path, arguments and `--version` output."""
+    path = os.path.realpath(shutil.which(cc[0]) or cc[0])
+    try:
+        st = os.stat(path)
+        stamp: tuple = (st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        stamp = ()
+    return f"{path}\n{shlex.join(cc)}\n{_compiler_version(path, stamp)}"
+
+
+_CPU_KEYS = ("flags", "features", "model name", "cpu implementer", "cpu architecture",
+             "cpu variant", "cpu part", "cpu revision")  # fmt: skip
+
+
+def cpu_identity() -> str:
+    """What -march=native code depends on: the CPU's feature flags and model (every
+    Raspberry Pi is called `raspberrypi`, so the hostname says nothing)."""
+    found: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip().lower() in _CPU_KEYS:
+                    found.add(f"{key.strip().lower()}: {' '.join(sorted(value.split()))}")
+    except OSError:
+        pass
+    return f"{sys.platform} {platform.machine()}\n" + "\n".join(sorted(found))
+
+
+def library_key(cc: list[str], source: str) -> str:
+    h = hashlib.sha256()
+    for part in (compiler_identity(cc), repr(_FLAG_SETS), source, cpu_identity()):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def _source_marker(source: str) -> tuple[str, str]:
+    """(C defining the symbol that names the source, the digest it holds)."""
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    return f'\nconst char edgernn_source_sha256[65] = "{digest}";\n', digest
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # not possible everywhere (Windows); the renames are still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_durable(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+ELF_MAGIC = b"\x7fELF"
+
+
+def library_problem(lib: str) -> Optional[str]:
+    """Why the cached `lib` must not be loaded (None when it may be)."""
+    try:
+        st = os.lstat(lib)
+        with open(lib + ".sha256") as f:
+            recorded = f.read().split()
+    except OSError as e:
+        return f"{os.path.basename(e.filename or lib)}: {e.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    euid = _euid()
+    if euid is not None and (st.st_uid != euid or st.st_mode & 0o022):
+        return "not owned by this user, or writable by others"
+    if len(recorded) != 2 or recorded[1] != str(st.st_size):
+        return f"size {st.st_size} differs from the recorded one"
+    if sys.platform.startswith("linux"):
+        with open(lib, "rb") as f:
+            if f.read(4) != ELF_MAGIC:
+                return "not an ELF file"
+    if _sha256_file(lib) != recorded[0]:
+        return "contents differ from the recorded sha256"
+    return None
+
+
+def remove_library(lib: str) -> None:
+    for path in (lib, lib + ".sha256"):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+class _Locked:
+    """An exclusive flock on `path` while building (two processes build a key once)."""
+
+    def __init__(self, path: str):
+        self.path, self.fd = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            pass  # no flock here: the renames alone keep every file whole
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def compile_library(source: str, rebuild: bool = False) -> str:
+    """Path of the verified shared library for `source`, compiling it on the first use
+    (or when the cached one fails its checks, or `rebuild`)."""
     cc = _compiler()
     if cc is None:
         raise CStepUnavailable("no C compiler found (install gcc or set CC)")
-    # -march=native code is only valid on this CPU: a home directory shared between
-    # machines must not hand one machine's library to another.
-    host = f"{sys.platform} {platform.machine()} {platform.node()}"
-    key = hashlib.sha256(" ".join(cc).encode() + source.encode() + host.encode())
-    directory = cache_dir()
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError:
-        directory = os.path.join(tempfile.gettempdir(), "edgernn-cstep")
-        os.makedirs(directory, exist_ok=True)
-    lib = os.path.join(directory, f"step_{key.hexdigest()[:24]}.so")
-    if os.path.isfile(lib):
-        return lib
+    directory, _ = library_dir()
+    lib = os.path.join(directory, f"step_{library_key(cc, source)}.so")
+    with _Locked(lib + ".lock"):
+        if not rebuild and library_problem(lib) is None:
+            return lib
+        remove_library(lib)
+        _build(cc, source, directory, lib)
+    return lib
+
+
+def _build(cc: list[str], source: str, directory: str, lib: str) -> None:
+    import subprocess  # here, not at the top: a cached load never runs the compiler
+
+    marker, _ = _source_marker(source)
     errors = []
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         src = os.path.join(tmp, "step.c")
         with open(src, "w") as f:
-            f.write(source)
+            f.write(source + marker)
         for flags in _FLAG_SETS:
             out = os.path.join(tmp, "step.so")
             cmd = [*cc, *flags, "-shared", "-fPIC", "-o", out, src]
@@ -363,10 +585,33 @@ def compile_library(source: str) -> str:
                 errors.append(str(e))
                 continue
             if proc.returncode == 0:
-                os.replace(out, lib)  # atomic: concurrent loaders see all or nothing
-                return lib
+                with open(out, "rb") as f:
+                    data = f.read()
+                digest = hashlib.sha256(data).hexdigest()
+                _write_durable(lib, data)
+                _write_durable(lib + ".sha256", f"{digest} {len(data)}\n".encode())
+                _fsync_dir(directory)
+                return
             errors.append((proc.stderr.strip().splitlines() or ["failed"])[-1])
     raise CStepUnavailable(f"compiling the C step failed: {errors[-1][:160]}")
+
+
+def _dlopen_fresh(lib: str) -> ctypes.CDLL:
+    """dlopen a library through a name never loaded before: a second dlopen of a path
+    returns the handle already loaded under it, even after the file was replaced."""
+    alias = os.path.join(os.path.dirname(lib), f".load{os.getpid()}_{next(_aliases)}.so")
+    try:
+        os.link(lib, alias)
+    except OSError:
+        shutil.copyfile(lib, alias)
+    try:
+        return ctypes.CDLL(alias)
+    finally:
+        os.unlink(alias)  # the mapping stays; the name is not needed any more
+
+
+_aliases = itertools.count()
+PROBE_TOLERANCE = 1e-3  # normalised units; the C tanh is within 4e-7 of numpy's
 
 
 class _Ctx(ctypes.Structure):
@@ -386,17 +631,61 @@ class CStep:
     def __init__(self, net: Network):
         self.net = net
         self.params = pack_params(net)
+        self._scratch = scratch_size(net)
+        source = generate_source(net)
+        lib = compile_library(source)
+        problem = self._load(lib, source)
+        if problem is not None:
+            # Deleted and built again once: a damaged cache heals on the next start
+            # instead of failing (or crashing) on every one.
+            lib = compile_library(source, rebuild=True)
+            problem = self._load(lib, source)
+        if problem is not None:
+            remove_library(lib)
+            raise CStepUnavailable(f"the compiled C step is unusable: {problem}")
+
+    def _load(self, lib: str, source: str) -> Optional[str]:
+        """dlopen `lib` and prove it; None when it is the right library, else why not."""
         try:
-            self.lib = ctypes.CDLL(compile_library(generate_source(net)))
+            self.lib = _dlopen_fresh(lib)
         except OSError as e:
-            raise CStepUnavailable(f"loading the compiled C step failed: {e}") from e
+            return f"loading it failed ({str(e)[:160]})"
+        try:
+            marker = (ctypes.c_char * 65).in_dll(self.lib, "edgernn_source_sha256").value
+        except ValueError:
+            marker = None
+        if marker != _source_marker(source)[1].encode():
+            return "it was built from other source (another network shape)"
         self.lib.edgernn_step.argtypes = [ctypes.c_void_p, ctypes.c_int]
         self.lib.edgernn_step.restype = ctypes.c_int
         self.lib.edgernn_run.argtypes = [
             ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
         ]  # fmt: skip
         self.lib.edgernn_run.restype = ctypes.c_int
-        self._scratch = scratch_size(net)
+        return self.probe()
+
+    def probe(self) -> Optional[str]:
+        """One step from a random non-zero state, against the numpy step; None if equal."""
+        net = self.net
+        rng = np.random.default_rng(4321)
+        batch, layers = 3, len(net.layers)
+        x = (rng.standard_normal((batch, net.n_channels)) * net.std + net.mean).astype(np.float32)
+        shape = (net.n_state, layers, batch, net.hidden)
+        s_in = (0.5 * rng.standard_normal(shape)).astype(np.float32)
+        want_s, want_y = np.empty_like(s_in), np.empty_like(x)
+        fused_step(net, x, s_in, want_s, want_y)
+        states = (s_in.copy(), np.full(shape, np.nan, np.float32))
+        y = np.full_like(x, np.nan)
+        ctx, address = self.bind(x, y, states)
+        if self.lib.edgernn_step(address, 0) != 0:
+            return "the probe step refused a finite input"
+        error = max(
+            float(np.max(np.abs((y - want_y) / net.std))),
+            float(np.max(np.abs(states[1] - want_s))),
+        )
+        if not error <= PROBE_TOLERANCE:  # NaN (garbage) fails too
+            return f"its probe step differs from the numpy step by {error:.3g}"
+        return None
 
     def bind(self, x: np.ndarray, y: np.ndarray, states: tuple[np.ndarray, np.ndarray]):
         """A context over caller-owned contiguous float32 buffers; returns (ctx, address)."""
