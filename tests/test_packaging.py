@@ -22,12 +22,17 @@ def test_wheel_maps_folders_into_the_edgernn_namespace(tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    # Every data folder is declared: no "Package would be ignored" walls on install.
+    assert "would be ignored" not in proc.stdout + proc.stderr
     (wheel,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
     names = zipfile.ZipFile(tmp_path / wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"edgernn"}, top  # nothing named train/export/runtime at top level
     for sub in ("train", "export", "runtime", "firmware_bridge"):
         assert f"edgernn/{sub}/__init__.py" in names
+    for data in ("PROTOCOL.md", "firmware/edgernn_frame.c", "firmware/edgernn_frame.h",
+                 "firmware/edgernn_sensor/edgernn_sensor.ino"):  # fmt: skip
+        assert f"edgernn/firmware_bridge/{data}" in names
     assert not any(n.startswith("edgernn/tests") for n in names)
     meta = next(n for n in names if n.endswith("METADATA"))
     text = zipfile.ZipFile(tmp_path / wheel).read(meta).decode()
