@@ -24,7 +24,7 @@ import numpy as np
 
 from edgernn.argtypes import int_at_least, positive_float, positive_int
 from edgernn.errors import EdgernnError, require
-from edgernn.pump import CHANNELS, FAULT_KINDS, PumpLog, pump_log, write_csv
+from edgernn.pump import CHANNELS, FAULT_KINDS, UNITS, PumpLog, pump_log, write_csv
 
 MIN_ROWS = 100  # fewest rows for --train-rows / --live-rows
 
@@ -262,7 +262,8 @@ def _report(out: str, records: list[dict], log: PumpLog) -> None:
     plot_report(
         os.path.join(out, "report.png"), CHANNELS, log.values, forecast, score, flag,
         truth=log.label, threshold=thresholds if np.isfinite(thresholds).any() else None,
-        title="edgernn demo: pump, live over a virtual serial port",
+        title="edgernn demo: pump, live over a virtual serial port", units=UNITS,
+        faults=log.faults,
     )  # fmt: skip
 
 

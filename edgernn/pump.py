@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 CHANNELS = ("vibration", "current", "temperature", "pressure")
+UNITS = ("g RMS", "A", "°C", "bar")
 FAULT_KINDS = ("bearing", "cavitation", "stuck", "overload", "spikes")
 
 
