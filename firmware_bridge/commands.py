@@ -23,6 +23,10 @@ def add_commands(sub) -> None:
         "path or, to survive re-enumeration, as usb:VID:PID[:SERIAL].",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--all", action="store_true",
+        help="also list port nodes with no device behind them (e.g. unused /dev/ttyS*)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_ports)
 
     p = sub.add_parser(
@@ -72,12 +76,13 @@ def channel_names(text: str) -> list[str]:
 def cmd_ports(args) -> int:
     from edgernn.firmware_bridge.port import list_ports
 
-    ports = list_ports()
+    ports = list_ports(include_empty=args.all)
     if args.json:
         print(json.dumps([_port_dict(p) for p in ports], indent=2))
         return 0
     if not ports:
-        print("no serial ports found", file=sys.stderr)
+        hidden = "" if args.all else " (--all also lists port nodes with no device behind them)"
+        print(f"no serial ports found{hidden}", file=sys.stderr)
         return 0
     rows = [("DEVICE", "USB ID", "SERIAL", "DESCRIPTION")]
     rows += [(p.device, p.usb_id, p.serial_number or "", p.description) for p in ports]
@@ -96,6 +101,7 @@ def _port_dict(p) -> dict:
         "serial_number": p.serial_number,
         "manufacturer": p.manufacturer,
         "location": p.location,
+        "hwid": p.hwid,
     }
 
 

@@ -43,6 +43,13 @@ class PortInfo:
     serial_number: Optional[str] = None
     manufacturer: Optional[str] = None
     location: Optional[str] = None
+    hwid: str = ""
+
+    @property
+    def has_device(self) -> bool:
+        """False for a port node with nothing known behind it (no hardware id): a
+        legacy /dev/ttyS* that the kernel creates whether or not a UART exists."""
+        return self.hwid not in ("", "n/a")
 
     @property
     def usb_id(self) -> str:
@@ -58,11 +65,12 @@ class PortInfo:
         )
 
 
-def list_ports() -> list[PortInfo]:
-    """Serial ports on this machine, USB identity included where there is one."""
+def list_ports(include_empty: bool = False) -> list[PortInfo]:
+    """Serial ports on this machine, USB identity included where there is one. Port
+    nodes with no device behind them are left out unless `include_empty`."""
     from serial.tools import list_ports as lp
 
-    return [
+    ports = [
         PortInfo(
             p.device,
             p.description if p.description not in (None, "n/a") else "",
@@ -71,9 +79,11 @@ def list_ports() -> list[PortInfo]:
             p.serial_number,
             p.manufacturer,
             p.location,
+            p.hwid or "",
         )
         for p in sorted(lp.comports(), key=lambda p: p.device)
     ]
+    return [p for p in ports if include_empty or p.has_device]
 
 
 @dataclass(frozen=True)
