@@ -1,0 +1,771 @@
+"""Export any recurrent PyTorch module as a stateful single-step ONNX graph.
+
+`export_module(module, example, path)` takes an nn.Module whose forward maps a sequence
+[batch, time, features] (or [time, batch, features] with time_first=True) to per-step
+outputs (a tensor, a tuple of tensors, or a dict of named tensors) and writes a graph that
+takes one step `x` [batch, features] plus the previous states and returns the outputs of
+that step plus the next states: the same kind of graph as our own forecasters.
+
+How: a copy of the module has every unidirectional nn.LSTM / nn.GRU / nn.RNN and every
+causal nn.Conv1d replaced by a stand-in that reads its state from a StepContext and records
+its next state there. Streaming runs the copy on sequences of one step; the same stand-ins
+run a whole sequence from a given initial state, which is the reference the exported graph
+must equal. Convolutions carry the last (kernel - 1) * dilation inputs in a ring-buffer
+state [batch, in_channels, span] that replaces the left zero padding.
+
+Gates, in order: structural refusals (attention, pooling over time, bidirectional RNNs,
+strided or centred convolutions, each naming the submodule); the causality gate on the
+module itself (outputs at step t must not move when only inputs after t change); the
+stand-ins must reproduce the module from a zero state; onnx.checker; the streaming parity
+gate: onnxruntime steps the graph from a random non-zero state and every output at every
+step, and every final state, must satisfy |a - b| <= atol + rtol * |b| against the module
+on the whole sequence. A graph that fails parity is kept as PATH.failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+from edgernn import __version__
+from edgernn.errors import ExportError, require
+from edgernn.export.onnx_export import (
+    DEFAULT_OPSET,
+    MIN_OPSET,
+    _torch_export,
+    ir_version_for,
+    set_metadata,
+    staged,
+)
+from edgernn.runtime.metadata import ModelMeta, OutputSpec, StateSpec, shape_json, validate
+
+torch = require("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+TASKS = ("regress", "classify", "custom")
+DEFAULT_TOLERANCE = (1e-5, 1e-5)  # atol, rtol: |a - b| <= atol + rtol * |ref|
+INPUT_NAME = "x"
+ATTENTION = (
+    nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder,
+    nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+)  # fmt: skip
+POOLING = (nn.AvgPool1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d)
+CELLS = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
+
+Tolerance = Union[float, tuple[float, float]]
+
+
+@dataclass
+class StateInfo:
+    input: str
+    output: str
+    shape: tuple  # None at the batch axis
+
+
+@dataclass
+class ModuleExportReport:
+    """What export_module wrote and how closely the graph follows the module."""
+
+    path: str
+    input: str
+    outputs: list[str]
+    states: list[StateInfo]
+    steps: int
+    batch: int
+    errors: dict[str, float] = field(default_factory=dict)  # max |graph - module| per name
+
+    @property
+    def max_abs(self) -> float:
+        return max(self.errors.values(), default=0.0)
+
+    def line(self) -> str:
+        def shape(s):
+            return "[" + ", ".join("batch" if d is None else str(d) for d in s) + "]"
+
+        states = ", ".join(f"{s.input} {shape(s.shape)}" for s in self.states) or "none"
+        return (
+            f"wrote {self.path}: outputs {', '.join(self.outputs)}; states {states}; parity max "
+            f"abs error {self.max_abs:.2e} over {self.steps} steps x {self.batch} streams"
+        )
+
+
+# ------------------------------------------------------------------- step context
+class StepContext:
+    """The states one call of the copied module starts from, and the next states its
+    stand-ins leave. `steps` is the length of the sequence the call runs (1 when
+    streaming): a convolution tells its own left padding from it."""
+
+    def __init__(self, steps: int, batch: int, states: dict | None = None):
+        self.steps = steps
+        self.batch = batch
+        self.states = dict(states or {})
+        self.next: dict[str, Any] = {}
+        self.entered: list[str] = []
+
+    def enter(self, standin) -> list:
+        """The stand-in's starting state (zeros unless given); refuses a second call."""
+        if standin.path in self.entered:
+            raise ExportError(
+                f"{standin.display}: called more than once per step; its state would be "
+                "ambiguous (use one module per call site)"
+            )
+        self.entered.append(standin.path)
+        return [
+            self.states[name] if name in self.states else torch.zeros(fill_batch(shape, self.batch))
+            for name, shape in zip(standin.state_inputs, standin.state_shapes)
+        ]
+
+    def record(self, standin, values: Sequence) -> None:
+        self.next.update(zip(standin.state_inputs, values))
+
+
+class Carrier:
+    """Shared by the wrapper and the stand-ins: the context of the call in progress."""
+
+    def __init__(self):
+        self.context: StepContext | None = None
+
+    @contextlib.contextmanager
+    def using(self, context: StepContext):
+        self.context = context
+        try:
+            yield context
+        finally:
+            self.context = None
+
+    def current(self, standin) -> StepContext:
+        if self.context is None:
+            raise ExportError(f"{standin.display}: stand-in called outside an export step")
+        return self.context
+
+
+def fill_batch(shape: tuple, batch: int) -> tuple[int, ...]:
+    return tuple(batch if d is None else d for d in shape)
+
+
+class StandIn(nn.Module):
+    """A stateful stand-in: knows its place in the module and its state names/shapes."""
+
+    def setup(self, path: str, prefix: str, carrier: Carrier, kinds: Sequence[str]):
+        self.path = path
+        self.display = path or "module"
+        self.carrier = carrier
+        self.state_inputs = [f"{prefix}_{k}" for k in kinds]
+        self.state_outputs = [f"{prefix}_{k}_out" for k in kinds]
+
+
+class StreamingRNN(StandIn):
+    """nn.LSTM / nn.GRU / nn.RNN whose state comes from the step context. Any hx the
+    caller passes is replaced by the carried state (export_module checks beforehand
+    that the module's own initial state is zero)."""
+
+    def __init__(self, rnn, path: str, prefix: str, carrier: Carrier):
+        super().__init__()
+        self.rnn = rnn
+        self.is_lstm = isinstance(rnn, nn.LSTM)
+        self.setup(path, prefix, carrier, ["h", "c"] if self.is_lstm else ["h"])
+        proj = getattr(rnn, "proj_size", 0) or 0
+        layers, hidden = rnn.num_layers, rnn.hidden_size
+        self.state_shapes = [(layers, None, proj or hidden)] + (
+            [(layers, None, hidden)] if self.is_lstm else []
+        )
+
+    def forward(self, input, hx=None):
+        ctx = self.carrier.current(self)
+        if not torch.is_tensor(input):
+            raise ExportError(f"{self.display}: takes a {type(input).__name__}; export needs a "
+                              "padded tensor (no PackedSequence)")  # fmt: skip
+        if input.dim() != 3:
+            raise ExportError(f"{self.display}: unbatched {input.dim()}-D input; export needs "
+                              "[batch, time, features] or [time, batch, features]")  # fmt: skip
+        state = ctx.enter(self)
+        first = tuple(state) if self.is_lstm else state[0]
+        if self.is_lstm and self.rnn.proj_size > 0 and ctx.steps == 1:
+            out, new = self.projected_step(input, state)  # ONNX's LSTM has no projection
+        else:
+            out, new = self.rnn(input, first)
+        ctx.record(self, list(new) if self.is_lstm else [new])
+        return out, new
+
+    def projected_step(self, input, state):
+        """One step of an LSTM with proj_size, from its weights (gates i f g o)."""
+        rnn = self.rnn
+        time_axis = 1 if rnn.batch_first else 0
+        x = input.select(time_axis, 0)
+        h0, c0 = state
+        hs, cs = [], []
+        for layer in range(rnn.num_layers):
+            w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+            b_ih = getattr(rnn, f"bias_ih_l{layer}") if rnn.bias else None
+            b_hh = getattr(rnn, f"bias_hh_l{layer}") if rnn.bias else None
+            gates = F.linear(x, w_ih, b_ih) + F.linear(h0[layer], w_hh, b_hh)
+            i, f, g, o = gates.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c0[layer] + torch.sigmoid(i) * torch.tanh(g)
+            h = F.linear(torch.sigmoid(o) * torch.tanh(c), getattr(rnn, f"weight_hr_l{layer}"))
+            hs.append(h)
+            cs.append(c)
+            x = h
+        return x.unsqueeze(time_axis), (torch.stack(hs), torch.stack(cs))
+
+
+class StreamingConv1d(StandIn):
+    """A causal nn.Conv1d over the last (time) axis whose left zero padding, written
+    either as F.pad before the conv or as the conv's own padding, is replaced by a
+    buffer of the last `span` inputs. Right zero padding is kept, so the idiom that
+    trims the right end afterwards still gets an output of the length it trims."""
+
+    def __init__(self, conv, path: str, prefix: str, carrier: Carrier, right: int):
+        super().__init__()
+        self.conv = conv
+        self.span = conv_span(conv)
+        self.right = right  # zero padding on the right: the conv's own padding
+        self.setup(path, prefix, carrier, ["buf"])
+        self.state_shapes = [(None, conv.in_channels, self.span)]
+
+    def forward(self, x):
+        ctx = self.carrier.current(self)
+        if x.dim() != 3:
+            raise ExportError(f"{self.display}: unbatched {x.dim()}-D input; export needs "
+                              "[batch, channels, time]")  # fmt: skip
+        left = x.shape[-1] - ctx.steps  # the zero padding the caller put in front
+        self.check_padding(left, x.shape[-1], ctx.steps)
+        (buffer,) = ctx.enter(self)
+        window = torch.cat([buffer, x[..., left:]], dim=-1)
+        ctx.record(self, [window[..., window.shape[-1] - self.span :]])
+        if self.right:
+            window = F.pad(window, (0, self.right))
+        conv = self.conv
+        return F.conv1d(window, conv.weight, conv.bias, 1, 0, conv.dilation, conv.groups)
+
+    def check_padding(self, left: int, length: int, steps: int) -> None:
+        need = self.span - self.right
+        if left < 0:
+            raise ExportError(
+                f"{self.display}: its last axis has {length} entries for a sequence of {steps} "
+                "steps: a Conv1d must run over time ([batch, channels, time])"
+            )
+        if left != need:
+            k, d = self.conv.kernel_size[0], self.conv.dilation[0]
+            raise ExportError(
+                f"{self.display}: its input carries {steps(left)} of left padding where kernel "
+                f"{k} with dilation {d} needs {need} to stay causal and keep the sequence "
+                f"length (pad with F.pad(x, ({need}, 0)) before it)"
+            )
+
+
+def steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
+
+
+def conv_span(conv) -> int:
+    return (conv.kernel_size[0] - 1) * conv.dilation[0]
+
+
+# ---------------------------------------------------------------- module surgery
+def refuse_structure(module) -> None:
+    """One-line refusals of submodules that look across time or cannot carry state."""
+    for path, sub in module.named_modules():
+        name = path or "module"
+        kind = type(sub).__name__
+        if isinstance(sub, ATTENTION):
+            raise ExportError(f"{name}: nn.{kind} attends across time steps; a streaming graph "
+                              "sees one step at a time")  # fmt: skip
+        if isinstance(sub, POOLING):
+            raise ExportError(f"{name}: nn.{kind} pools over time; a streaming graph sees one "
+                              "step at a time")  # fmt: skip
+        if isinstance(sub, CELLS):
+            raise ExportError(
+                f"{name}: nn.{kind} is stepped by your own loop, which keeps the state where "
+                f"export cannot carry it; use nn.{kind[:-4]} over the sequence"
+            )
+        if isinstance(sub, RECURRENT) and sub.bidirectional:
+            raise ExportError(f"{name}: bidirectional nn.{kind} reads the sequence backwards "
+                              "from its end; it cannot stream")  # fmt: skip
+        if isinstance(sub, nn.Conv1d):
+            conv_right_padding(sub, name)
+
+
+def conv_right_padding(conv, name: str) -> int:
+    """The conv's own right zero padding if it is causal (0 or the kernel's span), else
+    a one-line refusal saying how it breaks streaming."""
+    span, k, d = conv_span(conv), conv.kernel_size[0], conv.dilation[0]
+    kernel = f"kernel {k}" + (f" and dilation {d}" if d != 1 else "")
+    if conv.stride[0] != 1:
+        raise ExportError(f"{name}: stride {conv.stride[0]} emits one output every "
+                          f"{conv.stride[0]} steps; a streaming graph emits one per step")  # fmt: skip
+    if conv.padding == "same":
+        future = span - span // 2
+        if future:
+            raise ExportError(f"{name}: padding 'same' with {kernel} is centred: it looks "
+                              f"{steps(future)} into the future")  # fmt: skip
+        return 0
+    pad = 0 if conv.padding == "valid" else conv.padding[0]
+    if pad and conv.padding_mode != "zeros":
+        raise ExportError(f"{name}: padding_mode {conv.padding_mode!r} pads with values of the "
+                          "sequence itself, not zeros; it cannot stream")  # fmt: skip
+    if 0 < pad < span:
+        raise ExportError(f"{name}: padding {pad} with {kernel} is centred: it looks "
+                          f"{steps(span - pad)} into the future")  # fmt: skip
+    if pad > span:
+        raise ExportError(f"{name}: padding {pad} exceeds the span {span} of its {kernel}: "
+                          "it would emit outputs before the first step")  # fmt: skip
+    return pad
+
+
+def install_standins(module, carrier: Carrier):
+    """Replace every RNN and stateful Conv1d in `module` (in place) by a stand-in.
+    Returns (root, stand-ins in module order)."""
+    standins, used, made = [], set(), {}
+
+    def prefix_for(path: str, fallback: str) -> str:
+        base = path.replace(".", "_") or fallback
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}{n}"
+        used.add(name)
+        return name
+
+    def make(path, sub):
+        if isinstance(sub, RECURRENT):
+            return StreamingRNN(sub, path, prefix_for(path, "rnn"), carrier)
+        if isinstance(sub, nn.Conv1d):
+            right = conv_right_padding(sub, path or "module")
+            if conv_span(sub) == 0 and right == 0:
+                return None  # a pointwise conv: nothing to carry
+            return StreamingConv1d(sub, path, prefix_for(path, "conv"), carrier, right)
+        return None
+
+    root = make("", module)
+    if root is not None:
+        return root, [root]
+    # remove_duplicate=False: a layer reached by two paths gets one stand-in, which then
+    # refuses its second call per step instead of silently running without state.
+    for path, sub in list(module.named_modules(remove_duplicate=False)):
+        if not path or isinstance(sub, StandIn):
+            continue
+        if id(sub) not in made:
+            made[id(sub)] = make(path, sub)
+            if made[id(sub)] is not None:
+                standins.append(made[id(sub)])
+        if made[id(sub)] is not None:
+            parent_path, _, attr = path.rpartition(".")
+            setattr(module.get_submodule(parent_path), attr, made[id(sub)])
+    return module, standins
+
+
+# ------------------------------------------------------------------- outputs
+def flatten_outputs(out, names: Sequence[str] | None = None) -> list[tuple[str, Any]]:
+    """The module's return value as [(name, tensor)]: a tensor is "y", a tuple "y0".."yN",
+    a dict keeps its keys; `names` (output_names) overrides them in order."""
+    if torch.is_tensor(out):
+        pairs = [("y", out)]
+    elif isinstance(out, dict):
+        pairs = [(str(k), v) for k, v in out.items()]
+    elif isinstance(out, (tuple, list)):
+        pairs = [(f"y{i}", v) for i, v in enumerate(out)]
+    else:
+        raise ExportError(f"the module returns a {type(out).__name__}; return a tensor, a tuple "
+                          "of tensors or a dict of named tensors")  # fmt: skip
+    for name, value in pairs:
+        if not torch.is_tensor(value):
+            raise ExportError(
+                f"output {name!r} is a {type(value).__name__}, not a tensor: return only "
+                "per-step tensors (export carries the recurrent states itself)"
+            )
+    if names is not None:
+        if len(names) != len(pairs):
+            raise ExportError(f"output_names has {len(names)} names for {len(pairs)} outputs")
+        pairs = [(str(n), v) for n, (_, v) in zip(names, pairs)]
+    return pairs
+
+
+class StepWrapper(nn.Module):
+    """forward(x_t [batch, F], *states) -> (*outputs of that step, *next states)."""
+
+    def __init__(self, module, carrier: Carrier, standins: Sequence[StandIn], time_axis: int,
+                 output_names: Sequence[str]):  # fmt: skip
+        super().__init__()
+        self.module = module
+        self.carrier = carrier
+        self.standins = list(standins)
+        self.time_axis = time_axis
+        self.output_names = list(output_names)
+
+    def state_inputs(self) -> list[str]:
+        return [n for s in self.standins for n in s.state_inputs]
+
+    def forward(self, x, *states):
+        context = StepContext(1, x.shape[0], dict(zip(self.state_inputs(), states)))
+        with self.carrier.using(context):
+            out = self.module(x.unsqueeze(self.time_axis))
+        outputs = [v.select(self.time_axis, 0) for _, v in flatten_outputs(out, self.output_names)]
+        return (*outputs, *(context.next[n] for n in self.state_inputs()))
+
+
+def run_sequence(module, carrier: Carrier, x, time_axis: int, states: dict | None = None,
+                 names: Sequence[str] | None = None):  # fmt: skip
+    """The copied module on a whole sequence from `states` (zeros when absent):
+    ([(name, output)], next states, names of the stand-ins it called)."""
+    context = StepContext(x.shape[time_axis], x.shape[1 - time_axis], states)
+    with torch.no_grad(), carrier.using(context):
+        out = call_module(module, x)
+    return flatten_outputs(out, names), context.next, context.entered
+
+
+def call_module(module, x):
+    """module(x), anything it raises on the example as one line."""
+    try:
+        return module(x)
+    except ExportError:
+        raise
+    except Exception as e:  # the user's code: any exception is possible
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ExportError(f"the module fails on an input of shape {list(x.shape)}: "
+                          f"{type(e).__name__}: {first}") from e  # fmt: skip
+
+
+# --------------------------------------------------------------------- checks
+def close_excess(actual: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> np.ndarray:
+    """|actual - ref| beyond atol + rtol * |ref| (> 0 where the two are not close)."""
+    actual, ref = np.asarray(actual, np.float64), np.asarray(ref, np.float64)
+    return np.abs(actual - ref) - (atol + rtol * np.abs(ref))
+
+
+def describe_outputs(pairs, x, time_axis: int) -> list[tuple[str, tuple]]:
+    """[(name, per-step shape with None at the batch axis)], refusing outputs that are not
+    one value per step."""
+    steps, batch = x.shape[time_axis], x.shape[1 - time_axis]
+    seen = set()
+    described = []
+    for name, value in pairs:
+        if name in seen or name == INPUT_NAME:
+            raise ExportError(f"output name {name!r} is used twice (the input is {INPUT_NAME!r})")
+        seen.add(name)
+        shape = tuple(value.shape)
+        if len(shape) < 2 or shape[time_axis] != steps or shape[1 - time_axis] != batch:
+            where = "dim 1 (batch first)" if time_axis == 1 else "dim 0 (time first)"
+            raise ExportError(
+                f"output {name!r} has shape {list(shape)} for an input of shape {list(x.shape)}: "
+                f"no time axis of length {steps} at {where}; return one value per step "
+                "(a mean or the last step over time cannot stream)"
+            )
+        described.append((name, (None, *shape[2:])))
+    return described
+
+
+def causality_gate(module, x, time_axis: int, names, atol: float, rtol: float, seed: int) -> None:
+    """Outputs up to step t must not change when only inputs after t change."""
+    rng = np.random.default_rng(seed + 1)
+    steps = x.shape[time_axis]
+    with torch.no_grad():
+        ref = flatten_outputs(call_module(module, x), names)
+        scale = x.std().clamp_min(1e-3)
+        for cut in sorted({steps // 3, (2 * steps) // 3}):
+            later = x.clone()
+            noise = torch.from_numpy(rng.standard_normal(tuple(x.shape)).astype(np.float32))
+            future = later.narrow(time_axis, cut + 1, steps - cut - 1)
+            future += scale * noise.narrow(time_axis, cut + 1, steps - cut - 1)
+            moved = flatten_outputs(call_module(module, later), names)
+            for (name, a), (_, b) in zip(ref, moved):
+                early = close_excess(
+                    b.narrow(time_axis, 0, cut + 1).numpy(), a.narrow(time_axis, 0, cut + 1).numpy(),
+                    atol, rtol,
+                )  # fmt: skip
+                if (early > 0).any():
+                    step = int(np.argwhere(early > 0)[0][time_axis])
+                    raise ExportError(
+                        f"the module is not causal: output {name!r} at step {step} changes when "
+                        f"only inputs after step {cut} change (reversal, a reverse cumulative "
+                        "op, or normalisation/pooling over time?)"
+                    )
+
+
+def check_standins_match(pairs, standin_pairs, atol: float, rtol: float) -> None:
+    """The copy with stand-ins from a zero state must equal the module itself: otherwise
+    the module starts its recurrent layers from a state of its own."""
+    for (name, a), (_, b) in zip(pairs, standin_pairs):
+        if (close_excess(b.numpy(), a.numpy(), atol, rtol) > 0).any():
+            raise ExportError(
+                f"output {name!r} changes when the module's recurrent layers start from zeros: "
+                "it passes its own initial state (hx); the exported graph starts from zeros"
+            )
+
+
+# ----------------------------------------------------------------------- export
+def export_module(
+    module,
+    example,
+    path: str | os.PathLike,
+    *,
+    time_first: bool = False,
+    output_names: Sequence[str] | None = None,
+    channels: Sequence[str] | None = None,
+    task: str = "custom",
+    classes: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    opset: int = DEFAULT_OPSET,
+    tolerance: Tolerance = DEFAULT_TOLERANCE,
+    seed: int = 0,
+) -> ModuleExportReport:
+    """Write `module` as a stateful single-step ONNX graph at `path`, gated as the module
+    docstring says; raises ExportError (one line) when the module cannot stream."""
+    require("onnx")
+    atol, rtol = (tolerance, DEFAULT_TOLERANCE[1]) if np.isscalar(tolerance) else tolerance
+    path = os.fspath(path)
+    time_axis = 0 if time_first else 1
+    x = check_example(example, time_axis)
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    if task not in TASKS:
+        raise ExportError(f"task must be one of {', '.join(TASKS)}, got {task!r}"
+                          + (" (forecast is for `edgernn export RUN_DIR`)" if task == "forecast"
+                             else ""))  # fmt: skip
+    if not isinstance(module, nn.Module):
+        raise ExportError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+
+    with warnings.catch_warnings():
+        # torch warns once that oneDNN lacks LSTM projections; it falls back by itself
+        warnings.filterwarnings("ignore", message="LSTM with projections")
+        return export_checked(module, x, path, time_axis, output_names, channels, task, classes,
+                              targets, opset, atol, rtol, seed)  # fmt: skip
+
+
+def export_checked(module, x, path, time_axis, output_names, channels, task, classes, targets,
+                   opset, atol, rtol, seed) -> ModuleExportReport:  # fmt: skip
+    onnx = require("onnx")
+    work = copy.deepcopy(module).cpu().float().eval()
+    refuse_structure(work)
+    with torch.no_grad():
+        pairs = flatten_outputs(call_module(work, x), output_names)
+    names = [n for n, _ in pairs]
+    outputs = describe_outputs(pairs, x, time_axis)
+    causality_gate(work, x, time_axis, names, *DEFAULT_TOLERANCE, seed)  # same computation twice
+
+    carrier = Carrier()
+    work, standins = install_standins(work, carrier)
+    standin_pairs, _, entered = run_sequence(work, carrier, x, time_axis, names=names)
+    check_standins_match(pairs, standin_pairs, *DEFAULT_TOLERANCE)
+    standins = [s for s in standins if s.path in entered]  # a layer never called has no state
+    wrapper = StepWrapper(work, carrier, standins, time_axis, names)
+    states = [
+        StateInfo(i, o, shape)
+        for s in standins for i, o, shape in zip(s.state_inputs, s.state_outputs, s.state_shapes)
+    ]  # fmt: skip
+    props = build_props(outputs, states, x, time_axis, pairs, channels, task, classes, targets)
+
+    proto = trace(wrapper, states, names, x.shape[-1], opset)
+    proto.ir_version = ir_version_for(opset)
+    proto.producer_name = "edgernn"
+    set_metadata(proto, props)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"exported graph fails onnx.checker: {str(e).splitlines()[0]}") from e
+    with staged(path) as tmp:
+        onnx.save(proto, tmp)
+        try:
+            errors, steps, batch = parity_gate(work, carrier, standins, tmp, x, time_axis, names,
+                                               atol, rtol, seed)  # fmt: skip
+        except ExportError as e:
+            os.replace(tmp, path + ".failed")
+            raise ExportError(f"{e}; the graph was kept as {path}.failed for inspection") from e
+    return ModuleExportReport(path, INPUT_NAME, names, states, steps, batch, errors)
+
+
+def check_example(example, time_axis: int):
+    if not torch.is_tensor(example):
+        example = torch.as_tensor(np.asarray(example, dtype=np.float32))
+    if example.dim() != 3:
+        layout = "[time, batch, features]" if time_axis == 0 else "[batch, time, features]"
+        raise ExportError(f"example must be a 3-D {layout} tensor, got shape {list(example.shape)}")
+    if example.shape[time_axis] < 2:
+        raise ExportError(
+            f"example must hold at least 2 time steps, got shape {list(example.shape)}"
+        )
+    x = example.detach().cpu().float()
+    if not torch.isfinite(x).all():
+        raise ExportError("example holds NaN or inf")
+    return x
+
+
+def trace(wrapper, states: list[StateInfo], names: list[str], features: int, opset: int):
+    """torch.onnx.export of the step wrapper, with a dynamic batch axis everywhere."""
+    onnx = require("onnx")
+    batch = 2  # not 1: a traced batch of one can bake broadcasting in
+    args = (
+        torch.zeros(batch, features),
+        *(torch.zeros(fill_batch(s.shape, batch)) for s in states),
+    )
+    dynamic = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    for s in states:
+        axis = s.shape.index(None)
+        dynamic[s.input] = dynamic[s.output] = {axis: "batch"}
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = os.path.join(tmp, "raw.onnx")
+        with warnings.catch_warnings():
+            # The exporter warns about RNNs with explicit state and batch sizes: the parity
+            # gate settles that for every batch it runs.
+            warnings.simplefilter("ignore")
+            _torch_export(
+                wrapper, args, raw, input_names=[INPUT_NAME, *(s.input for s in states)],
+                output_names=[*names, *(s.output for s in states)], dynamic_axes=dynamic,
+                opset_version=opset, dynamo=False,
+            )  # fmt: skip
+        proto = onnx.load(raw)
+    graph_inputs = [i.name for i in proto.graph.input]
+    missing = [n for n in [INPUT_NAME, *(s.input for s in states)] if n not in graph_inputs]
+    if missing:
+        raise ExportError(f"the exported graph does not use {', '.join(missing)}: the outputs "
+                          "do not depend on it")  # fmt: skip
+    return proto
+
+
+def build_props(outputs, states, x, time_axis, pairs, channels, task, classes, targets) -> dict:
+    """Format-2 metadata (SPEC-graph-format.md) for the exported graph."""
+    features = x.shape[-1]
+    channels = (
+        [f"ch{i}" for i in range(features)] if channels is None else [str(c) for c in channels]
+    )
+    if len(channels) != features:
+        raise ExportError(f"{len(channels)} channel names for {features} input features")
+    if len(set(channels)) != len(channels):
+        raise ExportError(f"duplicate channel names {channels}")
+    primary, shape = outputs[0]
+    columns = None
+    if task == "classify":
+        classes = class_names(classes, pairs[0], shape)
+        columns = classes
+    elif classes is not None:
+        raise ExportError(f"classes are for task classify, not {task}")
+    if targets is not None:
+        if task != "regress":
+            raise ExportError(f"targets are for task regress, not {task}")
+        targets = [str(t) for t in targets]
+        if len(shape) != 2 or shape[1] != len(targets):
+            raise ExportError(f"{len(targets)} targets for output {primary!r} of per-step shape "
+                              f"{shape_json(shape)}")  # fmt: skip
+        columns = targets
+    meta = ModelMeta(
+        task=task,
+        channels=channels,
+        input=INPUT_NAME,
+        output=primary,
+        outputs=[
+            OutputSpec(name, s, tuple(columns) if i == 0 and columns is not None else None)
+            for i, (name, s) in enumerate(outputs)
+        ],
+        states=[StateSpec(s.input, s.output, s.shape, "float32") for s in states],
+        classes=list(classes) if task == "classify" else None,
+        targets=targets,
+        time_axis="time_first" if time_axis == 0 else "batch_first",
+        extra={"producer": f"edgernn {__version__} export_module"},
+    )
+    validate(meta, "exported graph")
+    return meta.to_props()
+
+
+def class_names(classes, primary, shape) -> list[str]:
+    """The class names of a classifier, checked against its primary output."""
+    name, value = primary
+    if len(shape) != 2:
+        raise ExportError(f"task classify: output {name!r} has per-step shape {shape_json(shape)}; "
+                          "class probabilities are [batch, classes]")  # fmt: skip
+    k = shape[1]
+    classes = [str(i) for i in range(k)] if classes is None else [str(c) for c in classes]
+    if len(classes) != k:
+        raise ExportError(f"{len(classes)} class names for output {name!r} of {k} classes")
+    if len(set(classes)) != k:
+        raise ExportError(f"duplicate class names {classes}")
+    p = value.double()
+    sums = p.sum(-1)
+    if (p < -1e-6).any() or ((sums - 1).abs() > 1e-3).any():
+        raise ExportError(
+            f"task classify: output {name!r} is not class probabilities (rows sum to "
+            f"{float(sums.min()):.3g}..{float(sums.max()):.3g}): end the module with a softmax"
+        )
+    return classes
+
+
+# ----------------------------------------------------------------- parity gate
+def parity_batch(x, time_axis: int, seed: int):
+    """The example and a perturbed copy side by side: at least two independent streams."""
+    rng = np.random.default_rng(seed + 2)
+    batch_axis = 1 - time_axis
+    first = x.narrow(batch_axis, 0, min(x.shape[batch_axis], 2))
+    noise = torch.from_numpy(rng.standard_normal(tuple(first.shape)).astype(np.float32))
+    return torch.cat([first, first + 0.5 * first.std().clamp_min(1e-3) * noise], dim=batch_axis)
+
+
+def random_states(standins, batch: int, seed: int) -> dict:
+    """A random non-zero start: a zero start hides state wired wrong between calls."""
+    rng = np.random.default_rng(seed + 3)
+    states = {}
+    for s in standins:
+        for name, shape in zip(s.state_inputs, s.state_shapes):
+            value = 0.5 * rng.standard_normal(fill_batch(shape, batch))
+            states[name] = torch.from_numpy(value.astype(np.float32))
+    return states
+
+
+def parity_gate(work, carrier, standins, graph_path, x, time_axis, names, atol, rtol, seed):
+    """Step the graph with onnxruntime from a random state; compare every output at every
+    step and every final state with the module on the whole sequence from that state.
+    Returns ({name: max abs error}, steps, batch)."""
+    ort = require("onnxruntime", extra="runtime")
+    seq = parity_batch(x, time_axis, seed)
+    batch, steps = seq.shape[1 - time_axis], seq.shape[time_axis]
+    start = random_states(standins, batch, seed)
+    ref_pairs, ref_states, _ = run_sequence(work, carrier, seq, time_axis, dict(start), names)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(graph_path, options, providers=["CPUExecutionProvider"])
+    state_in = [n for s in standins for n in s.state_inputs]
+    state = {n: start[n].numpy() for n in state_in}
+    got = {n: [] for n in names}
+    for t in range(steps):
+        feed = {INPUT_NAME: np.ascontiguousarray(seq.select(time_axis, t).numpy()), **state}
+        result = session.run(None, feed)
+        for n, value in zip(names, result):
+            got[n].append(value)
+        state = dict(zip(state_in, result[len(names) :]))
+    errors = {}
+    for name, ref in ref_pairs:
+        ref = ref.numpy()
+        actual = np.stack(got[name], axis=time_axis)
+        errors[name] = compare(actual, ref, atol, rtol, f"output {name!r}", time_axis)
+    for name in state_in:
+        errors[name] = compare(state[name], ref_states[name].numpy(), atol, rtol,
+                               f"state {name!r} after step {steps - 1}", None)  # fmt: skip
+    return errors, steps, batch
+
+
+def compare(actual, ref, atol, rtol, what: str, time_axis: int | None) -> float:
+    """Max |actual - ref|, or a one-line ExportError naming the first step that is off."""
+    if actual.shape != ref.shape:
+        raise ExportError(f"parity check failed: {what} has shape {list(actual.shape)}, the "
+                          f"module's {list(ref.shape)}")  # fmt: skip
+    excess = close_excess(actual, ref, atol, rtol)
+    worst = float(np.max(np.abs(actual.astype(np.float64) - ref), initial=0.0))
+    if not (excess <= 0).all():  # NaN counts as a failure
+        where = hint = ""
+        if time_axis is not None:
+            step = int(np.argwhere(~(excess <= 0))[0][time_axis])
+            where = f" at step {step}"
+            if step > 0:  # the first step agreed: something is kept across steps uncarried
+                hint = (": the module keeps something across steps that export does not carry "
+                        "(a cumulative op over time?)")  # fmt: skip
+        raise ExportError(
+            f"parity check failed: {what}{where} differs from the module by {worst:.3g} "
+            f"(tolerance {atol:g} + {rtol:g} * |value|){hint}"
+        )
+    return worst
