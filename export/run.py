@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 
 from edgernn import __version__
-from edgernn.errors import require
+from edgernn.errors import ExportError, require
 from edgernn.export.onnx_export import DEFAULT_OPSET, ParityReport, export_onnx
 from edgernn.train.checkpoint import checkpoint_path, load_checkpoint, unusable
 
@@ -47,12 +47,18 @@ def export_run(
 ) -> ParityReport:
     """Export RUN_DIR's checkpoint; `unrolled` writes primitive ops only (export/unrolled.py)."""
     model, meta, val_errors = load_forecaster(run_dir)
+    task = model.config.task
+    kept = ("model", "persistence") if task == "forecast" else ("model", "baseline", "baseline_name")
     extra = {
         "producer": f"edgernn {__version__}",
-        "metrics": {
-            k: meta["metrics"][k] for k in ("model", "persistence") if k in meta.get("metrics", {})
-        },
+        "metrics": {k: meta["metrics"][k] for k in kept if k in meta.get("metrics", {})},
     }
+    if task != "forecast":  # a regressor or classifier: format-2 graph, no detector
+        if unrolled or static_batch is not None:
+            raise ExportError(f"--unrolled exports forecasters only; this run's task is {task}")
+        from edgernn.export.tasks import export_task_onnx
+
+        return export_task_onnx(model, out_path, extra_meta=extra, opset=opset)
     calibration = detector_calibration(val_errors)
     if calibration is not None:
         extra["detector"] = calibration

@@ -38,7 +38,16 @@ from edgernn.train.data import (
 from edgernn.train.distributed import Dist, wrap
 from edgernn.train.model import Forecaster
 from edgernn.train.resume import save_train_state
+from edgernn.train.tasks import (
+    gather_task_windows,
+    score_from_loss,
+    task_lanes,
+    validation_loss,
+)
 
+# History keys and the name of the validation score: squared errors, or (classify)
+# cross-entropy, the loss a classifier trains on and early-stops by.
+LOSS_NAMES = (("train_mse", "val_rmse", "RMSE"), ("train_ce", "val_ce", "cross-entropy"))
 PREDICT_CHUNK = 8192  # time steps per forward pass when forecasting a whole file
 REFRESH_SECONDS = 0.5  # progress-bar refresh period inside an epoch
 
@@ -46,7 +55,7 @@ REFRESH_SECONDS = 0.5  # progress-bar refresh period inside an epoch
 @dataclass
 class Batch:
     x: np.ndarray  # (b, W, C) this rank's share, normalised
-    y: np.ndarray  # (b, W, C) targets, normalised
+    y: np.ndarray  # targets, normalised: (b, W, C) forecast, (b, W, K) regress, (b, W) classes
     denom: int  # loss elements in the whole (global) batch
     loss_from: int  # leading steps that only warm the state
     new_sequence: bool  # the state starts at zero
@@ -71,14 +80,14 @@ def make_predict(model: Forecaster, device: torch.device):
 
     def predict(xn: np.ndarray) -> np.ndarray:
         model.eval()
-        out = np.empty_like(xn, dtype=np.float32)
+        out = np.empty((len(xn), model.config.n_outputs), dtype=np.float32)
         state = None
         with torch.no_grad():
             for s in range(0, len(xn), PREDICT_CHUNK):
                 x = torch.from_numpy(np.ascontiguousarray(xn[s : s + PREDICT_CHUNK]))
                 y, state = model.forward_normalised(x.to(device).unsqueeze(0), state)  # (1, t, C)
                 out[s : s + PREDICT_CHUNK] = y.squeeze(0).float().cpu().numpy()
-        return out  # (T, C)
+        return out  # (T, n_outputs): normalised forecasts or targets, or logits
 
     return predict
 
@@ -93,13 +102,18 @@ def steps_per_epoch(cfg: TrainConfig, data: SplitData) -> int:
 
 
 def window_batches(cfg: TrainConfig, data: SplitData, rng, ctx: Dist) -> Iterator[Batch]:
-    usable = usable_starts(data, cfg.window, cfg.horizon)
+    forecast = data.task == "forecast"
+    shift = cfg.horizon if forecast else 0  # other tasks' targets belong to the same step
+    usable = usable_starts(data, cfg.window, shift)
     burn = min(cfg.burn_in, cfg.window - 1)
     mine = slice(ctx.rank, None, ctx.world)
     for _ in range(steps_per_epoch(cfg, data)):
         files, starts = draw_windows(usable, cfg.batch_size, rng)  # the global batch
-        X, Y = gather_windows(data, files[mine], starts[mine], cfg.window, cfg.horizon)
-        denom = cfg.batch_size * (cfg.window - burn) * data.n_channels
+        if forecast:
+            X, Y = gather_windows(data, files[mine], starts[mine], cfg.window, cfg.horizon)
+        else:
+            X, Y = gather_task_windows(data, files[mine], starts[mine], cfg.window)
+        denom = cfg.batch_size * (cfg.window - burn) * data.loss_terms
         yield Batch(X, Y, denom, burn, new_sequence=True)
 
 
@@ -107,17 +121,24 @@ def tbptt_batches(cfg: TrainConfig, data: SplitData, rng, ctx: Dist) -> Iterator
     """Walk every file (in random order) lane by lane, as many passes as the step budget needs."""
     steps, n = steps_per_epoch(cfg, data), 0
     mine = slice(ctx.rank, None, ctx.world)
+    forecast = data.task == "forecast"
+    shift = cfg.horizon if forecast else 0
     while n < steps:
         for f in rng.permutation(len(data.raw)):
             part = data.raw[f][: data.split[f]]  # raw view: chunks are read and normalised lazily
-            n_lanes = n_lanes_for(len(part), cfg.horizon, cfg.batch_size, at_least=ctx.world)
-            X, Y = lanes(part, cfg.horizon, n_lanes)  # (lanes, L, C) views
+            n_lanes = n_lanes_for(len(part), shift, cfg.batch_size, at_least=ctx.world)
+            if forecast:
+                X, Y = lanes(part, cfg.horizon, n_lanes)  # (lanes, L, C) views
+            else:
+                X, Y = task_lanes(part, data.targets[f][: data.split[f]], n_lanes)
             if X.shape[1] == 0:
                 raise DataError(f"{data.files[f]}: too short to cut into {n_lanes} lanes")
             for s in range(0, X.shape[1], cfg.window):
                 x = data.normalise(X[mine, s : s + cfg.window])
-                y = data.normalise(Y[mine, s : s + cfg.window])
-                yield Batch(x, y, n_lanes * x.shape[1] * x.shape[2], 0, new_sequence=(s == 0))
+                y = Y[mine, s : s + cfg.window]
+                y = data.normalise(y) if forecast else data.normalise_targets(y)
+                denom = n_lanes * x.shape[1] * data.loss_terms
+                yield Batch(x, y, denom, 0, new_sequence=(s == 0))
                 n += 1
 
 
@@ -161,8 +182,8 @@ class Trainer:
         self.extra_state = dict(extra_state or {})  # saved as is, e.g. how the data was read
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.rng = np.random.default_rng(cfg.seed)  # shared by all ranks: same global batches
-        self.model = Forecaster(model_config_from(cfg, data.channels))
-        self.model.set_normalisation(data.mean, data.std)
+        self.model = Forecaster(model_config_from(cfg, data.channels, data.classes))
+        self.model.set_normalisation(data.mean, data.std, data.target_mean, data.target_std)
         self.model.to(self.device)
         if ctx.rank > 0:
             torch.manual_seed(cfg.seed + 7919 * ctx.rank)  # distinct dropout masks per rank
@@ -205,9 +226,14 @@ class Trainer:
     def step(self, batch: Batch, state):
         x, y = to_device(batch.x, self.device), to_device(batch.y, self.device)  # (b, W, C)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            pred, state = self.net(x, state)  # (b, W, C)
-        err = pred.float()[:, batch.loss_from :] - y[:, batch.loss_from :]
-        sq = (err**2).sum()
+            pred, state = self.net(x, state)  # (b, W, n_outputs)
+        pred, y = pred.float()[:, batch.loss_from :], y[:, batch.loss_from :]
+        if self.data.task == "classify":  # summed like the squared errors: scaled below
+            sq = torch.nn.functional.cross_entropy(
+                pred.reshape(-1, pred.shape[-1]), y.reshape(-1), reduction="sum"
+            )
+        else:
+            sq = ((pred - y) ** 2).sum()
         # DDP averages gradients over ranks: scaling by world/denom makes that average the
         # gradient of the global batch's mean loss, whatever each rank's share.
         loss = sq * (self.ctx.world / batch.denom)
@@ -221,12 +247,16 @@ class Trainer:
         return sq.detach(), state
 
     def validate(self) -> float:
-        """Validation RMSE (normalised) over all files; each rank forecasts its share."""
+        """Validation RMSE (normalised; for a classifier, the mean cross-entropy) over all
+        files; each rank predicts its share."""
         mine = range(self.ctx.rank, len(self.data.raw), self.ctx.world)
         predict = make_predict(self.model, self.device)
-        sse, count = validation_sse(self.data, predict, self.cfg.horizon, mine)
-        sse, count = self.ctx.sum([sse, float(count)])
-        return math.sqrt(sse / count) if count else math.nan
+        if self.data.task == "forecast":
+            loss, count = validation_sse(self.data, predict, self.cfg.horizon, mine)
+        else:
+            loss, count = validation_loss(self.data, predict, mine)
+        loss, count = self.ctx.sum([loss, float(count)])
+        return score_from_loss(self.data.task, loss, count)
 
     # ---------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
@@ -299,7 +329,8 @@ class Trainer:
             self.sched.step()
             val_rmse = self.validate()
             rate = samples / max(seconds, 1e-9)
-            p.history.append({"epoch": epoch, "train_mse": train_mse, "val_rmse": val_rmse,
+            train_key, val_key, _ = LOSS_NAMES[self.data.task == "classify"]
+            p.history.append({"epoch": epoch, train_key: train_mse, val_key: val_rmse,
                               "samples_per_s": round(rate, 1)})  # fmt: skip
             if val_rmse < p.best_rmse - 1e-7:
                 p.best_rmse, p.bad_epochs = val_rmse, 0
@@ -323,8 +354,9 @@ class Trainer:
         self.model.load_state_dict(p.best_state)
         amp = f", {str(self.amp).replace('torch.', '')} autocast" if self.amp else ""
         procs = f" x {ctx.world} processes" if ctx.enabled else ""
+        score = LOSS_NAMES[self.data.task == "classify"][2]
         log(f"trained {p.epoch} epochs on {self.device.type}{procs}{amp}; "
-            f"best validation RMSE {p.best_rmse:.4f}")  # fmt: skip
+            f"best validation {score} {p.best_rmse:.4f}")  # fmt: skip
         return self.model.cpu().eval(), p.history
 
 

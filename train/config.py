@@ -4,6 +4,7 @@ from its own RUN_DIR."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 
@@ -17,6 +18,11 @@ class TrainConfig:
     dropout: float = 0.0  # between stacked layers
     horizon: int = 1  # forecast this many steps ahead
     residual: bool = True  # forecast the change from the current sample
+    # task: forecast (next sample of every channel) | regress (--target columns from the
+    # other channels, per step: a soft sensor) | classify (--label column's class per step)
+    task: str = "forecast"
+    targets: list[str] = field(default_factory=list)  # regress: the columns to estimate
+    label: str = ""  # classify: the column holding each step's class (never an input)
     # data
     val_frac: float = 0.2  # the last fraction of every file is validation
     # optimisation (BPTT)
@@ -46,6 +52,13 @@ class TrainConfig:
 
     def __post_init__(self):
         """Settings no training can run with fail here, before any data is read."""
+        self.targets = list(self.targets or [])
+        self.label = self.label or ""
+        if self.task == "forecast":  # --target implies regress, --label classify
+            self.task = "regress" if self.targets else "classify" if self.label else "forecast"
+        check_task(self)
+        if self.task != "forecast":
+            self.residual = False  # a residual head adds the input: forecasting only
         checks = [  # (field, holds, what it must be)
             ("window", self.window >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
@@ -81,11 +94,34 @@ class TrainConfig:
 
 
 CELLS = ("rnn", "lstm", "gru", "esn")
+TASKS = ("forecast", "regress", "classify")
 SCHEDULES = ("constant", "cosine")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 # Options a resumed run may change: they do not alter the optimisation trajectory
 # (epochs/patience only move the end point).
 RESUMABLE_CHANGES = ("epochs", "patience", "progress", "device", "amp", "cache_dir")
+
+
+def check_task(cfg: TrainConfig) -> None:
+    """The task's flags fit together (ValueError naming the flag otherwise)."""
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; choose from {', '.join(TASKS)}")
+    if cfg.task == "classify" and cfg.targets:
+        raise ValueError("--target applies to --task regress; a classifier's column is --label")
+    if cfg.task == "regress" and cfg.label:
+        raise ValueError("--label applies to --task classify; a regressor's columns are --target")
+    if cfg.task == "regress" and not cfg.targets:
+        raise ValueError("--task regress needs --target COL (the column(s) to estimate)")
+    if cfg.task == "classify" and not cfg.label:
+        raise ValueError("--task classify needs --label COL (the column holding the classes)")
+    if len(set(cfg.targets)) != len(cfg.targets):
+        raise ValueError(f"--target names a column twice: {', '.join(cfg.targets)}")
+    if cfg.task != "forecast" and cfg.horizon != 1:
+        raise ValueError(f"--horizon applies to forecasting; --task {cfg.task} estimates "
+                         "the current step")  # fmt: skip
+    if cfg.task == "classify" and cfg.cell == "esn":
+        raise ValueError("--cell esn cannot classify (its ridge readout regresses); "
+                         "use lstm, gru or rnn")  # fmt: skip
 
 
 @dataclass
@@ -100,6 +136,9 @@ class ModelConfig:
     residual: bool = True  # head predicts the change from x[t] (persistence + correction)
     bidirectional: bool = False  # refused: a bidirectional model is not causal
     channels: list[str] = field(default_factory=list)
+    task: str = "forecast"  # forecast | regress | classify: what the head outputs
+    targets: list[str] = field(default_factory=list)  # regress: the output columns
+    classes: list[str] = field(default_factory=list)  # classify: the output classes
 
     def __post_init__(self):
         if self.bidirectional:
@@ -120,6 +159,20 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.channels and len(self.channels) != self.n_channels:
             raise ValueError("channels must name every input channel")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+        if self.task == "regress" and not self.targets:
+            raise ValueError("a regressor needs its target columns")
+        if self.task == "classify" and len(self.classes) < 2:
+            raise ValueError("a classifier needs at least two classes")
+        if self.task != "forecast":
+            self.residual = False  # a residual head adds the input: forecasting only
+
+    @property
+    def n_outputs(self) -> int:
+        """The head's size: every channel (forecast), the targets, or one logit per class."""
+        return {"forecast": self.n_channels, "regress": len(self.targets),
+                "classify": len(self.classes)}[self.task]  # fmt: skip
 
     @property
     def graph_cell(self) -> str:
@@ -130,7 +183,10 @@ class ModelConfig:
         return asdict(self)
 
 
-def model_config_from(cfg: TrainConfig, channels: list[str]) -> ModelConfig:
+def model_config_from(
+    cfg: TrainConfig, channels: list[str], classes: Sequence[str] = ()
+) -> ModelConfig:
+    """The model a training config builds; `classes` come from the data (classify)."""
     return ModelConfig(
         n_channels=len(channels),
         cell=cfg.cell,
@@ -141,4 +197,7 @@ def model_config_from(cfg: TrainConfig, channels: list[str]) -> ModelConfig:
         horizon=cfg.horizon,
         residual=cfg.residual,
         channels=list(channels),
+        task=cfg.task,
+        targets=list(cfg.targets),
+        classes=list(classes),
     )

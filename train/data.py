@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,9 +30,30 @@ class SplitData:
     split: list[int]  # index of the first validation row of each file
     mean: np.ndarray  # (C,)
     std: np.ndarray  # (C,)
+    # Tasks other than forecasting (train/tasks.py) carry per-step targets beside the inputs:
+    task: str = "forecast"
+    targets: list[np.ndarray] = field(default_factory=list)  # per file: regress (T_i, K) raw
+    # values, possibly memory maps; classify (T_i,) int64 class indices
+    target_names: list[str] = field(default_factory=list)  # regress: the target columns
+    classes: list[str] = field(default_factory=list)  # classify: class names, index order
+    target_mean: np.ndarray | None = None  # regress: (K,) from the training parts
+    target_std: np.ndarray | None = None
 
     def normalise(self, values: np.ndarray) -> np.ndarray:
         return ((np.asarray(values, dtype=np.float32) - self.mean) / self.std).astype(np.float32)
+
+    def normalise_targets(self, values: np.ndarray) -> np.ndarray:
+        """What the head is trained to output: z-scored targets, or class indices."""
+        if self.task == "classify":
+            return np.asarray(values, dtype=np.int64)
+        v = np.asarray(values, dtype=np.float32)
+        return ((v - self.target_mean) / self.target_std).astype(np.float32)
+
+    @property
+    def loss_terms(self) -> int:
+        """Loss elements per time step: one per forecast channel or target, one per label."""
+        return {"forecast": self.n_channels, "regress": len(self.target_names),
+                "classify": 1}[self.task]  # fmt: skip
 
     def series(self, i: int) -> np.ndarray:
         """File i, whole and normalised: (T_i, C)."""

@@ -59,29 +59,40 @@ def predict(weights: dict, xn: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def fit_esn(cfg: TrainConfig, train_parts: Iterable[np.ndarray], n_channels: int) -> dict:
+def fit_esn(
+    cfg: TrainConfig,
+    train_parts: Iterable[np.ndarray],
+    n_channels: int,
+    target_parts: Iterable[np.ndarray] | None = None,
+) -> dict:
     """Reservoir weights + ridge readout fitted on the training parts (normalised).
 
+    The readout forecasts (the next sample, or its change), or, given `target_parts`
+    (normalised (T_i, K) per file, --task regress), estimates those targets at each step.
     The normal equations are accumulated file by file, so only one file's reservoir
     states are ever in memory.
     """
     rng = np.random.default_rng(cfg.seed)
     weights = init_reservoir(cfg, n_channels, rng)
+    targets = iter(target_parts) if target_parts is not None else None
     gram = np.zeros((cfg.hidden + 1, cfg.hidden + 1))  # phi1' phi1, phi1 = [states, 1]
-    cross = np.zeros((cfg.hidden + 1, n_channels))  # phi1' y
+    cross = 0.0  # phi1' y, (H + 1, outputs) after the first file
     n = 0
     for part in train_parts:
         states = run_reservoir(weights, part, cfg.layers, cfg.nonlinearity)
-        _, target = target_of(part, cfg.horizon, cfg.residual)
+        if targets is None:
+            _, target = target_of(part, cfg.horizon, cfg.residual)
+        else:
+            target = next(targets)
         washout = min(cfg.washout, max(len(target) - 1, 0))
         phi = states[washout : len(target)]  # (N_i, H)
         phi1 = np.hstack([phi, np.ones((len(phi), 1))])  # bias column
         gram += phi1.T @ phi1
-        cross += phi1.T @ target[washout:]
+        cross = cross + phi1.T @ target[washout:]
         n += len(phi)
     reg = cfg.ridge * n * np.eye(cfg.hidden + 1)
     reg[-1, -1] = 0.0  # the bias is not shrunk
-    w_out = np.linalg.solve(gram + reg, cross)  # (H + 1, C)
-    weights["head.weight"] = w_out[:-1].T.astype(np.float32)  # (C, H)
-    weights["head.bias"] = w_out[-1].astype(np.float32)  # (C,)
+    w_out = np.linalg.solve(gram + reg, cross)  # (H + 1, outputs)
+    weights["head.weight"] = w_out[:-1].T.astype(np.float32)  # (outputs, H)
+    weights["head.bias"] = w_out[-1].astype(np.float32)  # (outputs,)
     return weights

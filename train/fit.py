@@ -54,7 +54,7 @@ def train_files(
     resume=True continues out_dir's run from its last finished epoch.
     """
     try:
-        model_config_from(cfg, ["_"])  # validates the architecture early
+        model_config_from(cfg, ["_"], ["_a", "_b"])  # validates the architecture early
     except ValueError as e:
         raise EdgernnError(str(e)) from None
     if cfg.cell == "esn":
@@ -75,11 +75,18 @@ def _quiet(msg: str) -> None:
 
 def _load(paths, cfg, out_dir, channels, ignore, log, rank=0, world=1, barrier=None) -> SplitData:
     cache = cfg.cache_dir or os.path.join(out_dir, "cache")
-    logs = load_logs(paths, cache, channels, ignore, rank=rank, world=world, barrier=barrier)
-    data = split_tables(logs, cfg.val_frac, cfg.horizon, min_train=max(cfg.washout, 8))
+    if cfg.task == "forecast":
+        logs = load_logs(paths, cache, channels, ignore, rank=rank, world=world, barrier=barrier)
+        data = split_tables(logs, cfg.val_frac, cfg.horizon, min_train=max(cfg.washout, 8))
+    else:
+        from edgernn.train.tasks import load_task_data
+
+        data = load_task_data(paths, cfg, cache, channels, ignore, rank, world, barrier)
+    outputs = {"regress": f", targets {', '.join(data.target_names)}",
+               "classify": f", classes {', '.join(data.classes)}"}.get(cfg.task, "")  # fmt: skip
     log(
-        f"data: {len(logs)} file(s), {data.n_train_rows} training rows, "
-        f"{data.n_val_rows} validation rows, channels {', '.join(data.channels)}"
+        f"data: {len(data.files)} file(s), {data.n_train_rows} training rows, "
+        f"{data.n_val_rows} validation rows, channels {', '.join(data.channels)}{outputs}"
     )
     return data
 
@@ -94,7 +101,10 @@ def _train_esn(paths, cfg, out_dir, channels, ignore, log, resume) -> RunResult:
         return RunResult(out_dir, os.path.join(out_dir, CHECKPOINT), {}, {}, {})
     data = _load(paths, cfg, out_dir, channels, ignore, log)
     started = time.perf_counter()
-    weights = esn.fit_esn(cfg, data.train_parts(), data.n_channels)
+    targets = None
+    if cfg.task == "regress":  # the ridge readout fits the targets instead of the next sample
+        targets = (data.normalise_targets(t[:k]) for t, k in zip(data.targets, data.split))
+    weights = esn.fit_esn(cfg, data.train_parts(), data.n_channels, targets)
     seconds = time.perf_counter() - started
     predict = lambda xn: esn.predict(weights, xn, cfg)  # noqa: E731
     # An ESN writes no train_state.pt; one left by an earlier PyTorch run in this folder
@@ -123,7 +133,7 @@ def _train_bptt(paths, cfg, out_dir, channels, ignore, log, resume, ctx) -> RunR
     }
     model, history = train_bptt(cfg, data, log, ctx, out_dir, state, {"data_args": data_args})
     seconds = time.perf_counter() - started
-    weights = {k: v.numpy() for k, v in model.state_dict().items() if k not in ("mean", "std")}
+    weights = {k: v.numpy() for k, v in model.state_dict().items() if k not in NORM_BUFFERS}
     _dump_weights_for_tests(weights, ctx.rank)
     if not ctx.is_main:
         return RunResult(out_dir, os.path.join(out_dir, CHECKPOINT), {}, {}, weights)
@@ -148,8 +158,14 @@ def _dump_weights_for_tests(weights: dict[str, np.ndarray], rank: int) -> None:
         np.savez(os.path.join(out, f"rank{rank}.npz"), **weights)
 
 
+# The model's normalisation buffers: written into the checkpoint from the data, not trained.
+NORM_BUFFERS = ("mean", "std", "target_mean", "target_std")
+
+
 def _finish(cfg, data, out_dir, weights, predict, history, seconds, log, hardware) -> RunResult:
     """Final validation metrics, detector errors, the checkpoint (rank 0 only)."""
+    if cfg.task != "forecast":
+        return _finish_task(cfg, data, out_dir, weights, predict, history, seconds, log, hardware)
     model_m, persistence_m, rows, val_errors = validation_summary(
         data, predict, cfg.horizon, MAX_VAL_ERRORS
     )
@@ -178,6 +194,36 @@ def _finish(cfg, data, out_dir, weights, predict, history, seconds, log, hardwar
     weights = dict(weights, mean=data.mean, std=data.std)
     path = save_checkpoint(out_dir, weights, meta, val_errors)
     _report(log, metrics, cfg.horizon)
+    log(f"wrote {path}")
+    return RunResult(out_dir, path, metrics, meta, weights)
+
+
+def _finish_task(cfg, data, out_dir, weights, predict, history, seconds, log, hardware):
+    """_finish for regress / classify: metrics beside the baseline, no detector errors."""
+    from edgernn.train.tasks import report, task_summary
+
+    metrics = dict(task_summary(data, predict), train_seconds=round(seconds, 3), history=history)
+    meta = {
+        "model": model_config_from(cfg, data.channels, data.classes).to_dict(),
+        "train": cfg.to_dict(),
+        "task": cfg.task,
+        "channels": data.channels,
+        "files": data.files,
+        "norm": {"mean": data.mean.tolist(), "std": data.std.tolist()},
+        "metrics": metrics,
+        "versions": _versions(),
+    }
+    weights = dict(weights, mean=data.mean, std=data.std)
+    if cfg.task == "regress":
+        meta["targets"] = data.target_names
+        meta["target_norm"] = {"mean": data.target_mean.tolist(), "std": data.target_std.tolist()}
+        weights.update(target_mean=data.target_mean, target_std=data.target_std)
+    else:
+        meta["classes"] = data.classes
+    if hardware:
+        meta["hardware"] = hardware
+    path = save_checkpoint(out_dir, weights, meta)
+    report(log, metrics)
     log(f"wrote {path}")
     return RunResult(out_dir, path, metrics, meta, weights)
 
