@@ -151,11 +151,13 @@ def cmd_train(args) -> int:
 def add_export(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="export a trained run as a stateful single-step ONNX graph",
+        help="export a trained run, or your own PyTorch module, as a stateful single-step "
+        "ONNX graph",
         description="Export RUN_DIR's checkpoint as an ONNX graph (x + state in, forecast + "
-        "next state out), checked by onnx.checker and a streaming parity run.",
+        "next state out), checked by onnx.checker and a streaming parity run. With --module: "
+        "any recurrent PyTorch module of yours, gated the same way.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a run from `edgernn train`")
     p.add_argument("-o", "--out", required=True, metavar="MODEL.onnx")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument(
@@ -185,16 +187,47 @@ def cmd_export(args) -> int:
     )  # fmt: skip
     print(
         f"wrote {args.out}: parity max abs error {report.max_abs:.2e} over {report.steps} steps "
+    add_module_export_arguments(p)
         f"x {report.batch} streams (outputs in normalised units, states)"
     )
     return 0
+def add_module_export_arguments(p) -> None:
+    from edgernn.export.module_cli import parse_example_shape
+
+    g = p.add_argument_group("your own PyTorch module (instead of RUN_DIR)")
+    g.add_argument(
+        "--module", metavar="PKG.MOD:FACTORY",
+        help="the module to export: an nn.Module attribute, or a callable returning one "
+        "(pkg.mod:build, or file.py:build)",
+    )  # fmt: skip
+    g.add_argument("--weights", metavar="MODEL.pt",
+                   help="a state_dict (or a whole module) saved with torch.save")  # fmt: skip
+    g.add_argument("--example-shape", type=parse_example_shape, metavar="T,F",
+                   help="steps and input features of the example sequence the gates run")  # fmt: skip
+    g.add_argument("--time-first", action="store_true",
+                   help="the module takes [time, batch, features] (default batch first)")  # fmt: skip
+    g.add_argument("--channels", type=csv_list, help="comma-separated input feature names")
+    g.add_argument("--task", choices=["custom", "regress", "classify"], default="custom")
+    g.add_argument("--classes", type=csv_list, help="classify: comma-separated class names")
+    g.add_argument("--targets", type=csv_list, help="regress: comma-separated target names")
+    g.add_argument("--output-names", type=csv_list, help="comma-separated output names")
+
+
 
 
 # ----------------------------------------------------------------------------- run
 def add_run(sub) -> None:
     from edgernn.firmware_bridge.live import add_serial_arguments
+    if args.module is not None:
+        return cmd_export_module(args)
     from edgernn.runtime.evaluate_commands import add_detector_arguments
 
+    if args.run_dir is None:
+        raise EdgernnError("give RUN_DIR (a run from `edgernn train`) or --module PKG.MOD:FACTORY")
+    from edgernn.export.module_cli import module_flags_given
+
+    if module_flags_given(args):
+        raise EdgernnError(f"{module_flags_given(args)[0]} is for --module exports")
     p = sub.add_parser(
         "run",
         help="stream samples through a model (CSV file or serial port)",
@@ -208,6 +241,17 @@ def add_run(sub) -> None:
     p.add_argument(
         "-o", "--out", metavar="OUT.csv|OUT.jsonl",
         help="output file (.csv or .jsonl); default: stdout (CSV for --csv, JSON lines for --port)",
+def cmd_export_module(args) -> int:
+    from edgernn.export.module_cli import export_from_args
+
+    if args.run_dir is not None:
+        raise EdgernnError("give RUN_DIR or --module, not both")
+    if args.unrolled or args.static_batch is not None:
+        raise EdgernnError("--unrolled/--static-batch are for RUN_DIR exports")
+    print(export_from_args(args).line())
+    return 0
+
+
     )  # fmt: skip
     p.add_argument(
         "--skip-bad-rows", action="store_true",

@@ -187,6 +187,7 @@ class StreamingRNN(StandIn):
         if input.dim() != 3:
             raise ExportError(f"{self.display}: unbatched {input.dim()}-D input; export needs "
                               "[batch, time, features] or [time, batch, features]")  # fmt: skip
+        self.check_axes(input, ctx)
         state = ctx.enter(self)
         first = tuple(state) if self.is_lstm else state[0]
         if self.is_lstm and self.rnn.proj_size > 0 and ctx.steps == 1:
@@ -195,6 +196,18 @@ class StreamingRNN(StandIn):
             out, new = self.rnn(input, first)
         ctx.record(self, list(new) if self.is_lstm else [new])
         return out, new
+
+    def check_axes(self, input, ctx: StepContext) -> None:
+        """The layer must run over the sequence's own time and batch axes."""
+        time_axis = 1 if self.rnn.batch_first else 0
+        length, batch = input.shape[time_axis], input.shape[1 - time_axis]
+        if (length, batch) != (ctx.steps, ctx.batch):
+            raise ExportError(
+                f"{self.display}: runs over {steps(length)} of batch {batch} (batch_first="
+                f"{self.rnn.batch_first}) where the module was given {steps(ctx.steps)} of batch "
+                f"{ctx.batch}: a recurrent layer must run along the sequence's time axis "
+                "(is time_first right?)"
+            )
 
     def projected_step(self, input, state):
         """One step of an LSTM with proj_size, from its weights (gates i f g o)."""
@@ -236,6 +249,9 @@ class StreamingConv1d(StandIn):
         if x.dim() != 3:
             raise ExportError(f"{self.display}: unbatched {x.dim()}-D input; export needs "
                               "[batch, channels, time]")  # fmt: skip
+        if x.shape[0] != ctx.batch:
+            raise ExportError(f"{self.display}: runs over a batch of {x.shape[0]} where the module "
+                              f"was given {ctx.batch} (is time_first right?)")  # fmt: skip
         left = x.shape[-1] - ctx.steps  # the zero padding the caller put in front
         self.check_padding(left, x.shape[-1], ctx.steps)
         (buffer,) = ctx.enter(self)

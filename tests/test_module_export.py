@@ -383,3 +383,149 @@ def test_forecaster_export_allows_rounding_that_scales_with_state_magnitude(tmp_
     st.run(x.transpose(1, 0, 2))
     assert np.max(np.abs(st.state["c"] - c.numpy())) > 1e-5 and np.max(np.abs(c.numpy())) > 25
     export_onnx(model, tmp_path / "g.onnx")  # the default tolerance passes
+
+
+# ------------------------------------------------------------------------------ CLI
+NET_SOURCE = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, hidden=6):
+        super().__init__()
+        self.gru = nn.GRU(3, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 2)
+
+    def forward(self, x):
+        return torch.softmax(self.head(self.gru(x)[0]), dim=-1)
+
+
+def build():
+    return Net()
+
+
+wide = Net(hidden=9)
+"""
+
+
+@pytest.fixture
+def netdef(tmp_path, monkeypatch):
+    """tmp_path/netdef.py importable as `netdef`, the current directory tmp_path."""
+    import importlib
+    import sys
+
+    (tmp_path / "netdef.py").write_text(NET_SOURCE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield importlib.import_module("netdef")
+    sys.modules.pop("netdef", None)
+
+
+def cli(capsys, *args):
+    from edgernn.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_exports_a_module_with_its_weights(tmp_path, netdef, capsys):
+    torch.manual_seed(7)
+    trained = netdef.Net().eval()
+    torch.save(trained.state_dict(), "net.pt")
+    code, out, err = cli(
+        capsys, "export", "--module", "netdef:build", "--weights", "net.pt", "--example-shape",
+        "20,3", "--task", "classify", "--classes", "rest,move", "--channels", "ax,ay,az",
+        "-o", "net.onnx",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.startswith("wrote net.onnx: outputs y; states gru_h [1, batch, 6]; parity")
+    meta = props(tmp_path / "net.onnx")
+    assert json.loads(meta["classes"]) == ["rest", "move"]
+    assert json.loads(meta["channels"]) == ["ax", "ay", "az"]
+    x = randn(2, 15, 3, seed=8)
+    with torch.no_grad():
+        ref = trained(torch.from_numpy(x)).numpy()  # the saved weights, not build()'s own
+    outs, _ = stream(tmp_path / "net.onnx", x.transpose(1, 0, 2))
+    assert_close(outs["y"].transpose(1, 0, 2), ref)
+
+    # A file path and a whole pickled module work too; an attribute may be the module.
+    torch.save(trained, "whole.pt")
+    code, out, err = cli(capsys, "export", "--module", "netdef.py:build", "--weights",
+                         "whole.pt", "--example-shape", "20,3", "-o", "whole.onnx")  # fmt: skip
+    assert code == 0, err
+    outs, _ = stream(tmp_path / "whole.onnx", x.transpose(1, 0, 2))
+    assert_close(outs["y"].transpose(1, 0, 2), ref)
+    code, out, err = cli(capsys, "export", "--module", "netdef:wide", "--example-shape", "8,3",
+                         "--time-first", "-o", "wide.onnx")  # fmt: skip
+    assert code == 1 and "gru: runs over 1 step of batch 8 (batch_first=True)" in err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--module", "nosuch:build"], "--module: cannot import nosuch: ModuleNotFoundError"),
+        (["--module", "netdef:nothing"], "--module 'netdef:nothing': netdef has no attribute"),
+        (["--module", "netdef"], "expected pkg.mod:factory"),
+        (["--module", "netdef:build", "--weights", "junk.pt"], "--weights junk.pt: cannot load"),
+        (["--module", "netdef:build", "--weights", "wide.pt"], "--weights wide.pt does not fit"),
+        (["--module", "netdef:build", "--weights", "absent.pt"], "--weights: no such file"),
+        (["--module", "netdef:build", "--example-shape", "20,5"],
+         "the module fails on an input of shape [1, 20, 5]: RuntimeError"),
+        (["run", "--weights", "net.pt"], "--weights is for --module exports"),
+        (["run", "--module", "netdef:build"], "give RUN_DIR or --module, not both"),
+    ],
+    ids=["no-module", "no-attr", "no-colon", "junk-weights", "wrong-weights", "no-weights",
+         "wrong-shape", "flag-without-module", "both"],
+)  # fmt: skip
+def test_cli_module_errors_are_one_line(tmp_path, netdef, capsys, args, message):
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    torch.save(netdef.wide.state_dict(), "wide.pt")
+    if "--example-shape" not in args:
+        args = [*args, "--example-shape", "20,3"] if args[0] != "run" else args
+    code, out, err = cli(capsys, "export", *args, "-o", "m.onnx")
+    assert code == 1
+    assert err.startswith("edgernn: error: ") and message in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "m.onnx").exists()
+
+
+# --------------------------------------------------------------------------- README
+def readme_blocks(title: str) -> list[tuple[str, str]]:
+    """(language, text) of every fenced block in README.md's section `title`."""
+    import os
+    import re
+
+    from conftest import ROOT
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        text = fh.read()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```(\w+)\n(.*?)```", text[start:end], flags=re.S)
+
+
+def test_readme_your_own_pytorch_model_examples_run(tmp_path, monkeypatch, capsys):
+    import shlex
+    import sys
+
+    blocks = readme_blocks("Your own PyTorch model")
+    python = [b for lang, b in blocks if lang == "python"]
+    shell = [b for lang, b in blocks if lang == "sh"]
+    assert len(python) == 2 and len(shell) == 1
+    (tmp_path / "gesture.py").write_text(python[0])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        exec(compile(python[1], "README.md", "exec"), {"__name__": "readme"})
+        assert capsys.readouterr().out.startswith("wrote gesture.onnx: outputs y; states conv_buf")
+        (tmp_path / "gesture.onnx").unlink()
+        commands = shell[0].replace("\\\n", " ").splitlines()
+        for command in commands:
+            code, out, err = cli(capsys, *shlex.split(command)[1:])
+            assert code == 0, err
+        assert json.loads(props(tmp_path / "gesture.onnx")["classes"]) == [
+            "idle", "wave", "tap", "shake",
+        ]  # fmt: skip
+    finally:
+        sys.modules.pop("gesture", None)
