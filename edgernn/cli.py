@@ -34,8 +34,9 @@ def add_train(sub) -> None:
     d = TrainConfig()
     p = sub.add_parser(
         "train",
-        help="train a forecaster on CSV files",
-        description="Train a recurrent forecaster on one or more CSV files (each file is an "
+        help="train a forecaster, soft sensor or classifier on CSV files",
+        description="Train a recurrent forecaster (or, with --target / --task classify, a "
+        "per-step regressor or classifier) on one or more CSV files (each file is an "
         "independent sequence) and write a self-describing checkpoint to RUN_DIR.",
         epilog="Scale out with PyTorch's launcher, unchanged: `torchrun --nproc_per_node=N -m "
         "edgernn train DATA... --out RUN_DIR` (DDP; NCCL on GPUs, gloo on CPU; add --nnodes, "
@@ -54,6 +55,22 @@ def add_train(sub) -> None:
     )  # fmt: skip
     p.add_argument("--channels", type=csv_list, help="comma-separated channels to use")
     p.add_argument("--ignore", type=csv_list, default=[], help="comma-separated columns to drop")
+    g = p.add_argument_group("task")
+    g.add_argument(
+        "--task", choices=["forecast", "regress", "classify"], default=d.task,
+        help="forecast: the next sample of every channel (default); regress: the --target "
+        "columns from the other channels, per step (a soft sensor); classify: the --label "
+        "column's class, per step",
+    )  # fmt: skip
+    g.add_argument(
+        "--target", dest="targets", action="append", metavar="COL",
+        help="regress this column (repeat for several); implies --task regress",
+    )  # fmt: skip
+    g.add_argument(
+        "--label", metavar="COL",
+        help="classify: the column holding each step's class (text or integers; never an "
+        "input); implies --task classify",
+    )  # fmt: skip
     g = p.add_argument_group("model")
     g.add_argument("--cell", choices=["rnn", "lstm", "gru", "esn"], default=d.cell)
     g.add_argument("--hidden", type=positive_int, default=d.hidden)
