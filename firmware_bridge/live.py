@@ -53,6 +53,8 @@ from edgernn.firmware_bridge.port import (
     PortReader,
     SampleQueue,
 )
+from edgernn.firmware_bridge.protocol import U32
+from edgernn.runtime.filelocks import SidecarLock
 from edgernn.runtime.liveview import LiveView, Snapshot
 
 GAP_POLICIES = ("fill", "reset", "continue")
@@ -154,10 +156,11 @@ def model_fingerprint(path: str) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str, tmp: Optional[str] = None) -> None:
     """Write-then-rename in the same directory: a reader (or a power cut) sees the old
-    file or the new one, never half of one."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    file or the new one, never half of one. `tmp`: a fixed temp name, for a file whose
+    lock keeps other writers away (a killed run's temp file is then reused, not left)."""
+    tmp = tmp or f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "w") as f:
             f.write(text)
@@ -184,7 +187,14 @@ def check_writable(path: str, flag: str) -> None:
 
 class StateFile:
     """The stream state on disk. Saving happens off the inference thread (fsync on an
-    SD card can take tens of milliseconds); the final save at exit is synchronous."""
+    SD card can take tens of milliseconds); the final save at exit is synchronous.
+
+    The run holds `PATH.lock` from start to end: a second run on the same state file
+    is refused (it would resume, then overwrite, the first run's stream). Saves go
+    through the fixed temp name `PATH.tmp`, which only the lock holder writes.
+    Besides the monitor's state the file records where the device's stream was (mode,
+    session id, next sequence number), so a restarted run can say what it missed.
+    """
 
     def __init__(self, path: str, fingerprint: str):
         self.path = path
@@ -193,59 +203,144 @@ class StateFile:
         self.failures = 0
         self.error: Optional[str] = None  # the last save's error, None once one succeeds
         self.last_error = ""  # kept for the summary
+        self.device: Optional[dict] = None  # the saved stream position, once loaded
         self._thread: Optional[threading.Thread] = None
+        self._lock: Optional[SidecarLock] = None
+
+    def acquire(self) -> None:
+        """Lock the state file for this run (FileInUse if another run has it) and remove
+        temp files that killed runs left."""
+        try:
+            self._lock = SidecarLock(self.path, "--state-file")
+        except OSError as e:
+            raise InputError(f"--state-file {self.path}: cannot lock ({e.strerror})") from e
+        self._remove_stale_temps()
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files of killed runs (PATH.tmp, or PATH.tmp<pid> of older versions)."""
+        folder = os.path.dirname(self.path) or "."
+        prefix = os.path.basename(self.path) + ".tmp"
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return
+        for name in names:
+            if name == prefix or (name.startswith(prefix) and name[len(prefix) :].isdigit()):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                except OSError:
+                    pass
 
     def load(self) -> tuple[Optional[dict], str]:
         """(monitor state or None, a line saying what happened)."""
         if not os.path.exists(self.path):
             return None, f"no state file at {self.path} yet: starting cold"
         try:
-            with open(self.path) as f:
-                data = json.load(f)
-            if data.get("format") != STATE_FORMAT or "monitor" not in data:
-                return None, f"{self.path} is not an edgernn state file: starting cold"
-        except (OSError, ValueError, AttributeError) as e:
+            with open(self.path, "rb") as f:
+                raw = f.read(MAX_STATE_BYTES + 1)
+            if len(raw) > MAX_STATE_BYTES:
+                return None, f"{self.path} is over {MAX_STATE_BYTES >> 20} MB: starting cold"
+            data = json.loads(raw)
+        except (OSError, ValueError, RecursionError) as e:
             return None, f"cannot read {self.path} ({e.__class__.__name__}): starting cold"
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            return None, f"{self.path} is not an edgernn state file: starting cold"
+        if not isinstance(data.get("monitor"), dict):
+            return None, f"{self.path} holds no usable stream state: starting cold"
         if data.get("model_sha256") != self.fingerprint:
             return None, f"{self.path} was saved for a different model: starting cold"
-        age = time.time() - float(data.get("saved_unix", time.time()))
+        self.device = _device_position(data.get("device"))
+        saved = data.get("saved_unix")
+        age = time.time() - saved if isinstance(saved, (int, float)) else float("nan")
+        samples = data.get("samples")
         return data["monitor"], (
             f"resumed stream state from {self.path} (saved {age:.0f} s ago after "
-            f"{data.get('samples', '?')} samples)"
+            f"{samples if isinstance(samples, int) else '?'} samples)"
         )
 
-    def _document(self, monitor_state: dict, samples: int) -> str:
-        return json.dumps(
-            {
-                "format": STATE_FORMAT,
-                "model_sha256": self.fingerprint,
-                "saved_unix": time.time(),
-                "samples": samples,
-                "monitor": monitor_state,
-            }
-        )
+    def _document(self, monitor_state: dict, samples: int, device: Optional[dict] = None) -> str:
+        doc = {
+            "format": STATE_FORMAT,
+            "model_sha256": self.fingerprint,
+            "saved_unix": time.time(),
+            "samples": samples,
+            "monitor": monitor_state,
+        }
+        if device is not None:
+            doc["device"] = device
+        return json.dumps(doc)
 
-    def save_async(self, monitor_state: dict, samples: int) -> None:
+    def save_async(self, monitor_state: dict, samples: int, device: Optional[dict] = None):
         if self._thread is not None and self._thread.is_alive():
             return  # the previous save is still being written; the next tick catches up
         self._thread = threading.Thread(
-            target=self._save, args=(monitor_state, samples), name="edgernn-state", daemon=True
+            target=self._save,
+            args=(monitor_state, samples, device),
+            name="edgernn-state",
+            daemon=True,
         )
         self._thread.start()
 
-    def save(self, monitor_state: dict, samples: int) -> None:
+    def save(self, monitor_state: dict, samples: int, device: Optional[dict] = None) -> None:
         if self._thread is not None:
             self._thread.join()
-        self._save(monitor_state, samples)
+        self._save(monitor_state, samples, device)
 
-    def _save(self, monitor_state: dict, samples: int) -> None:
+    def _save(self, monitor_state: dict, samples: int, device: Optional[dict]) -> None:
         try:
-            write_atomic(self.path, self._document(monitor_state, samples))
+            text = self._document(monitor_state, samples, device)
+            write_atomic(self.path, text, tmp=f"{self.path}.tmp")
             self.saves += 1
             self.error = None
         except OSError as e:
             self.failures += 1
             self.error = self.last_error = f"cannot save state to {self.path}: {e.strerror or e}"
+
+
+MAX_STATE_BYTES = 64 << 20  # far above any real state (a detector keeps < 1 MB)
+
+
+def _device_position(d: Any) -> Optional[dict]:
+    """The saved {"mode", "session", "next_seq"}, or None if absent or malformed."""
+    if not isinstance(d, dict) or d.get("mode") not in ("binary", "text"):
+        return None
+    session, seq = d.get("session"), d.get("next_seq")
+    for v in (session, seq):
+        if v is not None and (type(v) is not int or not 0 <= v <= U32):
+            return None
+    return {"mode": d["mode"], "session": session, "next_seq": seq}
+
+
+def monitor_state_problem(state: Any, model) -> Optional[str]:
+    """Why a loaded monitor state does not fit `model` (None when it does). Checked at
+    load, so a damaged state is refused in one line instead of failing samples later."""
+    if not isinstance(state, dict):
+        return "the stream state is not an object"
+    model_state = state.get("model_state")
+    if not isinstance(model_state, dict):
+        return "model_state is not an object"
+    pending = state.get("pending", [])
+    if not isinstance(pending, list) or len(pending) > model.horizon:
+        return f"pending is not a list of at most {model.horizon} forecasts"
+    for f in pending:
+        try:
+            arr = np.asarray(f, dtype=np.float32)
+        except (TypeError, ValueError, RecursionError):
+            return "a pending forecast is not numeric"
+        if arr.shape != (model.n_channels,) or not np.isfinite(arr).all():
+            return f"a pending forecast is not {model.n_channels} finite numbers"
+    for key in ("samples", "imputed"):
+        v = state.get(key, 0)
+        if type(v) is not int or v < 0:
+            return f"{key} is not a count"
+    if "detector" in state and not isinstance(state["detector"], dict):
+        return "detector is not an object"
+    return None
 
 
 # -- statistics ------------------------------------------------------------------------
@@ -286,14 +381,13 @@ class LiveStats:
     anomalies: int = 0
     disconnects: int = 0
     reconnects: int = 0
+    missed_while_down: int = 0  # samples between the saved seq and this run's first one
+    restart_unknown: int = 0  # restarts after which the loss cannot be known (reboot)
 
 
 # -- the live run ----------------------------------------------------------------------
 class LiveRun:
     def __init__(self, args, model, detector=None, stop: Optional[threading.Event] = None):
-        from edgernn.runtime.monitor import Monitor
-        from edgernn.runtime.output import RecordWriter
-
         self.args = args
         self.model = model
         self.channels = model.channels
@@ -307,15 +401,44 @@ class LiveRun:
         state, line = None, ""
         if args.state_file:
             self.state_file = StateFile(args.state_file, model_fingerprint(model.path))
-            state, line = self.state_file.load()
+            self.state_file.acquire()
         try:
-            self.monitor = Monitor(model, detector=detector, state=state)
-        except (KeyError, ValueError, TypeError) as e:  # a state of the right model, damaged
+            if self.state_file is not None:
+                state, line = self.state_file.load()
+            self._open(args, model, detector, state, line)
+        except BaseException:
+            if self.state_file is not None:
+                self.state_file.release()
+            raise
+
+    def _open(self, args, model, detector, state: Optional[dict], line: str) -> None:
+        from edgernn.runtime.monitor import Monitor
+        from edgernn.runtime.output import RecordWriter
+
+        problem = None if state is None else monitor_state_problem(state, model)
+        if problem is None and state is not None:
+            try:
+                self.monitor = Monitor(model, detector=detector, state=state)
+            except (EdgernnError, KeyError, ValueError, TypeError, AttributeError, IndexError,
+                    RecursionError) as e:  # fmt: skip
+                problem = f"{e.__class__.__name__}: {str(e)[:100]}"
+        if problem is not None:
             # Said instead of "resumed ...": the state turned out unusable after all.
-            line = f"state file {args.state_file} unusable ({e.__class__.__name__}): starting cold"
+            line = f"state file {args.state_file} unusable ({problem}): starting cold"
+            assert self.state_file is not None
+            self.state_file.device = None
+            state = None
+        if state is None:
+            if detector is not None:
+                detector.reset()  # a failed load may have left part of a state in it
             self.monitor = Monitor(model, detector=detector)
         if line:
             self.note(line)
+        # Where the device's stream was when the state was saved: the first sample of
+        # this run says how much was missed while the process was down.
+        self._resumed_from = self.state_file.device if self.state_file is not None else None
+        self._next_seq: Optional[int] = None  # seq after the last sample received
+        self._position: Optional[dict] = None
         self.decoder = Decoder(args.mode, self.channels)
         self.queue = SampleQueue(args.queue_size, args.on_overflow)
         self.reader = PortReader(
@@ -335,7 +458,11 @@ class LiveRun:
             trailing=trailing,
             fmt=None if out not in (None, "-") else "jsonl",
             flush=True,  # a live consumer (a pipe, `tail -f`) sees each sample at once
+            append=True,  # a restart (systemd, kill -9) adds to the records, never truncates
         )
+        if self.writer.appended_to:
+            header = ", no second CSV header" if self.writer.fmt == "csv" else ""
+            self.note(f"appending to {out} ({self.writer.appended_to} bytes already there{header})")
         self._alerts: list[str] = []
         self._open_alert: Optional[str] = None
         self._view_mark = (time.perf_counter(), 0)  # (time, forecasts) at the last redraw
@@ -373,14 +500,22 @@ class LiveRun:
                     self.print_status()
                     next_status = now + status_every
                 if self.state_file is not None and now >= next_save:
-                    self.state_file.save_async(self.monitor.state_dict(), self.stats.forecasts)
+                    self.state_file.save_async(
+                        self.monitor.state_dict(), self.stats.forecasts, self.device_position()
+                    )
                     next_save = now + self.args.state_interval
         finally:
             self.reader.stop()
             self._drain()
-            if self.state_file is not None:
-                self.state_file.save(self.monitor.state_dict(), self.stats.forecasts)
-            self.writer.close()
+            try:
+                if self.state_file is not None:
+                    self.state_file.save(
+                        self.monitor.state_dict(), self.stats.forecasts, self.device_position()
+                    )
+            finally:
+                if self.state_file is not None:
+                    self.state_file.release()
+                self.writer.close()
         if self.view is not None:
             self.view.show(self.snapshot(final=True), force=True)
             self.view.close()
@@ -446,7 +581,54 @@ class LiveRun:
             self.note(f"sequence went back ({event.expected} -> {event.got}): stream state reset")
 
     # -- samples -------------------------------------------------------------------
+    def device_position(self) -> Optional[dict]:
+        """Where the device's stream was at the last sample: saved with the state, read
+        by the next run. Nothing read yet: what the last run knew."""
+        return self._position or self._resumed_from
+
+    def _check_resume(self, event: Samples) -> None:
+        """The first samples after a resumed start: say what was missed while down."""
+        saved, self._resumed_from = self._resumed_from, None
+        if saved is None or self._next_seq is not None:
+            return
+        mode, session = self.decoder.mode, self.decoder.session
+        if mode != "binary" or saved["mode"] != "binary" or saved["next_seq"] is None:
+            self.stats.restart_unknown += 1
+            why = "the saved state has no sequence number"
+            if "text" in (mode, saved["mode"]):
+                why = "text lines carry no sequence number"
+            self.note(f"restarted: samples missed while down unknown ({why})")
+            return
+        if session is not None and saved["session"] is not None and session != saved["session"]:
+            self.stats.restart_unknown += 1
+            self.note(
+                f"restarted: device rebooted while down (session {saved['session']:08x} -> "
+                f"{session:08x}): gap unknown"
+            )
+            return
+        lost = (event.seq - saved["next_seq"]) & U32
+        if lost >= 1 << 31:
+            self.stats.restart_unknown += 1
+            self.note(
+                f"restarted: sequence went back ({saved['next_seq']} -> {event.seq}), "
+                "device rebooted? gap unknown"
+            )
+            return
+        self.stats.missed_while_down += lost
+        self.note(
+            f"restarted: {lost} samples missed while down (seq {saved['next_seq']} to "
+            f"{event.seq - 1 if lost else event.seq})" if lost else
+            f"restarted: no samples missed while down (seq {event.seq} follows on)"
+        )  # fmt: skip
+
     def _samples(self, event: Samples) -> None:
+        if self._resumed_from is not None:
+            self._check_resume(event)
+        self._next_seq = (event.seq + len(event.values)) & U32
+        # Recorded now: a disconnect forgets the mode before the state's final save.
+        self._position = {
+            "mode": self.decoder.mode, "session": self.decoder.session, "next_seq": self._next_seq
+        }  # fmt: skip
         gap = event.gap
         times = []
         for i, x in enumerate(event.values):
@@ -599,6 +781,11 @@ class LiveRun:
             f"{c['filled']} samples filled, {c['gap_resets']} resets, {c['continued']} stepped "
             f"over; {c['device_resets']} resets on device restart",
         ]
+        if self.state_file is not None:
+            lines.append(
+                f"  restart: {c['missed_while_down']} samples missed while the process was down"
+                + (" (device rebooted or no sequence: gap unknown)" if c["restart_unknown"] else "")
+            )
         if c["latency_p50_ms"] is not None:
             lines.append(
                 f"  latency (read to emitted): p50 {c['latency_p50_ms']:.2f} ms, "

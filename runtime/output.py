@@ -20,6 +20,7 @@ from typing import IO, Any, NoReturn, Optional
 import numpy as np
 
 from edgernn.errors import EdgernnError
+from edgernn.runtime.filelocks import check_csv_header, open_output
 
 FORMATS = ("csv", "jsonl")
 
@@ -63,27 +64,44 @@ class RecordWriter:
         trailing: Sequence[str] = (),
         fmt: Optional[str] = None,
         flush: bool = False,
+        append: bool = False,
+        values: Optional[Sequence[str]] = None,
     ):
         self.fmt = fmt or format_for(path)
         self.channels = list(channels)
+        # values: a graph's flat output columns (records hold them as top-level keys)
+        # in place of the forecaster's nested "forecast" -> `<channel>_forecast` columns.
+        self.values = None if values is None else list(values)
         self.leading = list(leading)
         self.trailing = list(trailing)
         self.flush = flush
         self.count = 0
         self.name = path if path not in (None, "-") else "stdout"
         self._owned: Optional[IO[str]] = None
+        # append: what the file holds stays and records go after it (no second CSV
+        # header); else it is truncated. Either way the file is locked for this run.
+        self.appended_to = 0  # bytes already in the file
         if path is None or path == "-":
             self._fh: IO[str] = sys.stdout
         else:
             try:
-                self._owned = self._fh = open(path, "w", newline="")
+                opened = open_output(path, append)
             except OSError as e:
                 raise EdgernnError(f"{path}: cannot write ({e.strerror})") from e
+            self._owned = self._fh = opened.fh
+            self.appended_to = opened.existing
+            if not opened.ends_with_newline:
+                self._fh.write("\n")  # a killed run's partial last line stays on its own
         if self.fmt == "csv":
             self._csv = csv.writer(self._fh, lineterminator="\n")
-            header = self.leading + self.channels + [f"{c}_forecast" for c in self.channels]
+            header = self.leading + self.channels + (
+                [f"{c}_forecast" for c in self.channels] if self.values is None else self.values
+            )
             try:
-                self._csv.writerow(header + self.trailing)
+                if self.appended_to:
+                    check_csv_header(opened, path, header + self.trailing)
+                else:
+                    self._csv.writerow(header + self.trailing)
             except OSError as e:
                 self._raise_naming_output(e)
 
@@ -94,7 +112,10 @@ class RecordWriter:
             self._raise_naming_output(e)
 
     def _write(self, record: dict[str, Any]) -> None:
-        if self.fmt == "csv":
+        if self.fmt == "csv" and self.values is not None:
+            keys = self.leading + self.channels + self.values + self.trailing
+            self._csv.writerow(["" if record.get(k) is None else _cell(record[k]) for k in keys])
+        elif self.fmt == "csv":
             forecast = record.get("forecast") or {}
             row = [record.get(k) for k in self.leading]
             row += [record.get(c) for c in self.channels]

@@ -156,7 +156,7 @@ def test_unwritable_outputs_fail_before_the_run(model, tmp_path, flag, where):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
 
 
-def _disk_full(path, text):
+def _disk_full(path, text, tmp=None):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
