@@ -242,7 +242,7 @@ def gesture_csv(tmp_path):
 def test_bad_task_flags_are_one_line_errors(tmp_path, capsys, gesture_csv):
     out = str(tmp_path / "run")
     base = ["train", gesture_csv, "--out", out, "--epochs", "1", "--no-progress"]
-    assert "no column 'mood'" in _error(capsys, *base, "--label", "mood")
+    assert "no --label column 'mood'" in _error(capsys, *base, "--label", "mood")
     assert "also an input channel" in _error(
         capsys, *base, "--label", "gesture", "--channels", "ax,gesture"
     )
@@ -258,7 +258,7 @@ def test_bad_task_flags_are_one_line_errors(tmp_path, capsys, gesture_csv):
     assert "also an input channel" in _error(
         capsys, *base, "--target", "az", "--channels", "ax,az"
     )
-    assert "no column(s) 'depth'" in _error(capsys, *base, "--target", "depth")
+    assert "no --target column 'depth'" in _error(capsys, *base, "--target", "depth")
 
 
 def test_a_single_class_is_a_one_line_error(tmp_path, capsys):

@@ -33,7 +33,7 @@ from edgernn.train.data import (
     normalisation,
     split_tables,
 )
-from edgernn.train.logs import _write_atomic, cache_key, load_logs
+from edgernn.train.logs import _write_atomic, cache_key, expand_paths, load_logs
 
 
 # --------------------------------------------------------------------------- loading
@@ -55,6 +55,12 @@ def load_task_data(
             raise DataError(f"{what} {name!r} is also an input channel: leave it out of --channels")
         if name in ignore:
             raise DataError(f"{what} {name!r} is also in --ignore")
+    for path in expand_paths(paths):  # name the flag when a column is missing
+        header = read_header(path)
+        missing = [c for c in columns if c not in header]
+        if header and missing:  # no header: the CSV reader below says what is wrong
+            raise DataError(f"{path}: no {what} column {missing[0]!r} "
+                            f"(columns: {', '.join(header)})")  # fmt: skip
     # Without --channels the inputs are every numeric column but the targets/label.
     inputs = load_logs(paths, cache_dir, channels, list(ignore) + columns, rank, world, barrier)
     data = split_tables(inputs, cfg.val_frac, cfg.horizon, min_train=max(cfg.washout, 8))
@@ -92,6 +98,16 @@ def read_labels(path: str, column: str, cache_dir: str) -> np.ndarray:
 
     _write_atomic(cached, save)
     return labels
+
+
+def read_header(path: str) -> list[str]:
+    """The column names of one CSV (the reader proper reports empty or unreadable files)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            first = fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [h.strip() for h in next(csv.reader([first], delimiter=sniff_delimiter(first)), [])]
 
 
 def _parse_labels(path: str, column: str) -> list[str]:
