@@ -537,50 +537,83 @@ def export_module(
     docstring says; raises ExportError (one line) when the module cannot stream."""
     require("onnx")
     atol, rtol = (tolerance, DEFAULT_TOLERANCE[1]) if np.isscalar(tolerance) else tolerance
-    path = os.fspath(path)
-    time_axis = 0 if time_first else 1
-    x = check_example(example, time_axis)
+    opts = Options(0 if time_first else 1, output_names, channels, task, classes, targets, opset,
+                   float(atol), float(rtol), seed)  # fmt: skip
+    x = check_example(example, opts.time_axis)
     if opset < MIN_OPSET:
         raise ExportError(f"opset must be >= {MIN_OPSET}, got {opset}")
     if task not in TASKS:
-        raise ExportError(f"task must be one of {', '.join(TASKS)}, got {task!r}"
-                          + (" (forecast is for `edgernn export RUN_DIR`)" if task == "forecast"
-                             else ""))  # fmt: skip
+        hint = " (forecast is for `edgernn export RUN_DIR`)" if task == "forecast" else ""
+        raise ExportError(f"task must be one of {', '.join(TASKS)}, got {task!r}{hint}")
     if not isinstance(module, nn.Module):
         raise ExportError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-
     with warnings.catch_warnings():
         # torch warns once that oneDNN lacks LSTM projections; it falls back by itself
         warnings.filterwarnings("ignore", message="LSTM with projections")
-        return export_checked(module, x, path, time_axis, output_names, channels, task, classes,
-                              targets, opset, atol, rtol, seed)  # fmt: skip
+        prepared = prepare(module, x, opts)
+        return write_checked(prepared, x, os.fspath(path), opts)
 
 
-def export_checked(module, x, path, time_axis, output_names, channels, task, classes, targets,
-                   opset, atol, rtol, seed) -> ModuleExportReport:  # fmt: skip
-    onnx = require("onnx")
+@dataclass
+class Options:
+    time_axis: int
+    output_names: Sequence[str] | None
+    channels: Sequence[str] | None
+    task: str
+    classes: Sequence[str] | None
+    targets: Sequence[str] | None
+    opset: int
+    atol: float
+    rtol: float
+    seed: int
+
+
+@dataclass
+class Prepared:
+    """The module's copy with its stand-ins, ready to trace, and what it returns."""
+
+    work: Any
+    carrier: Carrier
+    standins: list
+    pairs: list  # [(output name, its value on the example)]
+    outputs: list  # [(output name, per-step shape)]
+    states: list[StateInfo]
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.pairs]
+
+
+def prepare(module, x, opts: Options) -> Prepared:
+    """Refusals and the causality gate on a copy of the module, then its stand-ins, which
+    must reproduce it from a zero state."""
     work = copy.deepcopy(module).cpu().float().eval()
     refuse_structure(work)
     with torch.no_grad():
-        pairs = flatten_outputs(call_module(work, x), output_names)
+        pairs = flatten_outputs(call_module(work, x), opts.output_names)
     names = [n for n, _ in pairs]
-    outputs = describe_outputs(pairs, x, time_axis)
-    causality_gate(work, x, time_axis, names, *DEFAULT_TOLERANCE, seed)  # same computation twice
+    outputs = describe_outputs(pairs, x, opts.time_axis)
+    causality_gate(work, x, opts.time_axis, names, *DEFAULT_TOLERANCE, opts.seed)
 
     carrier = Carrier()
     work, standins = install_standins(work, carrier)
-    standin_pairs, _, entered = run_sequence(work, carrier, x, time_axis, names=names)
+    standin_pairs, _, entered = run_sequence(work, carrier, x, opts.time_axis, names=names)
     check_standins_match(pairs, standin_pairs, *DEFAULT_TOLERANCE)
     standins = [s for s in standins if s.path in entered]  # a layer never called has no state
-    wrapper = StepWrapper(work, carrier, standins, time_axis, names)
     states = [
         StateInfo(i, o, shape)
         for s in standins for i, o, shape in zip(s.state_inputs, s.state_outputs, s.state_shapes)
     ]  # fmt: skip
-    props = build_props(outputs, states, x, time_axis, pairs, channels, task, classes, targets)
+    return Prepared(work, carrier, standins, pairs, outputs, states)
 
-    proto = trace(wrapper, states, names, x.shape[-1], opset)
-    proto.ir_version = ir_version_for(opset)
+
+def write_checked(prep: Prepared, x, path: str, opts: Options) -> ModuleExportReport:
+    """Trace, attach metadata, onnx.checker, then the parity gate; PATH.failed on failure."""
+    onnx = require("onnx")
+    props = build_props(prep, x, opts)
+    wrapper = StepWrapper(prep.work, prep.carrier, prep.standins, opts.time_axis, prep.names)
+    proto = trace(wrapper, prep.states, prep.names, x.shape[-1], opts.opset)
+    proto.ir_version = ir_version_for(opts.opset)
     proto.producer_name = "edgernn"
     set_metadata(proto, props)
     try:
@@ -590,12 +623,11 @@ def export_checked(module, x, path, time_axis, output_names, channels, task, cla
     with staged(path) as tmp:
         onnx.save(proto, tmp)
         try:
-            errors, steps, batch = parity_gate(work, carrier, standins, tmp, x, time_axis, names,
-                                               atol, rtol, seed)  # fmt: skip
+            errors, steps, batch = parity_gate(prep, tmp, x, opts)
         except ExportError as e:
             os.replace(tmp, path + ".failed")
             raise ExportError(f"{e}; the graph was kept as {path}.failed for inspection") from e
-    return ModuleExportReport(path, INPUT_NAME, names, states, steps, batch, errors)
+    return ModuleExportReport(path, INPUT_NAME, prep.names, prep.states, steps, batch, errors)
 
 
 def check_example(example, time_axis: int):
@@ -646,9 +678,10 @@ def trace(wrapper, states: list[StateInfo], names: list[str], features: int, ops
     return proto
 
 
-def build_props(outputs, states, x, time_axis, pairs, channels, task, classes, targets) -> dict:
+def build_props(prep: Prepared, x, opts: Options) -> dict:
     """Format-2 metadata (SPEC-graph-format.md) for the exported graph."""
     features = x.shape[-1]
+    channels, task, classes, targets = opts.channels, opts.task, opts.classes, opts.targets
     channels = (
         [f"ch{i}" for i in range(features)] if channels is None else [str(c) for c in channels]
     )
@@ -656,6 +689,7 @@ def build_props(outputs, states, x, time_axis, pairs, channels, task, classes, t
         raise ExportError(f"{len(channels)} channel names for {features} input features")
     if len(set(channels)) != len(channels):
         raise ExportError(f"duplicate channel names {channels}")
+    outputs, states, pairs, time_axis = prep.outputs, prep.states, prep.pairs, opts.time_axis
     primary, shape = outputs[0]
     columns = None
     if task == "classify":
@@ -733,43 +767,49 @@ def random_states(standins, batch: int, seed: int) -> dict:
     return states
 
 
-def parity_gate(work, carrier, standins, graph_path, x, time_axis, names, atol, rtol, seed):
+def parity_gate(prep: Prepared, graph_path: str, x, opts: Options):
     """Step the graph with onnxruntime from a random state; compare every output at every
     step and every final state with the module on the whole sequence from that state.
     Returns ({name: max abs error}, steps, batch)."""
-    ort = require("onnxruntime", extra="runtime")
-    seq = parity_batch(x, time_axis, seed)
-    batch, steps = seq.shape[1 - time_axis], seq.shape[time_axis]
-    start = random_states(standins, batch, seed)
-    ref_pairs, ref_states, _ = run_sequence(work, carrier, seq, time_axis, dict(start), names)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(graph_path, options, providers=["CPUExecutionProvider"])
-    state_in = [n for s in standins for n in s.state_inputs]
-    state = {n: start[n].numpy() for n in state_in}
-    got = {n: [] for n in names}
-    for t in range(steps):
-        feed = {INPUT_NAME: np.ascontiguousarray(seq.select(time_axis, t).numpy()), **state}
-        result = session.run(None, feed)
-        for n, value in zip(names, result):
-            got[n].append(value)
-        state = dict(zip(state_in, result[len(names) :]))
+    axis, names = opts.time_axis, prep.names
+    seq = parity_batch(x, axis, opts.seed)
+    batch, steps = seq.shape[1 - axis], seq.shape[axis]
+    start = random_states(prep.standins, batch, opts.seed)
+    ref_pairs, ref_states, _ = run_sequence(prep.work, prep.carrier, seq, axis, start, names)
+    start = {k: v.numpy() for k, v in start.items()}
+    got, final = stream_graph(graph_path, seq, axis, names, prep.states, start)
     errors = {}
     for name, ref in ref_pairs:
-        ref = ref.numpy()
-        actual = np.stack(got[name], axis=time_axis)
-        errors[name] = compare(actual, ref, atol, rtol, f"output {name!r}", time_axis)
-    for name in state_in:
-        errors[name] = compare(state[name], ref_states[name].numpy(), atol, rtol,
-                               f"state {name!r} after step {steps - 1}", None)  # fmt: skip
+        errors[name] = compare(got[name], ref.numpy(), opts, f"output {name!r}", axis)
+    for name, ref in ref_states.items():
+        what = f"state {name!r} after step {steps - 1}"
+        errors[name] = compare(final[name], ref.numpy(), opts, what, None)
     return errors, steps, batch
 
 
-def compare(actual, ref, atol, rtol, what: str, time_axis: int | None) -> float:
+def stream_graph(graph_path, seq, time_axis: int, names, states: list[StateInfo], state: dict):
+    """onnxruntime steps the graph over `seq`, feeding each step's next states back:
+    ({output: array with the time axis where the module has it}, final states)."""
+    ort = require("onnxruntime", extra="runtime")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(graph_path, options, providers=["CPUExecutionProvider"])
+    got: dict[str, list] = {n: [] for n in names}
+    for t in range(seq.shape[time_axis]):
+        feed = {INPUT_NAME: np.ascontiguousarray(seq.select(time_axis, t).numpy()), **state}
+        result = session.run([*names, *(s.output for s in states)], feed)
+        for n, value in zip(names, result):
+            got[n].append(value)
+        state = {s.input: value for s, value in zip(states, result[len(names) :])}
+    return {n: np.stack(v, axis=time_axis) for n, v in got.items()}, state
+
+
+def compare(actual, ref, opts: Options, what: str, time_axis: int | None) -> float:
     """Max |actual - ref|, or a one-line ExportError naming the first step that is off."""
     if actual.shape != ref.shape:
         raise ExportError(f"parity check failed: {what} has shape {list(actual.shape)}, the "
                           f"module's {list(ref.shape)}")  # fmt: skip
+    atol, rtol = opts.atol, opts.rtol
     excess = close_excess(actual, ref, atol, rtol)
     worst = float(np.max(np.abs(actual.astype(np.float64) - ref), initial=0.0))
     if not (excess <= 0).all():  # NaN counts as a failure
