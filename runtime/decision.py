@@ -176,4 +176,6 @@ class ClassEvents:
         elif self._timed != timed:
             raise ValueError("give a time with every step or with none")
         index, self._steps = self._steps, self._steps + 1
+        if isinstance(time, np.generic):  # a numpy scalar from an array of times
+            time = time.item()
         return time if timed else index

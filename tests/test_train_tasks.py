@@ -130,6 +130,32 @@ def test_classifier_beats_majority_class_on_held_out_data_after_export(gesture_r
     assert m["accuracy"] > b["accuracy"] and m["macro_f1"] > b["macro_f1"]
 
 
+def test_decision_layer_turns_the_exported_classifier_into_gesture_events(gesture_run):
+    """Exported graph -> probabilities -> ClassEvents: the held-out stream's gestures."""
+    from edgernn.runtime.decision import ClassEvents
+
+    _, _, path = gesture_run
+    x, labels = gesture_stream(30, seed=99)
+    outputs, props = stream_graph(path, x)
+    times = np.arange(len(x)) / RATE
+    decide = ClassEvents(json.loads(props["classes"]), min_samples=5, background="idle")
+    events = decide.run(outputs["probs"], times)
+    truth, start = [], 0  # the true gestures: runs of one label other than idle
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start]:
+            if labels[start] != "idle":
+                truth.append((labels[start], times[start], times[i - 1]))
+            start = i
+
+    def overlaps(e, g):
+        return e.label == g[0] and e.start <= g[2] and e.end >= g[1]
+
+    found = sum(any(overlaps(e, g) for e in events) for g in truth)
+    false = sum(not any(overlaps(e, g) for g in truth) for e in events)
+    assert found >= 0.8 * len(truth) and false <= 2, (found, len(truth), false)
+    assert all(isinstance(e.start, float) and e.samples >= 5 for e in events)
+
+
 def test_classifier_checkpoint_describes_itself(gesture_run):
     run, _, _ = gesture_run
     weights, meta, val_errors = load_checkpoint(run.out_dir)
