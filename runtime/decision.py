@@ -101,6 +101,14 @@ class ClassEvents:
         self._candidates = np.array([c != background for c in self.classes])
         self.reset()
 
+    @classmethod
+    def from_meta(cls, meta, **settings) -> ClassEvents:
+        """For a classifier graph: its classes (a ModelMeta's, e.g. `Model(path).meta`)."""
+        if getattr(meta, "task", None) != "classify" or not getattr(meta, "classes", None):
+            raise ValueError(f"events need a classifier; this model's task is "
+                             f"{getattr(meta, 'task', None)!r}")  # fmt: skip
+        return cls(meta.classes, **settings)
+
     def reset(self) -> None:
         """Forget the stream: no open event, sample indices from 0 again."""
         self._open: Optional[_Open] = None

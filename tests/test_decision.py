@@ -105,3 +105,14 @@ def test_bad_settings_and_inputs_are_refused():
         decide.step([0.5, 0.5])
     with pytest.raises(ValueError, match="finite"):
         decide.step([np.nan, 0.5, 0.5])
+
+
+def test_from_meta_takes_a_classifiers_classes():
+    from edgernn.runtime.metadata import ModelMeta, OutputSpec
+
+    meta = ModelMeta(task="classify", channels=["ax"], output="probs", classes=CLASSES,
+                     outputs=[OutputSpec("probs", (None, 3))])  # fmt: skip
+    decide = ClassEvents.from_meta(meta, background="idle", min_samples=1)
+    assert decide.classes == CLASSES and decide.step([0.1, 0.9, 0.0]).label == "shake"
+    with pytest.raises(ValueError, match="need a classifier"):
+        ClassEvents.from_meta(ModelMeta(cell="lstm", layers=1, hidden=2, channels=["a"]))
