@@ -2,7 +2,9 @@
 
 One output row per input row: the row's inputs and the forecast made after seeing
 it (horizon steps ahead). With skip_bad, rows with bad cells are written with empty
-forecast cells, counted, and do not advance the model.
+forecast cells, counted, and do not advance the model. A graph that is not a forecaster
+(a classifier, a regressor, a wrapped graph) writes its named outputs instead
+(columns.py); the anomaly detector serves forecasters only.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ class RunSummary:
     anomalies: int = 0
     seconds: float = 0.0
     skipped_lines: list[int] = field(default_factory=list)
+    noun: str = "forecasts"  # what a step yields: "steps" for graphs other than forecasters
 
     def line(self) -> str:
         per = 1e6 * self.seconds / max(self.forecasts, 1)
         text = (
-            f"edgernn: {self.rows} rows in, {self.forecasts} forecasts, {self.skipped} skipped "
+            f"edgernn: {self.rows} rows in, {self.forecasts} {self.noun}, {self.skipped} skipped "
             f"({per:.1f} us/sample)"
         )
         if self.skipped_lines:
@@ -59,6 +62,12 @@ def run_csv(
         and os.path.samefile(in_path, out_path)
     ):
         raise EdgernnError(f"{out_path}: is the input file; write the output somewhere else")
+    if not model.meta.is_forecaster:
+        if detector is not None:
+            raise EdgernnError(
+                f"the anomaly detector scores forecasts; {model.path} is task {model.meta.task}"
+            )
+        return _run_graph(model, table, out_path)
     monitor = Monitor(model, detector=detector)
     leading = [table.time_column] if table.time_column is not None else []
     trailing = ["score", "anomaly"] if detector is not None else []
@@ -77,6 +86,36 @@ def run_csv(
             out.write(record)
             summary.forecasts += 1
             summary.anomalies += int(record.get("anomaly") or 0)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _run_graph(model: Model, table, out_path: Optional[str]) -> RunSummary:
+    """Any other graph: every named output of each step, as flat columns."""
+    from edgernn.runtime.columns import OutputColumns
+
+    leading = [table.time_column] if table.time_column is not None else []
+    columns = OutputColumns(model.meta, taken=leading + model.channels)
+    bad = set(table.skipped_rows)
+    summary = RunSummary(
+        rows=len(table) + len(bad), skipped=len(bad), skipped_lines=sorted(bad), noun="steps"
+    )
+    order = sorted([(line, i) for i, line in enumerate(table.lines)] + [(line, -1) for line in bad])
+    stream = model.stream()
+    start = time.perf_counter()
+    with RecordWriter(out_path, model.channels, leading=leading, values=columns.names) as out:
+        for line, i in order:
+            if i < 0:
+                out.write({"skipped": True, "line": line})
+                continue
+            stream.step(table.values[i])
+            record: dict = {}
+            if table.time_column is not None:
+                record[table.time_column] = table.time[i]
+            record.update({c: float(v) for c, v in zip(model.channels, table.values[i])})
+            record.update(columns.values(stream.outputs))
+            out.write(record)
+            summary.forecasts += 1
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -31,7 +31,14 @@ from typing import Optional
 import numpy as np
 
 from edgernn.errors import InputError, MissingDependencyError, ModelFormatError
-from edgernn.runtime.metadata import STATE_BATCH_AXIS, ModelMeta, StateSpec
+from edgernn.runtime.metadata import (
+    STATE_BATCH_AXIS,
+    ModelMeta,
+    StateSpec,
+    concrete,
+    graph_shape,
+    shape_json,
+)
 
 BACKENDS = ("auto", "c", "numpy", "onnxruntime")
 
@@ -167,6 +174,106 @@ class _CKernel(_Kernel):
         self._run(self._address, cur, X.shape[0], X.ctypes.data, Y.ctypes.data)
 
 
+class _GraphKernel:
+    """Any format-2 graph (not one of our forecasters): the sample, the constants and the
+    states fed, every named output and next state written into buffers bound once per
+    stream. As in the forecaster kernels, two state buffer sets alternate, so a sample
+    refused as NaN/inf, or a failed run, leaves the state untouched.
+
+    x, y (the primary output), out (name -> buffer), s (two dicts name -> buffer), all
+    in the graph's shapes (a batch axis of 1 for an unbatched stream).
+    """
+
+    def __init__(self, engine, batch: int):
+        meta = engine.meta
+        self.meta, self.source = meta, engine.path
+        self.x = np.zeros(graph_shape(engine.input_shape, batch), engine.dtype(meta.input))
+        self._check_x_finite = self.x.dtype.kind == "f"
+        self.consts = {c.name: c.array(batch) for c in meta.consts}
+        self.s = tuple(
+            {s.input: np.zeros(graph_shape(s.shape, batch), s.dtype) for s in meta.states}
+            for _ in range(2)
+        )
+        self.out = {
+            o.name: np.zeros(graph_shape(o.shape, batch), engine.dtype(o.name))
+            for o in meta.outputs
+        }
+        self.y = self.out[meta.output]
+
+    def step(self, cur: int) -> bool:
+        if self._check_x_finite and not np.isfinite(self.x).all():
+            return False
+        self._step(cur)
+        return True
+
+    def _step(self, cur: int) -> None:
+        raise NotImplementedError
+
+    def run(self, X: np.ndarray, Y: np.ndarray, cur: int) -> None:
+        """X (T, *x.shape), Y (T, *y.shape); X already checked finite."""
+        for t in range(X.shape[0]):
+            self.x[...] = X[t]
+            self.step(cur)
+            Y[t] = self.y
+            cur ^= 1
+
+    def _failed(self, e: Exception) -> ModelFormatError:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return ModelFormatError(
+            f"{self.source}: the graph failed to run as its metadata describes ({first[:200]})"
+        )
+
+
+class _OrtGraphKernel(_GraphKernel):
+    """onnxruntime with I/O binding: every input and output bound once per state buffer."""
+
+    def __init__(self, engine: _OrtEngine, batch: int):
+        super().__init__(engine, batch)
+        self._session = engine.session
+        self._bindings = [self._bind(cur) for cur in (0, 1)]
+
+    def _bind(self, cur: int):
+        binding = self._session.io_binding()
+        fed = {self.meta.input: self.x, **self.consts, **self.s[cur]}
+        for name, arr in fed.items():
+            binding.bind_input(name, "cpu", 0, arr.dtype, arr.shape, arr.ctypes.data)
+        written = dict(self.out)
+        written.update({s.output: self.s[1 - cur][s.input] for s in self.meta.states})
+        for name, arr in written.items():
+            binding.bind_output(name, "cpu", 0, arr.dtype, arr.shape, arr.ctypes.data)
+        return binding
+
+    def _step(self, cur: int) -> None:
+        try:
+            self._session.run_with_iobinding(self._bindings[cur])
+        except Exception as e:  # onnxruntime raises its own unrelated types
+            raise self._failed(e) from e
+
+
+class _InterpreterGraphKernel(_GraphKernel):
+    """The numpy node interpreter: a feed dict per step, results copied into the buffers
+    (shape-checked, so a graph that disagrees with its metadata is an error, not a
+    silent broadcast)."""
+
+    def __init__(self, engine: _NumpyEngine, batch: int):
+        super().__init__(engine, batch)
+        self._interp = engine.interpreter
+        self._names = list(self.out) + [s.output for s in self.meta.states]
+
+    def _step(self, cur: int) -> None:
+        new = self.s[1 - cur]
+        targets = list(self.out.values()) + [new[s.input] for s in self.meta.states]
+        feeds = {self.meta.input: self.x, **self.consts, **self.s[cur]}
+        results = self._interp.run(feeds, self._names, keep_dtype=True)
+        for name, value, buf in zip(self._names, results, targets):
+            if value.shape != buf.shape:
+                raise ModelFormatError(
+                    f"{self.source}: the graph's {name!r} has shape {list(value.shape)}, "
+                    f"its metadata says {list(buf.shape)}"
+                )
+            buf[...] = value
+
+
 # ----------------------------------------------------------------------------------
 # engines: one per Model
 
@@ -192,11 +299,35 @@ class _OrtEngine:
                 f"{path} is not a loadable ONNX model ({first_line[:160]})"
             ) from e
         props = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.path = path
         self.meta = ModelMeta.from_props(props, source=path)
+        ios = self.session.get_inputs() + self.session.get_outputs()
         self.inputs = {i.name: i.shape for i in self.session.get_inputs()}
         self.outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        self._types = {v.name: v.type for v in ios}
+        self.generic = not is_plain_forecaster(self.meta)
+        self.input_shape = sample_shape(self.inputs.get(self.meta.input, [None, None]), self.meta)
+        if self.generic:
+            _check_interface(path, self.meta, self.inputs, self.outputs)
+            self._check_dtypes()
 
-    def kernel(self, batch: int) -> _Kernel:
+    def dtype(self, name: str) -> np.dtype:
+        return ORT_DTYPES.get(self._types.get(name, ""), np.dtype(np.float32))
+
+    def _check_dtypes(self) -> None:
+        declared = {s.input: s.dtype for s in self.meta.states}
+        declared.update({s.output: s.dtype for s in self.meta.states})
+        declared.update({c.name: c.dtype for c in self.meta.consts})
+        for name, dtype in declared.items():
+            if self.dtype(name) != np.dtype(dtype):
+                raise ModelFormatError(
+                    f"{self.path}: {name!r} is {self._types.get(name)} in the graph, "
+                    f"its metadata says {dtype}"
+                )
+
+    def kernel(self, batch: int) -> _Kernel | _GraphKernel:
+        if self.generic:
+            return _OrtGraphKernel(self, batch)
         return _OrtKernel(self, batch)
 
 
@@ -210,18 +341,32 @@ class _NumpyEngine:
         from edgernn.runtime import numpy_backend as nb
 
         parsed = nb.load_onnx(path)
+        self.path = path
         self.meta = ModelMeta.from_props(parsed.metadata, source=path)
         self.inputs, self.outputs = parsed.graph.inputs, parsed.graph.outputs
+        self.generic = not is_plain_forecaster(self.meta)
+        if self.generic and require_network:
+            raise ModelFormatError(
+                f"{path}: the c backend serves only edgernn forecasters (plain cell stacks); "
+                f"this graph is task {self.meta.task}: use backend='onnxruntime' or 'numpy'"
+            )
         _check_interface(path, self.meta, self.inputs, self.outputs)
+        self.input_shape = sample_shape(self.inputs[self.meta.input], self.meta)
         self.interpreter = nb.Interpreter(parsed.graph, source=path)
-        try:
-            self.net = nb.extract_network(parsed, self.meta, self.interpreter, source=path)
-        except ModelFormatError:
-            if require_network:
-                raise
-            self.net = None
+        self.net = None
+        if not self.generic:
+            try:
+                self.net = nb.extract_network(parsed, self.meta, self.interpreter, source=path)
+            except ModelFormatError:
+                if require_network:
+                    raise
 
-    def kernel(self, batch: int) -> _Kernel:
+    def dtype(self, name: str) -> np.dtype:
+        return np.dtype(np.float32)  # the sample and outputs; states and consts are declared
+
+    def kernel(self, batch: int) -> _Kernel | _GraphKernel:
+        if self.generic:
+            return _InterpreterGraphKernel(self, batch)
         if self.net is not None:
             return _NumpyKernel(self, batch)
         return _InterpreterKernel(self, batch)
@@ -277,13 +422,20 @@ class Model:
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise ModelFormatError(f"{self.path}: no such model file")
+        importlib.import_module("edgernn.runtime.limits").check_graph_limits(self.path)
         self._engine, self.fallback_reason = _open_engine(self.path, backend)
         self.backend: str = self._engine.name  # the backend actually in use
         self.meta: ModelMeta = self._engine.meta
         _check_interface(self.path, self.meta, self._engine.inputs, self._engine.outputs)
+        # Our forecasters run on the kernels built for them (c, fused numpy); any other
+        # graph on the generic kernels (onnxruntime, numpy interpreter).
+        self.generic: bool = self._engine.generic
+        self.input_shape = self._engine.input_shape  # None at the batch axis
         first = self._engine.inputs[self.meta.input][0]
         # An unrolled export with --static-batch N only steps exactly N streams.
-        self.fixed_batch: Optional[int] = first if isinstance(first, int) else None
+        self.fixed_batch: Optional[int] = (
+            first if isinstance(first, int) and self.input_shape[0] is None else None
+        )
 
     # -- properties ------------------------------------------------------------------
     @property
@@ -302,10 +454,17 @@ class Model:
     def state_specs(self) -> list[StateSpec]:
         return list(self.meta.states)
 
+    @property
+    def batchable(self) -> bool:
+        """Whether independent streams can be stepped together (model.stream(batch=N)):
+        the sample and every state have a batch axis."""
+        return self.input_shape[0] is None and all(
+            s.batch_axis is not None for s in self.meta.states
+        )
+
     def zero_state(self, batch: int = 1) -> dict[str, np.ndarray]:
         return {
-            s.input: np.zeros((s.layers, batch, s.hidden), dtype=np.float32)
-            for s in self.meta.states
+            s.input: np.zeros(concrete(s.shape, batch), dtype=s.dtype) for s in self.meta.states
         }
 
     def stream(
@@ -328,18 +487,57 @@ class Model:
 
     def __repr__(self) -> str:
         m = self.meta
+        if self.generic:
+            return (
+                f"Model({self.path!r}, backend={self.backend}, task={m.task}, "
+                f"input={m.input}{shape_json(self.input_shape)}, "
+                f"outputs={[o.name for o in m.outputs]}, states={[s.input for s in m.states]})"
+            )
         return (
             f"Model({self.path!r}, backend={self.backend}, cell={m.cell}, layers={m.layers}, "
             f"hidden={m.hidden}, channels={m.channels}, horizon={m.horizon})"
         )
 
 
+ORT_DTYPES = {
+    f"tensor({k})": np.dtype(v)
+    for k, v in (
+        ("float", "float32"), ("double", "float64"), ("float16", "float16"),
+        ("int64", "int64"), ("int32", "int32"), ("int16", "int16"), ("int8", "int8"),
+        ("uint8", "uint8"), ("bool", "bool"),
+    )
+}  # fmt: skip
+
+
+def is_plain_forecaster(meta: ModelMeta) -> bool:
+    """One of our forecasters as `edgernn export` writes it: the kernels built for those
+    (c, fused numpy, the bound [S, L, B, H] state) serve it."""
+    return (
+        meta.is_forecaster
+        and not meta.consts
+        and [o.name for o in meta.outputs] == [meta.output]
+        and all(s.is_stacked and s.dtype == "float32" for s in meta.states)
+    )
+
+
+def sample_shape(graph_dims: list, meta: ModelMeta) -> tuple:
+    """The primary input's shape, None at the batch axis: [batch, F], or [F] when the
+    graph has no batch axis (a rank-1 input)."""
+    if len(graph_dims) == 1 and not meta.is_forecaster:
+        return (meta.n_channels,)
+    return (None, meta.n_channels)
+
+
 def _check_interface(path: str, meta: ModelMeta, inputs: dict, outputs: dict) -> None:
-    want_in = {meta.input: [None, meta.n_channels]}
-    want_out = {meta.output: [None, meta.n_channels]}
+    if meta.input not in inputs:
+        raise ModelFormatError(f"{path}: graph has no input {meta.input!r} named in its metadata")
+    want_in = {meta.input: list(sample_shape(inputs[meta.input], meta))}
+    want_out = {o.name: list(o.shape) for o in meta.outputs}
+    for c in meta.consts:
+        want_in[c.name] = list(c.shape)
     for s in meta.states:
-        want_in[s.input] = [s.layers, None, s.hidden]
-        want_out[s.output] = [s.layers, None, s.hidden]
+        want_in[s.input] = list(s.shape)
+        want_out[s.output] = list(s.shape)
     for kind, want, have in (("input", want_in, inputs), ("output", want_out, outputs)):
         for name, shape in want.items():
             if name not in have:
@@ -384,6 +582,13 @@ class Stream:
         self.model = model
         self.batch = batch
         self._n = 1 if batch is None else batch
+        if batch is not None and not model.batchable:
+            unbatched = [s.input for s in model.meta.states if s.batch_axis is None]
+            raise InputError(
+                f"{model.path} has no batch axis"
+                + (f" in state {unbatched[0]!r}" if unbatched else " in its input")
+                + ": step one stream at a time with model.stream()"
+            )
         if model.fixed_batch is not None and self._n != model.fixed_batch:
             raise InputError(
                 f"{model.path} was exported with a fixed batch of {model.fixed_batch}: "
@@ -393,15 +598,45 @@ class Stream:
             )
         self._kernel = model._engine.kernel(self._n)
         self._cur = 0  # which of the two state buffers holds the state now
-        self._x_shape = (model.n_channels,) if batch is None else (self._n, model.n_channels)
-        self._y_view = self._kernel.y[0] if batch is None else self._kernel.y
+        self._x_shape = concrete(model.input_shape, batch)
+        if model.generic:
+            meta = model.meta
+            # views of the output buffers as the user sees them (no batch axis for batch=None)
+            self._out_views = {
+                o.name: self._user_view(self._kernel.out[o.name], o.batch_axis)
+                for o in meta.outputs
+            }
+            self._y_view = self._out_views[meta.output]
+        else:
+            self._y_view = self._kernel.y[0] if batch is None else self._kernel.y
+            self._out_views = {model.meta.output: self._y_view}
         if state is not None:
             self.state = state
+
+    def _user_view(self, buf: np.ndarray, axis: Optional[int]) -> np.ndarray:
+        if self.batch is not None or axis is None:
+            return buf
+        index = [slice(None)] * buf.ndim
+        index[axis] = 0
+        return buf[tuple(index)]
+
+    @property
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Every named output of the last step (copies): name -> array, without the batch
+        axis for batch=None. Zeros before the first step."""
+        return {name: view.copy() for name, view in self._out_views.items()}
 
     # -- state -----------------------------------------------------------------------
     @property
     def state(self) -> dict[str, np.ndarray]:
-        """A copy of the state: name -> [layers, hidden] (or [layers, batch, hidden])."""
+        """A copy of the state: name -> [layers, hidden] (or [layers, batch, hidden]); for
+        any graph, each state's shape without its batch axis (or with it for batch=N)."""
+        if self.model.generic:
+            now_by_name = self._kernel.s[self._cur]
+            return {
+                s.input: self._user_view(now_by_name[s.input], s.batch_axis).copy()
+                for s in self.model.meta.states
+            }
         now = self._kernel.s[self._cur]  # (S, L, B, H)
         specs = self.model.meta.states
         if self.batch is None:
@@ -414,6 +649,9 @@ class Stream:
         if not isinstance(state, Mapping) or set(state) != set(specs):
             keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
             raise InputError(f"state must have keys {sorted(specs)}, got {keys}")
+        if self.model.generic:
+            self._set_graph_state(state, specs)
+            return
         new = []
         for name, spec in specs.items():
             try:
@@ -434,8 +672,31 @@ class Stream:
         for i, arr in enumerate(new):  # all checked before any is written
             now[i] = arr
 
+    def _set_graph_state(self, state: Mapping[str, np.ndarray], specs: dict) -> None:
+        new = {}
+        for name, spec in specs.items():
+            try:
+                arr = np.asarray(state[name], dtype=spec.dtype)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise InputError(f"state {name!r} is not {spec.dtype}: {e}") from e
+            want = concrete(spec.shape, self.batch)
+            if arr.shape != want:
+                raise InputError(f"state {name!r} must have shape {want}, got {arr.shape}")
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise InputError(f"state {name!r} holds NaN or inf")
+            if self.batch is None and spec.batch_axis is not None:
+                arr = np.expand_dims(arr, spec.batch_axis)
+            new[name] = arr
+        now = self._kernel.s[self._cur]
+        for name, arr in new.items():  # all checked before any is written
+            now[name][...] = arr
+
     def reset(self) -> None:
         """Forget everything: back to the zero state."""
+        if self.model.generic:
+            for buf in self._kernel.s[self._cur].values():
+                buf.fill(0)
+            return
         self._kernel.s[self._cur].fill(0.0)
 
     # -- stepping --------------------------------------------------------------------
@@ -466,11 +727,12 @@ class Stream:
         if not finite.all():
             raise InputError(f"sample {int(np.argmin(finite))} of the sequence holds NaN or inf")
         T = X.shape[0]
-        X = np.ascontiguousarray(X.reshape(T, self._n, self.model.n_channels))
-        Y = np.empty_like(X)
-        self._kernel.run(X, Y, self._cur)
+        kernel = self._kernel
+        X = np.ascontiguousarray(X.reshape((T,) + kernel.x.shape), dtype=kernel.x.dtype)
+        Y = np.empty((T,) + kernel.y.shape, dtype=kernel.y.dtype)
+        kernel.run(X, Y, self._cur)
         self._cur ^= T & 1
-        return Y.reshape((T,) + self._x_shape)
+        return Y.reshape((T,) + self._y_view.shape)
 
     def _check_x(self, x) -> np.ndarray:
         try:

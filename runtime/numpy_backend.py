@@ -483,10 +483,24 @@ _OPS: dict[str, Callable] = {
     "Shape": lambda n, env, x: np.array(x.shape, dtype=np.int64),
     "Cast": lambda n, env, x: x.astype(_DTYPES[n.attrs["to"]]),
     "DequantizeLinear": _dequantize,
+    "Exp": _f32(np.exp),
+    "Sqrt": _f32(np.sqrt),
+    "Pow": _f32(np.power),
+    "Max": _f32(lambda *xs: np.maximum.reduce(np.broadcast_arrays(*xs))),
+    "Min": _f32(lambda *xs: np.minimum.reduce(np.broadcast_arrays(*xs))),
+    "Clip": lambda n, env, x, lo=None, hi=None: np.clip(
+        x, -np.inf if lo is None else lo, np.inf if hi is None else hi
+    ),
+    "Softmax": lambda n, env, x: _softmax(x, n.attrs.get("axis", -1)),
     "LSTM": _lstm,
     "GRU": _gru,
     "RNN": _rnn,
 }
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 def _tuple(axes):
@@ -538,12 +552,20 @@ class Interpreter:
             ) from e
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    def run(
+        self, feeds: dict[str, np.ndarray], outputs: list[str], keep_dtype: bool = False
+    ) -> list[np.ndarray]:
+        """The named outputs: float32, or each in its own dtype with keep_dtype."""
         env = dict(self.constants)
         env.update(feeds)
         for node in self.nodes:
             for name, value in zip(node.outputs, self._exec(node, env)):
                 env[name] = value
+        missing = [name for name in outputs if name not in env]
+        if missing:
+            raise ModelFormatError(f"{self.source}: the graph computes no {missing[0]!r}")
+        if keep_dtype:
+            return [np.asarray(env[name]) for name in outputs]
         return [np.asarray(env[name], dtype=np.float32) for name in outputs]
 
 

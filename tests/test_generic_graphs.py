@@ -78,8 +78,16 @@ def _hostile(key, value):
         ("edgernn_format", "9", "format 9"),
         ("edgernn_format", "two", "not a number"),
         ("state", '[{"input": "h0", "output": "hn", "shape": [1, "batch", -8]}]', "between 1"),
-        ("state", '[{"input": "h0", "output": "hn", "shape": [1, "batch", 2.5]}]', "not an integer"),
-        ("state", '[{"input": "h0", "output": "hn", "shape": ["batch", "batch"]}]', "more than one"),
+        (
+            "state",
+            '[{"input": "h0", "output": "hn", "shape": [1, "batch", 2.5]}]',
+            "not an integer",
+        ),
+        (
+            "state",
+            '[{"input": "h0", "output": "hn", "shape": ["batch", "batch"]}]',
+            "more than one",
+        ),
         ("state", '[{"input": "h0", "output": "hn", "shape": "1x8"}]', "must be a list"),
         ("state", '{"input": "h0"}', "must be a JSON list"),
         ("state", '[{"input": "h0", "shape": [1]}]', "no 'output'"),
@@ -129,3 +137,411 @@ def test_const_broadcast_along_batch():
     c = ConstSpec("sr", "float32", (None, 1), [16000.0])
     assert c.array(None).shape == (1, 1) and c.array(3).shape == (3, 1)
     assert json.loads(json.dumps(c.to_json()))["shape"] == ["batch", 1]
+
+
+# ----------------------------------------------------------------------------------
+# third-party-style graphs, built here with onnx.helper
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+F, H = 3, 5
+
+
+def _weights(rng, *shape):
+    return numpy_helper.from_array((0.5 * rng.standard_normal(shape)).astype(np.float32))
+
+
+def _save(graph, path, opset=17):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def gru_graph(path, seed=0):
+    """`x` [batch, F], `state` [1, batch, H] -> `y` [batch, 2], `score` [batch, 1], `stateN`."""
+    rng = np.random.default_rng(seed)
+    w, r, b = _weights(rng, 1, 3 * H, F), _weights(rng, 1, 3 * H, H), _weights(rng, 1, 6 * H)
+    w.name, r.name, b.name = "W", "R", "B"
+    wo, ws = _weights(rng, H, 2), _weights(rng, 2, 1)
+    wo.name, ws.name = "Wo", "Ws"
+    axes = numpy_helper.from_array(np.array([0], np.int64), "axes0")
+    nodes = [
+        helper.make_node("Unsqueeze", ["x", "axes0"], ["x3"]),
+        helper.make_node(
+            "GRU",
+            ["x3", "W", "R", "B", "", "state"],
+            ["", "stateN"],
+            hidden_size=H,
+            linear_before_reset=1,
+        ),  # fmt: skip
+        helper.make_node("Squeeze", ["stateN", "axes0"], ["h"]),
+        helper.make_node("MatMul", ["h", "Wo"], ["y"]),
+        helper.make_node("MatMul", ["y", "Ws"], ["s0"]),
+        helper.make_node("Sigmoid", ["s0"], ["score"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "third_party_gru",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", F]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, "N", H])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2]),
+         helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [1, "N", H])],
+        [w, r, b, wo, ws, axes],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+def lstm_graph(path, seed=1):
+    """`x` [batch, F], `h0`, `c0` [1, batch, H], const `sr` [1] (the graph scales x by
+    sr / 16000) -> `probs` [batch, 3] (softmax), `hn`, `cn`."""
+    rng = np.random.default_rng(seed)
+    w, r, b = _weights(rng, 1, 4 * H, F), _weights(rng, 1, 4 * H, H), _weights(rng, 1, 8 * H)
+    w.name, r.name, b.name = "W", "R", "B"
+    wo = _weights(rng, H, 3)
+    wo.name = "Wo"
+    inits = [w, r, b, wo, numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+             numpy_helper.from_array(np.array([16000.0], np.float32), "ref_rate")]  # fmt: skip
+    nodes = [
+        helper.make_node("Div", ["sr", "ref_rate"], ["scale"]),
+        helper.make_node("Mul", ["x", "scale"], ["xs"]),
+        helper.make_node("Unsqueeze", ["xs", "axes0"], ["x3"]),
+        helper.make_node(
+            "LSTM", ["x3", "W", "R", "B", "", "h0", "c0"], ["", "hn", "cn"], hidden_size=H
+        ),  # fmt: skip
+        helper.make_node("Squeeze", ["hn", "axes0"], ["h"]),
+        helper.make_node("MatMul", ["h", "Wo"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes, "third_party_lstm",
+        [helper.make_tensor_value_info("x", f32, ["batch", F]),
+         helper.make_tensor_value_info("h0", f32, [1, "batch", H]),
+         helper.make_tensor_value_info("c0", f32, [1, "batch", H]),
+         helper.make_tensor_value_info("sr", f32, [1])],
+        [helper.make_tensor_value_info("probs", f32, ["batch", 3]),
+         helper.make_tensor_value_info("hn", f32, [1, "batch", H]),
+         helper.make_tensor_value_info("cn", f32, [1, "batch", H])],
+        inits,
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+K = 4  # ring buffer length of the rank-4 state
+
+
+def ring_graph(path, seed=2):
+    """A causal conv front-end in the manner of a streaming exporter: `buf_in`
+    [batch, K, 1, F] holds the last K samples; `buf_out` is it shifted by the new one;
+    `y` [batch, 2] = flatten(buf_out) @ W (a rank-4 state)."""
+    rng = np.random.default_rng(seed)
+    wo = _weights(rng, K * F, 2)
+    wo.name = "Wo"
+    ints = lambda v, n: numpy_helper.from_array(np.array(v, np.int64), n)  # noqa: E731
+    nodes = [
+        helper.make_node("Slice", ["buf_in", "one", "big", "one"], ["older"]),
+        helper.make_node("Unsqueeze", ["x", "axes12"], ["x4"]),
+        helper.make_node("Concat", ["older", "x4"], ["buf_out"], axis=1),
+        helper.make_node("Flatten", ["buf_out"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "Wo"], ["y"]),
+    ]
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes, "ring",
+        [helper.make_tensor_value_info("x", f32, ["B", F]),
+         helper.make_tensor_value_info("buf_in", f32, ["B", K, 1, F])],
+        [helper.make_tensor_value_info("y", f32, ["B", 2]),
+         helper.make_tensor_value_info("buf_out", f32, ["B", K, 1, F])],
+        [wo, ints([1], "one"), ints([K], "big"), ints([1, 2], "axes12")],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+def unbatched_graph(path, seed=3):
+    """No batch axis anywhere: `x` [F], `h` [H] -> `out` [H] = tanh(x W + h U), `h_out`."""
+    rng = np.random.default_rng(seed)
+    w, u = _weights(rng, F, H), _weights(rng, H, H)
+    w.name, u.name = "Wx", "Wh"
+    nodes = [
+        helper.make_node("MatMul", ["x", "Wx"], ["a"]),
+        helper.make_node("MatMul", ["h", "Wh"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["pre"]),
+        helper.make_node("Tanh", ["pre"], ["out"]),
+        helper.make_node("Identity", ["out"], ["h_out"]),
+    ]
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes, "unbatched",
+        [helper.make_tensor_value_info("x", f32, [F]), helper.make_tensor_value_info("h", f32, [H])],
+        [helper.make_tensor_value_info("out", f32, [H]),
+         helper.make_tensor_value_info("h_out", f32, [H])],
+        [w, u],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+def reference_loop(path, pairs, X, state, consts=None, batched=True):
+    """The graph stepped with plain session.run, state fed back by hand: what a user of
+    the graph's own docs would write. Returns every output name -> [T, ...]."""
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    state = {k: np.asarray(v, np.float32) for k, v in state.items()}
+    got = {n: [] for n in names}
+    for x in X:
+        feeds = {"x": (x if batched else x).astype(np.float32), **state, **(consts or {})}
+        outs = dict(zip(names, session.run(names, feeds)))
+        for n in names:
+            got[n].append(outs[n])
+        state = {i: outs[o] for i, o in pairs}
+    return {n: np.stack(v) for n, v in got.items()}, state
+
+
+# ----------------------------------------------------------------------------------
+# wrap + Model: streaming equals the graph's own reference loop
+
+from edgernn.errors import InputError  # noqa: E402
+from edgernn.runtime import Model  # noqa: E402
+from edgernn.runtime.wrap import Declaration, WrapError, open_graph, propose, wrap  # noqa: E402
+
+BACKENDS = ("onnxruntime", "numpy")
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    """Each third-party graph and its wrapped copy, with the pairs used."""
+    d = tmp_path_factory.mktemp("graphs")
+    made = {}
+    specs = {
+        "gru": (gru_graph, [("state", "stateN")], {}, {}),
+        "lstm": (lstm_graph, [("h0", "hn"), ("c0", "cn")], {"sr": "8000"},
+                 {"task": "classify", "classes": ["rest", "wave", "tilt"]}),
+        "ring": (ring_graph, [("buf_in", "buf_out")], {}, {"channels": ["ax", "ay", "az"]}),
+        "unbatched": (unbatched_graph, [("h", "h_out")], {}, {}),
+    }  # fmt: skip
+    for name, (build, pairs, consts, options) in specs.items():
+        src = build(d / f"{name}.onnx")
+        dst = str(d / f"{name}.edgernn.onnx")
+        wrap(src, dst, Declaration(states=pairs, consts=consts, **options))
+        made[name] = (src, dst, pairs)
+    return made
+
+
+def _graph_state(state, model, batch):
+    """User-facing state (no batch axis for batch=None) -> what the graph is fed."""
+    out = {}
+    for s in model.meta.states:
+        v = state[s.input]
+        out[s.input] = (
+            np.expand_dims(v, s.batch_axis) if batch is None and s.batch_axis is not None else v
+        )
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["gru", "lstm", "ring", "unbatched"])
+def test_stream_equals_reference_loop_from_random_state(graphs, name, backend):
+    src, dst, pairs = graphs[name]
+    model = Model(dst, backend=backend)
+    assert model.generic and model.backend == backend
+    rng = np.random.default_rng(7)
+    state = {s.input: (0.5 * rng.standard_normal(tuple(d for d in s.shape if d is not None)))
+             .astype(np.float32) for s in model.meta.states}  # fmt: skip
+    X = rng.standard_normal((12, F)).astype(np.float32)
+    batched = model.input_shape[0] is None
+    consts = {c.name: c.array(None) for c in model.meta.consts}
+    want, want_state = reference_loop(
+        src, pairs, X[:, None] if batched else X, _graph_state(state, model, None), consts
+    )
+    stream = model.stream(state=state)
+    for t, x in enumerate(X):
+        y = stream.step(x)
+        for o in model.meta.outputs:
+            ref = want[o.name][t][0] if batched else want[o.name][t]
+            np.testing.assert_allclose(stream.outputs[o.name], ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(y, stream.outputs[model.meta.output])
+    for s in model.meta.states:
+        ref = want_state[s.input]
+        ref = np.take(ref, 0, axis=s.batch_axis) if s.batch_axis is not None else ref
+        np.testing.assert_allclose(stream.state[s.input], ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["gru", "lstm", "ring"])
+def test_batched_streams_and_split_resume(graphs, name, backend):
+    _, dst, _ = graphs[name]
+    model = Model(dst, backend=backend)
+    rng = np.random.default_rng(3)
+    B = 3
+    state = {k: (0.5 * rng.standard_normal(v.shape)).astype(np.float32)
+             for k, v in model.zero_state(B).items()}  # fmt: skip
+    X = rng.standard_normal((10, B, F)).astype(np.float32)
+    whole = model.stream(state=state, batch=B).run(X)
+    first = model.stream(state=state, batch=B)
+    head = first.run(X[:4])
+    second = model.stream(state=first.state, batch=B)
+    tail = np.stack([second.step(x) for x in X[4:]])
+    np.testing.assert_array_equal(np.concatenate([head, tail]), whole)
+    # each batch row is the same as that stream alone
+    alone = model.stream(state={k: v[_batch_index(model, k, 1)] for k, v in state.items()})
+    np.testing.assert_allclose(alone.run(X[:, 1]), whole[:, 1], rtol=1e-5, atol=1e-6)
+
+
+def _batch_index(model, name, i):
+    spec = next(s for s in model.meta.states if s.input == name)
+    index = [slice(None)] * len(spec.shape)
+    index[spec.batch_axis] = i
+    return tuple(index)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_sample_refused_state_untouched(graphs, backend):
+    model = Model(graphs["lstm"][1], backend=backend)
+    stream = model.stream()
+    stream.step(np.ones(F))
+    before, outputs = stream.state, stream.outputs
+    with pytest.raises(InputError, match="NaN or inf"):
+        stream.step(np.array([1.0, np.nan, 0.0]))
+    after = stream.state
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert all(np.array_equal(outputs[k], stream.outputs[k]) for k in outputs)
+    with pytest.raises(InputError, match="shape"):
+        stream.state = {"h0": np.zeros((1, H)), "c0": np.zeros((2, H))}
+    with pytest.raises(InputError, match="keys"):
+        stream.state = {"h0": np.zeros((1, H))}
+
+
+def test_unbatched_graph_refuses_batch(graphs):
+    model = Model(graphs["unbatched"][1])
+    assert not model.batchable and model.input_shape == (F,)
+    with pytest.raises(InputError, match="no batch axis"):
+        model.stream(batch=2)
+
+
+def test_auto_backend_serves_generic_graph_on_onnxruntime(graphs):
+    model = Model(graphs["gru"][1])
+    assert model.backend == "onnxruntime"
+    with pytest.raises(ModelFormatError, match="c backend serves only edgernn forecasters"):
+        Model(graphs["gru"][1], backend="c")
+
+
+def test_numpy_interpreter_names_an_op_it_lacks(tmp_path, graphs):
+    src, _, _ = graphs["gru"]
+    proto = onnx.load(src)
+    proto.graph.node[-1].op_type = "HardSigmoid"  # onnxruntime runs it; numpy does not
+    odd = str(tmp_path / "odd.onnx")
+    onnx.save(proto, odd)
+    wrapped = str(tmp_path / "odd.edgernn.onnx")
+    wrap(odd, wrapped, Declaration(states=[("state", "stateN")]))
+    assert Model(wrapped, backend="onnxruntime").stream().step(np.ones(F)).shape == (2,)
+    with pytest.raises(ModelFormatError, match="HardSigmoid") as info:
+        Model(wrapped, backend="numpy")
+    assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------
+# wrap's checks
+
+
+def test_proposals_from_names_and_shapes(graphs):
+    for name, want_pairs, want_consts in (
+        ("gru", [("state", "stateN")], []),
+        ("lstm", [("h0", "hn"), ("c0", "cn")], ["sr"]),
+        ("ring", [("buf_in", "buf_out")], []),
+    ):
+        _, inputs, outputs = open_graph(graphs[name][0])
+        proposal = propose(inputs, outputs)
+        assert proposal.states == want_pairs and [c.name for c in proposal.consts] == want_consts
+        assert proposal.sample == ["x"]
+
+
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        ([("hn", "h0"), ("c0", "cn")], "reversed: hn is an output"),
+        ([("h0", "cn"), ("c0", "hn")], "contradict the names"),
+        ([("h0", "hn")], "neither states nor consts"),
+        ([("h0", "probs"), ("c0", "cn")], "does not match: h0 is float32 \\[1, batch, 5\\]"),
+        ([("h0", "hn"), ("c0", "cn"), ("x", "probs")], "none is left for the sample"),
+        ([("h0", "hx"), ("c0", "cn")], "not an output of the graph"),
+    ],
+)
+def test_wrong_declarations_refused(graphs, tmp_path, pairs, message):
+    src = graphs["lstm"][0]
+    out = tmp_path / "out.onnx"
+    out.write_text("keep me")
+    with pytest.raises(WrapError, match=message) as info:
+        wrap(src, str(out), Declaration(states=pairs, consts={"sr": "16000"}))
+    assert "\n" not in str(info.value)
+    assert out.read_text() == "keep me"  # an existing output is never destroyed
+
+
+def test_state_not_carried_refused(tmp_path):
+    """A state input the graph ignores (outputs from a random state equal those from
+    zeros): the wiring bug users report most, refused."""
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("Tanh", ["x"], ["y"]), helper.make_node("Identity", ["y"], ["h_out"])],
+        "ignores_state",
+        [helper.make_tensor_value_info("x", f32, ["N", F]),
+         helper.make_tensor_value_info("h", f32, ["N", F])],
+        [helper.make_tensor_value_info("y", f32, ["N", F]),
+         helper.make_tensor_value_info("h_out", f32, ["N", F])],
+    )  # fmt: skip
+    src = _save(graph, tmp_path / "g.onnx")
+    with pytest.raises(WrapError, match="h:h_out is not carried"):
+        wrap(src, str(tmp_path / "w.onnx"), Declaration(states=[("h", "h_out")]))
+
+
+def test_state_written_wider_than_read_refused(tmp_path):
+    """A state written with a different width than it is read (the graph's declared
+    output shape disagrees with what it computes) is refused."""
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["h", "x"], ["h_out"], axis=1),
+         helper.make_node("Tanh", ["h_out"], ["y"])],
+        "grows",
+        [helper.make_tensor_value_info("x", f32, ["N", F]),
+         helper.make_tensor_value_info("h", f32, ["N", H])],
+        [helper.make_tensor_value_info("y", f32, ["N", H + F]),
+         helper.make_tensor_value_info("h_out", f32, ["N", H])],  # says H, writes H + F
+    )  # fmt: skip
+    src = _save(graph, tmp_path / "g.onnx", opset=13)
+    with pytest.raises(WrapError, match="state pair h:h_out does not match"):
+        wrap(src, str(tmp_path / "w.onnx"), Declaration(states=[("h", "h_out")]))
+
+
+def test_const_checks(graphs, tmp_path):
+    src = graphs["lstm"][0]
+    pairs = [("h0", "hn"), ("c0", "cn")]
+    for value, message in (("[1, 2]", "does not fit"), ("abc", "not a number"), ("NaN", "NaN")):
+        with pytest.raises(WrapError, match=message):
+            wrap(src, str(tmp_path / "w.onnx"), Declaration(states=pairs, consts={"sr": value}))
+    with pytest.raises(WrapError, match="not class probabilities"):
+        wrap(graphs["gru"][0], str(tmp_path / "w.onnx"), Declaration(
+            states=[("state", "stateN")], task="classify", classes=["a", "b"]))  # fmt: skip
+    with pytest.raises(WrapError, match="--classes names 2 distinct values"):
+        wrap(src, str(tmp_path / "w.onnx"), Declaration(
+            states=pairs, consts={"sr": "8000"}, task="classify", classes=["a", "b"]))  # fmt: skip
+
+
+def test_const_value_reaches_the_graph(graphs, tmp_path):
+    """The const is fed every step: a different sample rate gives different outputs."""
+    src = graphs["lstm"][0]
+    pairs = [("h0", "hn"), ("c0", "cn")]
+    outs = []
+    for sr in ("8000", "[16000]"):
+        dst = str(tmp_path / f"w{sr.strip('[]')}.onnx")
+        wrap(src, dst, Declaration(states=pairs, consts={"sr": sr}))
+        outs.append(Model(dst).stream().run(np.ones((3, F))))
+    assert not np.allclose(outs[0], outs[1])
+    assert Model(dst).meta.consts[0].value == [16000.0]
+
+
+def test_refuses_to_overwrite_its_input(graphs):
+    src = graphs["gru"][0]
+    with pytest.raises(InputError, match="is the input graph"):
+        wrap(src, src, Declaration(states=[("state", "stateN")]))
