@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgernn.runtime.evaluate_commands",
     "edgernn.export.commands",
     "edgernn.runtime.bench_commands",
+    "edgernn.runtime.wrap_commands",
     "edgernn.firmware_bridge.commands",
 )
 
@@ -295,6 +296,11 @@ def make_detector(model, args):
     if args.no_detector:
         return None
     overrides = detector_kwargs_from(args)
+    if not model.meta.is_forecaster:  # the detector scores forecast errors
+        if overrides:
+            raise EdgernnError(f"the anomaly detector scores forecasts; {model.path} is task "
+                               f"{model.meta.task}")  # fmt: skip
+        return None
     if "detector" not in model.meta.extra and model.meta.error_scale is None and not overrides:
         return None  # an uncalibrated model and no threshold asked for: forecasts only
     try:
