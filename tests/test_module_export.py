@@ -529,3 +529,89 @@ def test_readme_your_own_pytorch_model_examples_run(tmp_path, monkeypatch, capsy
         ]  # fmt: skip
     finally:
         sys.modules.pop("gesture", None)
+
+
+def test_runtime_model_streams_an_exported_module(tmp_path):
+    """edgernn.runtime.Model runs the graph like any of ours: batch or single stream,
+    named outputs, state save/resume."""
+    from edgernn.runtime import Model
+
+    torch.manual_seed(5)
+    module = TimeFirstGRU().eval()
+    path = tmp_path / "g.onnx"
+    export_module(module, torch.from_numpy(randn(12, 1, 3)), path, time_first=True)
+    x, h0 = randn(14, 3, 3, seed=6), 0.5 * randn(2, 3, 5, seed=7)
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x), torch.from_numpy(h0))
+    model = Model(path, backend="onnxruntime")
+    assert model.meta.task == "custom" and model.meta.output == "value"
+    stream = model.stream(state={"gru_h": h0}, batch=3)
+    values, scores = [], []
+    for t, sample in enumerate(x):
+        if t == 6:  # save and resume in a new stream
+            stream = model.stream(state=stream.state, batch=3)
+        values.append(stream.step(sample))
+        scores.append(stream.outputs["score"])
+    assert_close(np.stack(values), ref["value"].numpy())
+    assert_close(np.stack(scores), ref["score"].numpy())
+    single = model.stream(state={"gru_h": h0[:, 0]})  # batch=None: no batch axis
+    assert_close(np.stack([single.step(s) for s in x[:, 0]]), ref["value"].numpy()[:, 0])
+
+
+@pytest.mark.parametrize(
+    "kwargs,example_shape,message",
+    [
+        ({"channels": ["a", "b"]}, (1, 8, 3), "2 channel names for 3 input features"),
+        ({"task": "classify"}, (1, 8, 3), "output 'y' is not class probabilities"),
+        ({"output_names": ["lstm_h"]}, (1, 8, 3), "output name 'lstm_h' is also a state name"),
+        ({"task": "forecast"}, (1, 8, 3), "forecast is for `edgernn export RUN_DIR`"),
+        ({}, (8, 3), "example must be a 3-D [batch, time, features] tensor"),
+        ({"tolerance": (1e-5,)}, (1, 8, 3), "tolerance must be atol or (atol, rtol)"),
+    ],
+    ids=["channels", "logits", "name-clash", "forecast", "2-d", "tolerance"],
+)
+def test_argument_errors_are_one_line(tmp_path, kwargs, example_shape, message):
+    logits = Lambda(lambda x: x)  # an LSTM returning unnormalised values
+    with pytest.raises(ExportError) as err:
+        export_module(
+            logits, torch.from_numpy(randn(*example_shape)), tmp_path / "m.onnx", **kwargs
+        )
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+class TCNGRU(nn.Module):
+    """Two dilated causal convs (trim idiom, reading their own .padding) with a residual,
+    eval-mode BatchNorm and LayerNorm, then a GRU: layers a user's code pokes at."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            [nn.Conv1d(3 if i == 0 else 5, 5, 3, dilation=2**i, padding=2 * 2**i) for i in range(2)]
+        )
+        self.bn, self.norm = nn.BatchNorm1d(5), nn.LayerNorm(5)
+        self.gru = nn.GRU(5, 7, batch_first=True)
+        with torch.no_grad():  # statistics of its own, so eval and training modes differ
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        z = x.transpose(1, 2)
+        for i, conv in enumerate(self.convs):
+            y = torch.relu(conv(z)[..., : -conv.padding[0]])
+            z = y + z if i else y
+        z, _ = self.gru(self.norm(self.bn(z).transpose(1, 2)))
+        return z
+
+
+def test_tcn_with_batchnorm_and_layer_attributes(tmp_path):
+    torch.manual_seed(6)
+    model = TCNGRU().eval()
+    path = tmp_path / "t.onnx"
+    report = export_module(model, torch.from_numpy(3 * randn(1, 20, 3) + 1), path)
+    assert [s.input for s in report.states] == ["convs_0_buf", "convs_1_buf", "gru_h"]
+    x = randn(2, 30, 3, seed=9)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    outs, _ = stream(path, x.transpose(1, 0, 2))
+    assert_close(outs["y"].transpose(1, 0, 2), ref)
+    assert not model.training and not model.bn.training  # the caller's module is untouched
