@@ -1,7 +1,26 @@
 """C source for a recognised cell stack: the parameter layout and the generated step.
 
-runtime/cstep.py compiles, caches and loads what this module writes; see its docstring
-for why the step is shaped the way it is.
+runtime/cstep.py compiles, caches and loads what this module writes. What the step is
+built around (each point measured: benchmarks/cstep_floor.py):
+
+- A batch-1 step has to stream every weight once, from L2 for these model sizes, so it
+  is as fast as that stream when the multiply-adds keep up with it. The GEMV therefore
+  keeps up to 8 independent vector accumulators over 64 columns (a long chain of
+  dependent FMAs on 16 columns was latency-bound), and the weights are packed as one
+  contiguous panel per block of hidden units, read front to back.
+- Each panel holds every gate of its units (LSTM i, o, f, c of 16 units = 64 columns),
+  so the gates are computed while they are still in L1, and the next panel's loads
+  overlap this panel's nonlinearities.
+- GRU runs 3H gate columns: z and r over [x, h], the candidate's input part over the x
+  rows only and its recurrent part over the h rows only (no zero blocks).
+- The nonlinearities are written on the vector type (branch-free clamp by bit-select),
+  so they are SIMD on every target without relying on the auto-vectoriser (which will
+  not if-convert a trapping division, and does not vectorise float code for ARMv7 NEON
+  at all without -funsafe-math-optimizations).
+- The vector width comes from the target's predefined macros: 8 floats with AVX, else
+  4 (SSE2, NEON; plain scalar code where there is no SIMD). A 32-byte type on SSE2 is
+  two registers per value and spilled every accumulator.
+- Sigmoid gates are packed pre-halved, as in the numpy step: sigmoid(g) = tanh(g/2)/2 + 1/2.
 """
 
 from __future__ import annotations
@@ -11,46 +30,98 @@ import numpy as np
 from edgernn.runtime.numpy_backend import Network
 
 ROWS = 16  # batch rows processed per chunk: gates for 16 rows stay in L1
-NR = 16  # output columns per microkernel tile (two 8-float vectors)
+NR = 16  # padding unit (floats) of every panel width, hidden block and head row
+MR = 8  # most rows per batched GEMM tile (fewer on 16-register targets, see the C)
+UNITS = 16  # hidden units per block for LSTM and GRU (4 x 16 = 64 GEMV columns)
+GATES = {"lstm": 4, "gru": 4, "rnn": 1}  # gate blocks in G (GRU: z, r, n_x, n_h)
+PANEL_GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight columns per unit (GRU: 3H)
+SIGMOID_GATES = {"lstm": 3, "gru": 2, "rnn": 0}  # leading gate blocks that are sigmoids
 
 
 def _pad(n: int) -> int:
     return -(-n // NR) * NR
 
 
+def units_per_block(net: Network) -> int:
+    """16 for LSTM/GRU (every gate of 16 units is one 64-column panel); for the one-gate
+    RNN up to 64 units, so one panel is still 64 columns wide."""
+    return UNITS if net.cell != "rnn" else min(64, _pad(net.hidden))
+
+
 # ----------------------------------------------------------------------------------
 # parameter layout: one float32 buffer; offsets are compile-time constants in C
+#
+# per layer, for each block b of U hidden units: a panel of K rows x (PANEL_GATES * U)
+# columns, row-major (GRU rows < n_in hold z, r, n_x; rows >= n_in hold z, r, n_h);
+# then every block's bias, GATES * U each. Then the head transposed (C rows of
+# _pad(H)), its bias, mean, std. Everything starts on a 64-byte boundary.
 
 
 def _layouts(net: Network) -> tuple[list[tuple[int, int, int, int]], dict[str, int], int]:
-    """Per layer (K, NP, weight offset, bias offset), head/normalisation offsets, total."""
+    """Per layer (K, n_in, weight offset, bias offset), head/normalisation offsets, total."""
+    u = units_per_block(net)
+    blocks = -(-net.hidden // u)
+    panel_w, gate_w = PANEL_GATES[net.cell] * u, GATES[net.cell] * u
     offset = 0
     layers = []
     for layer in net.layers:
-        k, g = layer.weight.shape
-        np_ = _pad(g)
-        layers.append((k, np_, offset, offset + k * np_))
-        offset += k * np_ + np_
-    c = net.n_channels
-    cp = _pad(c)
-    extra = {"head_w": offset, "head_b": offset + net.hidden * cp}
-    offset += net.hidden * cp + cp
+        k = layer.weight.shape[0]
+        w_size, b_size = blocks * k * panel_w, blocks * gate_w
+        layers.append((k, k - net.hidden, offset, offset + w_size))
+        offset += w_size + b_size
+    c, hp = net.n_channels, _pad(net.hidden)
+    extra = {"head_w": offset, "head_b": offset + c * hp}
+    offset += _pad(c * hp + c)
     extra["mean"], extra["std"] = offset, offset + c
     offset += 2 * c
     return layers, extra, offset
 
 
+def _gate_columns(net: Network, n_in: int) -> list[tuple[slice, int, int]]:
+    """(rows, source columns of Layer.weight starting a gate, panel gate slot) per panel
+    gate; GRU's third slot takes n_x over the x rows and n_h over the h rows."""
+    h, k = net.hidden, n_in + net.hidden
+    if net.cell == "gru":
+        every = slice(0, k)
+        return [
+            (every, 0, 0),
+            (every, h, 1),
+            (slice(0, n_in), 2 * h, 2),
+            (slice(n_in, k), 3 * h, 2),
+        ]
+    return [(slice(0, k), gate * h, gate) for gate in range(PANEL_GATES[net.cell])]
+
+
+def _check_gru_blocks(weight: np.ndarray, n_in: int, h: int) -> None:
+    """The 3H packing drops the candidate's input columns on the h rows and its recurrent
+    columns on the x rows: they must be the zeros the exporter's stacking puts there."""
+    if np.any(weight[n_in:, 2 * h : 3 * h]) or np.any(weight[:n_in, 3 * h :]):
+        raise ValueError("GRU layer weight is not laid out as z, r, n_x (x rows), n_h (h rows)")
+
+
 def pack_params(net: Network) -> np.ndarray:
     layers, extra, total = _layouts(net)
     buf = _aligned_zeros(total)
-    for layer, (k, np_, w_off, b_off) in zip(net.layers, layers):
-        g = layer.weight.shape[1]
-        buf[w_off : w_off + k * np_].reshape(k, np_)[:, :g] = layer.weight
-        buf[b_off : b_off + g] = layer.bias
-    c, cp = net.n_channels, _pad(net.n_channels)
-    buf[extra["head_w"] : extra["head_w"] + net.hidden * cp].reshape(net.hidden, cp)[:, :c] = (
-        net.head_weight
-    )
+    h, u = net.hidden, units_per_block(net)
+    blocks = -(-h // u)
+    panel_w, gate_w = PANEL_GATES[net.cell] * u, GATES[net.cell] * u
+    n_sig = SIGMOID_GATES[net.cell]
+    for layer, (k, n_in, w_off, b_off) in zip(net.layers, layers):
+        if net.cell == "gru":
+            _check_gru_blocks(layer.weight, n_in, h)
+        scale = np.ones(layer.weight.shape[1], np.float32)
+        scale[: n_sig * h] = 0.5  # exact: a power of two
+        weight, bias = layer.weight * scale, layer.bias * scale
+        panels = buf[w_off:b_off].reshape(blocks, k, panel_w)
+        biases = buf[b_off : b_off + blocks * gate_w].reshape(blocks, GATES[net.cell], u)
+        for b in range(blocks):
+            j0, j1 = b * u, min(h, (b + 1) * u)
+            for rows, col, slot in _gate_columns(net, n_in):
+                panels[b, rows, slot * u : slot * u + j1 - j0] = weight[rows, col + j0 : col + j1]
+            for gate in range(GATES[net.cell]):
+                biases[b, gate, : j1 - j0] = bias[gate * h + j0 : gate * h + j1]
+    c, hp = net.n_channels, _pad(h)
+    buf[extra["head_w"] : extra["head_w"] + c * hp].reshape(c, hp)[:, :h] = net.head_weight.T
     buf[extra["head_b"] : extra["head_b"] + c] = net.head_bias
     buf[extra["mean"] : extra["mean"] + c] = net.mean
     buf[extra["std"] : extra["std"] + c] = net.std
@@ -64,43 +135,87 @@ def _aligned_zeros(n: int, align: int = 64) -> np.ndarray:
     return raw[start : start + n]
 
 
-def scratch_size(net: Network) -> int:
+def _scratch_parts(net: Network) -> tuple[int, int]:
+    """(floats per A row, floats per G row)."""
     layers, _, _ = _layouts(net)
-    k_max = max(max(k for k, *_ in layers), net.hidden)
-    n_max = max(max(np_ for _, np_, *_ in layers), _pad(net.n_channels))
-    c = net.n_channels
-    return ROWS * (k_max + n_max + c) + 64
+    k_row = _pad(max(max(k for k, *_ in layers), net.hidden))
+    return k_row, GATES[net.cell] * units_per_block(net)
+
+
+def scratch_size(net: Network) -> int:
+    k_row, g_row = _scratch_parts(net)
+    return ROWS * (k_row + g_row + net.n_channels) + 64
 
 
 # ----------------------------------------------------------------------------------
-# code generation
+# code generation: the target-independent prelude
 
 _PRELUDE = r"""
-typedef float v8 __attribute__((vector_size(32), aligned(4)));
+/* Vector width from the target: 8 floats with AVX, else 4 (SSE2, NEON; scalar code the
+   compiler splits up where there is no SIMD). 32 registers on AVX-512 and AArch64. */
+#if defined(__AVX__)
+#define VW 8
+#else
+#define VW 4
+#endif
+#if defined(__AVX512F__) || defined(__aarch64__)
+#define NREG 32
+#else
+#define NREG 16
+#endif
+#define PW (NREG * VW / 2)   /* GEMV columns per pass: accumulators fill half the registers */
+#define TV (16 / VW)         /* vectors per 16-column tile */
+#define GMR ((NREG - TV - 1) / TV < 8 ? (NREG - TV - 1) / TV : 8)  /* rows per GEMM tile */
 
-/* tanh as a 13/6 rational function on [-7.9, 7.9] (the MLAS/Eigen constants);
-   written as a plain loop body so the compiler vectorises it. */
-static inline float fast_tanh(float x) {
-    const float lim = 7.90531110763549805f;
-    float xc = x > lim ? lim : (x < -lim ? -lim : x);
-    float x2 = xc * xc;
-    float p = -2.76076847742355e-16f;
+typedef float vf __attribute__((vector_size(VW * 4), aligned(4)));
+typedef int vi __attribute__((vector_size(VW * 4), aligned(4)));
+#define LD(p) (*(const vf *)(p))
+#define ST(p, v) (*(vf *)(p) = (v))
+#define UNROLL _Pragma("GCC unroll 16")
+
+static inline vf vsplat(float x) { return (vf){0} + x; }
+
+static inline vf vselect(vi mask, vf a, vf b) {  /* mask ? a : b, lane by lane */
+    return (vf)(((vi)a & mask) | ((vi)b & ~mask));
+}
+
+#if defined(__ARM_NEON) && !defined(__aarch64__)
+#include <arm_neon.h>
+/* ARMv7 NEON has no vector divide: a reciprocal estimate and two Newton steps */
+static inline vf vdiv(vf p, vf q) {
+    float32x4_t r = vrecpeq_f32((float32x4_t)q);
+    r = vmulq_f32(r, vrecpsq_f32((float32x4_t)q, r));
+    r = vmulq_f32(r, vrecpsq_f32((float32x4_t)q, r));
+    return p * (vf)r;
+}
+#else
+static inline vf vdiv(vf p, vf q) { return p / q; }
+#endif
+
+/* tanh as a 13/6 rational function on [-7.9, 7.9] (the MLAS/Eigen constants, abs error
+   < 4e-7); branch-free: the clamp is a select, the division runs on every lane (q > 0). */
+static inline vf vtanh(vf x) {
+    const vf lim = vsplat(7.90531110763549805f);
+    x = vselect(x < lim, x, lim);
+    x = vselect(x > -lim, x, -lim);
+    vf x2 = x * x;
+    vf p = vsplat(-2.76076847742355e-16f);
     p = p * x2 + 2.00018790482477e-13f;
     p = p * x2 + -8.60467152213735e-11f;
     p = p * x2 + 5.12229709037114e-08f;
     p = p * x2 + 1.48572235717979e-05f;
     p = p * x2 + 6.37261928875436e-04f;
     p = p * x2 + 4.89352455891786e-03f;
-    p = p * xc;
-    float q = 1.19825839466702e-06f;
+    p = p * x;
+    vf q = vsplat(1.19825839466702e-06f);
     q = q * x2 + 1.18534705686654e-04f;
     q = q * x2 + 2.26843463243900e-03f;
     q = q * x2 + 4.89352518554385e-03f;
-    float ax = x < 0.0f ? -x : x;
-    return ax < 0.0004f ? x : p / q;
+    return vdiv(p, q);
 }
 
-static inline float fast_sigmoid(float x) { return 0.5f * fast_tanh(0.5f * x) + 0.5f; }
+/* sigmoid of a pre-halved gate: sigmoid(2 g) = tanh(g) / 2 + 1/2 */
+static inline vf vsigmoid_h(vf g) { return 0.5f * vtanh(g) + 0.5f; }
 
 %GEMM%
 typedef struct {
@@ -117,66 +232,218 @@ static int all_finite(const float *v, long n) {
     for (long i = 0; i < n; i++) ok &= (v[i] - v[i]) == 0.0f;  /* NaN for NaN and inf */
     return ok;
 }
+
+/* sum of a[i] * w[i] over n floats, n a multiple of 16 */
+static inline float dot16(const float *a, const float *w, int n) {
+    vf s0 = vsplat(0.0f), s1 = vsplat(0.0f);
+    for (int i = 0; i < n; i += 2 * VW) {
+        s0 += LD(a + i) * LD(w + i);
+        s1 += LD(a + i + VW) * LD(w + i + VW);
+    }
+    s0 += s1;
+    float t = 0.0f;
+    for (int l = 0; l < VW; l++) t += s0[l];
+    return t;
+}
 """
 
+
+def _gemv_kernel(width: int) -> str:
+    """g[0, width) = bias + a[0, K) @ w (K rows of stride ldw): width / VW independent
+    accumulators held in registers for the whole K loop."""
+    return f"""
+static inline __attribute__((always_inline)) void gemv{width}(
+        int K, const float *restrict a, const float *restrict w, int ldw,
+        const float *restrict bias, float *restrict g) {{
+    vf acc[{width} / VW];
+    UNROLL for (int v = 0; v < {width} / VW; v++) acc[v] = LD(bias + v * VW);
+    for (int k = 0; k < K; k++) {{
+        const float x = a[k];
+        const float *wk = w + (long)k * ldw;
+        UNROLL for (int v = 0; v < {width} / VW; v++) acc[v] += x * LD(wk + v * VW);
+    }}
+    UNROLL for (int v = 0; v < {width} / VW; v++) ST(g + v * VW, acc[v]);
+}}
+"""
+
+
+_GEMM = r"""
+/* g[0, nc) = bias + a @ w for one row, nc a multiple of 16: passes of PW columns */
+static inline __attribute__((always_inline)) void gemv(int K, const float *a, const float *w,
+                                                       int ldw, int nc, const float *bias,
+                                                       float *g) {
+    int c = 0;
+#if PW >= 64
+    for (; c + 64 <= nc; c += 64) gemv64(K, a, w + c, ldw, bias + c, g + c);
+#endif
+    for (; c + 32 <= nc; c += 32) gemv32(K, a, w + c, ldw, bias + c, g + c);
+    for (; c + 16 <= nc; c += 16) gemv16(K, a, w + c, ldw, bias + c, g + c);
+}
+
+/* GRU, one 16-unit panel (48 columns: z, r, then n_x over rows < ks, n_h over rows >= ks)
+   into g = [z, r, n_x, n_h]: z and r accumulate over all K, the candidate's accumulator
+   is stored at ks and restarts from n_h's bias. */
+static inline __attribute__((always_inline)) void gemv_gru(
+        int K, int ks, const float *restrict a, const float *restrict w,
+        const float *restrict bias, float *restrict g) {
+    vf z[TV], r[TV], n[TV];
+    UNROLL for (int v = 0; v < TV; v++) {
+        z[v] = LD(bias + v * VW); r[v] = LD(bias + 16 + v * VW); n[v] = LD(bias + 32 + v * VW);
+    }
+    for (int k = 0; k < ks; k++) {
+        const float x = a[k];
+        const float *wk = w + k * 48;
+        UNROLL for (int v = 0; v < TV; v++) {
+            z[v] += x * LD(wk + v * VW); r[v] += x * LD(wk + 16 + v * VW);
+            n[v] += x * LD(wk + 32 + v * VW);
+        }
+    }
+    UNROLL for (int v = 0; v < TV; v++) { ST(g + 32 + v * VW, n[v]); n[v] = LD(bias + 48 + v * VW); }
+    for (int k = ks; k < K; k++) {
+        const float x = a[k];
+        const float *wk = w + k * 48;
+        UNROLL for (int v = 0; v < TV; v++) {
+            z[v] += x * LD(wk + v * VW); r[v] += x * LD(wk + 16 + v * VW);
+            n[v] += x * LD(wk + 32 + v * VW);
+        }
+    }
+    UNROLL for (int v = 0; v < TV; v++) {
+        ST(g + v * VW, z[v]); ST(g + 16 + v * VW, r[v]); ST(g + 48 + v * VW, n[v]);
+    }
+}
+
+/* G[m, nc] (row stride ldg) = bias + A[m, K] (row stride lda) @ W[K, nc] (row stride
+   ldw), nc a multiple of 16. A tile of GMR rows x 16 columns keeps GMR * TV accumulators
+   in registers for the whole K loop (the compiler does not find this blocking). */
+static void gemm(int m, int K, const float *A, int lda, const float *W, int ldw, int nc,
+                 const float *bias, float *G, int ldg) {
+    for (int j = 0; j < nc; j += 16) {
+        int r = 0;
+        for (; r + GMR <= m; r += GMR) {
+            vf acc[GMR][TV];
+            UNROLL for (int i = 0; i < GMR; i++)
+                UNROLL for (int v = 0; v < TV; v++) acc[i][v] = LD(bias + j + v * VW);
+            const float *a = A + (long)r * lda;
+            for (int k = 0; k < K; k++) {
+                vf w[TV];
+                UNROLL for (int v = 0; v < TV; v++) w[v] = LD(W + (long)k * ldw + j + v * VW);
+                UNROLL for (int i = 0; i < GMR; i++) {
+                    const float x = a[(long)i * lda + k];
+                    UNROLL for (int v = 0; v < TV; v++) acc[i][v] += x * w[v];
+                }
+            }
+            UNROLL for (int i = 0; i < GMR; i++)
+                UNROLL for (int v = 0; v < TV; v++)
+                    ST(G + (long)(r + i) * ldg + j + v * VW, acc[i][v]);
+        }
+        for (; r < m; r++)
+            gemv16(K, A + (long)r * lda, W + j, ldw, bias + j, G + (long)r * ldg + j);
+    }
+}
+"""
+
+
+def _gemm_source() -> str:
+    return "".join(_gemv_kernel(w) for w in (16, 32, 64)) + _GEMM
+
+
+# One block of U units, every lane a vector: g holds the block's gates (each U wide),
+# the state pointers are offset to the block's first unit.
 _CELL_BODIES = {
     "lstm": """
-            float i = fast_sigmoid(g[j]), o = fast_sigmoid(g[H + j]);
-            float f = fast_sigmoid(g[2 * H + j]), cc = fast_tanh(g[3 * H + j]);
-            float c = f * c_in[j] + i * cc;
-            c_out[j] = c;
-            h_out[j] = o * fast_tanh(c);""",
+        vf i = vsigmoid_h(LD(g + u)), o = vsigmoid_h(LD(g + U + u));
+        vf f = vsigmoid_h(LD(g + 2 * U + u)), cc = vtanh(LD(g + 3 * U + u));
+        vf c = f * LD(c_in + u) + i * cc;
+        ST(c_out + u, c);
+        ST(h_out + u, o * vtanh(c));""",
     "gru": """
-            float z = fast_sigmoid(g[j]), r = fast_sigmoid(g[H + j]);
-            float n = fast_tanh(g[2 * H + j] + r * g[3 * H + j]);
-            h_out[j] = n + z * (h_in[j] - n);""",
+        vf z = vsigmoid_h(LD(g + u)), r = vsigmoid_h(LD(g + U + u));
+        vf n = vtanh(LD(g + 2 * U + u) + r * LD(g + 3 * U + u));
+        ST(h_out + u, n + z * (LD(h_in + u) - n));""",
     "rnn_tanh": """
-            h_out[j] = fast_tanh(g[j]);""",
+        ST(h_out + u, vtanh(LD(g + u)));""",
     "rnn_relu": """
-            h_out[j] = g[j] > 0.0f ? g[j] : 0.0f;""",
+        vf a = LD(g + u);
+        ST(h_out + u, vselect(a > vsplat(0.0f), a, vsplat(0.0f)));""",
 }
 
 
-MR = 8  # rows per microkernel tile: 8 x 16 = 16 vector accumulators
-
-
-def _gemm_source(mr: int = MR) -> str:
-    """G[m, NP] = bias + A[m, K] @ W[K, NP], NP a multiple of 16. A tile of `mr` rows x
-    16 columns keeps 2 * mr accumulators in vector registers for the whole K loop
-    (the compiler does not find this blocking by itself)."""
-    rows = range(mr)
-    acc = ", ".join(f"a{r}0 = b0, a{r}1 = b1" for r in rows)
-    loads = " ".join(f"float x{r} = a[{r} * K + k];" for r in rows)
-    fmas = " ".join(f"a{r}0 += x{r} * w0; a{r}1 += x{r} * w1;" for r in rows)
-    stores = " ".join(
-        f"*(v8 *)(g + {r} * NP) = a{r}0; *(v8 *)(g + {r} * NP + 8) = a{r}1;" for r in rows
-    )
+def _cell_function(cell: str, lstm: bool) -> str:
+    """cell(g, h_in, h_out[, c_in, c_out]) over U units; cell_part for the last block's
+    `nu` < U units, through padded copies (never a load or store past the state)."""
+    c_params = ", const float *restrict c_in, float *restrict c_out" if lstm else ""
+    c_copy_in = "\n    for (int u = 0; u < nu; u++) ci[u] = c_in[u];" if lstm else ""
+    c_copy_out = "\n    for (int u = 0; u < nu; u++) c_out[u] = co[u];" if lstm else ""
+    c_local = ", ci[U] = {0}, co[U]" if lstm else ""
+    c_local_args = ", ci, co" if lstm else ""
     return f"""
-static void gemm(int m, int K, int NP, const float *A, const float *W, const float *bias,
-                 float *G) {{
-    for (int j = 0; j < NP; j += 16) {{
-        v8 b0 = *(const v8 *)(bias + j), b1 = *(const v8 *)(bias + j + 8);
-        int r = 0;
-        for (; r + {mr} <= m; r += {mr}) {{
-            v8 {acc};
-            const float *a = A + r * K;
-            for (int k = 0; k < K; k++) {{
-                v8 w0 = *(const v8 *)(W + k * NP + j), w1 = *(const v8 *)(W + k * NP + j + 8);
-                {loads}
-                {fmas}
-            }}
-            float *g = G + r * NP + j;
-            {stores}
+static inline __attribute__((always_inline)) void cell(
+        const float *restrict g, const float *restrict h_in, float *restrict h_out{c_params}) {{
+    (void)h_in;
+    for (int u = 0; u < U; u += VW) {{{_CELL_BODIES[cell]}
+    }}
+}}
+
+static void cell_part(int nu, const float *g, const float *h_in, float *h_out{c_params.replace("restrict ", "")}) {{
+    float hi[U] = {{0}}, ho[U]{c_local};
+    for (int u = 0; u < nu; u++) hi[u] = h_in[u];{c_copy_in}
+    cell(g, hi, ho{c_local_args});
+    for (int u = 0; u < nu; u++) h_out[u] = ho[u];{c_copy_out}
+}}
+"""
+
+
+def _layer_source(net: Network, index: int, layer: tuple[int, int, int, int]) -> str:
+    """layer<index>(...): A = [input, h] per row, then every block: its G, its gates."""
+    k, n_in, w_off, b_off = layer
+    lstm, gru = net.cell == "lstm", net.cell == "gru"
+    u = units_per_block(net)
+    blocks, rem = -(-net.hidden // u), net.hidden % u
+    panel_w, gate_w = PANEL_GATES[net.cell] * u, GATES[net.cell] * u
+    n_layers = len(net.layers)
+    src = "xn[r * C + k]" if index == 0 else f"s_out[({index - 1} * B + r0 + r) * H + k]"
+    if gru:
+        one = f"gemv_gru({k}, {n_in}, A, W, bias, G);"
+        many = (
+            f"gemm(m, {k}, A, {k}, W, 48, 32, bias, G, 64);\n"
+            f"        gemm(m, {n_in}, A, {k}, W + 32, 48, 16, bias + 32, G + 32, 64);\n"
+            f"        gemm(m, H, A + {n_in}, {k}, W + {n_in} * 48 + 32, 48, 16, bias + 48, G + 48, 64);"
+        )
+    else:
+        one = f"gemv({k}, A, W, {panel_w}, {panel_w}, bias, G);"
+        many = f"gemm(m, {k}, A, {k}, W, {panel_w}, {panel_w}, bias, G, {gate_w});"
+    c_ptrs = (
+        f",\n                 s_in + (({n_layers} + {index}) * B + r0 + r) * H + j0,"
+        f"\n                 s_out + (({n_layers} + {index}) * B + r0 + r) * H + j0"
+        if lstm
+        else ""
+    )
+    full = blocks - 1 if rem else blocks
+    return f"""
+static void layer{index}(const float *P, long B, long r0, int m, const float *xn, float *A,
+                   float *G, const float *s_in, float *s_out) {{
+    (void)xn;
+    for (int r = 0; r < m; r++) {{
+        for (int k = 0; k < {n_in}; k++) A[r * {k} + k] = {src};
+        for (int k = 0; k < H; k++) A[r * {k} + {n_in} + k] = s_in[({index} * B + r0 + r) * H + k];
+    }}
+    for (int b = 0; b < {blocks}; b++) {{
+        const float *W = P + {w_off} + (long)b * {k * panel_w};
+        const float *bias = P + {b_off} + b * {gate_w};
+        if (m == 1) {{
+            {one}
+        }} else {{
+            {many}
         }}
-        for (; r < m; r++) {{
-            v8 a0 = b0, a1 = b1;
-            const float *a = A + r * K;
-            for (int k = 0; k < K; k++) {{
-                a0 += a[k] * *(const v8 *)(W + k * NP + j);
-                a1 += a[k] * *(const v8 *)(W + k * NP + j + 8);
-            }}
-            *(v8 *)(G + r * NP + j) = a0;
-            *(v8 *)(G + r * NP + j + 8) = a1;
+        int j0 = b * U;
+        for (int r = 0; r < m; r++) {{
+            const float *g = G + r * {gate_w};
+            const float *h_in = s_in + ({index} * B + r0 + r) * H + j0;
+            float *h_out = s_out + ({index} * B + r0 + r) * H + j0;
+            if (b < {full})
+                cell(g, h_in, h_out{c_ptrs});
+            else
+                cell_part({rem}, g, h_in, h_out{c_ptrs});
         }}
     }}
 }}
@@ -186,64 +453,39 @@ static void gemm(int m, int K, int NP, const float *A, const float *W, const flo
 def generate_source(net: Network) -> str:
     layers, extra, _ = _layouts(net)
     h, c, n_layers = net.hidden, net.n_channels, len(net.layers)
-    k_max = max(max(k for k, *_ in layers), h)
-    n_max = max(max(np_ for _, np_, *_ in layers), _pad(c))
     cell = net.cell if net.cell != "rnn" else f"rnn_{net.nonlinearity}"
-    lstm = net.cell == "lstm"
+    k_row, g_row = _scratch_parts(net)
+    hp = _pad(h)
     out = [_PRELUDE.replace("%GEMM%", _gemm_source())]
     out.append(f"#define H {h}\n#define C {c}\n#define L {n_layers}\n#define S {net.n_state}\n")
-    out.append(f"#define ROWS {ROWS}\n#define KMAX {k_max}\n#define NMAX {n_max}\n")
-    out.append(
-        """
-/* rows [r0, r0 + m) of one step: normalise, every layer, head, de-normalise. */
-static void step_rows(const ctx_t *ctx, long r0, int m, const float *x, float *y,
-                      const float *s_in, float *s_out) {
-    const float *P = ctx->params;
-    long B = ctx->batch;
-    float *A = ctx->scratch, *G = A + ROWS * KMAX, *xn = G + ROWS * NMAX;
-"""
-    )
-    out.append(
-        f"""    const float *mean = P + {extra["mean"]}, *std = P + {extra["std"]};
-    for (int r = 0; r < m; r++)
-        for (int k = 0; k < C; k++) xn[r * C + k] = (x[(r0 + r) * C + k] - mean[k]) / std[k];
-"""
-    )
-    for index, (k, np_, w_off, b_off) in enumerate(layers):
-        n_in = k - h
-        src = "xn[r * C + k]" if index == 0 else f"s_out[({index - 1} * B + r0 + r) * H + k]"
-        out.append(
-            f"""    /* layer {index}: A = [input, h], G = A @ W + b */
-    for (int r = 0; r < m; r++) {{
-        for (int k = 0; k < {n_in}; k++) A[r * {k} + k] = {src};
-        for (int k = 0; k < H; k++) A[r * {k} + {n_in} + k] = s_in[({index} * B + r0 + r) * H + k];
-    }}
-    gemm(m, {k}, {np_}, A, P + {w_off}, P + {b_off}, G);
-    for (int r = 0; r < m; r++) {{
-        const float *g = G + r * {np_};
-        const float *h_in = s_in + ({index} * B + r0 + r) * H;
-        float *h_out = s_out + ({index} * B + r0 + r) * H;
-"""
-        )
-        if lstm:
-            out.append(
-                f"""        const float *c_in = s_in + (({n_layers} + {index}) * B + r0 + r) * H;
-        float *c_out = s_out + (({n_layers} + {index}) * B + r0 + r) * H;
-"""
-            )
-        out.append("        (void)h_in;\n        for (int j = 0; j < H; j++) {")
-        out.append(_CELL_BODIES[cell])
-        out.append("\n        }\n    }\n")
-    cp = _pad(c)
+    out.append(f"#define ROWS {ROWS}\n#define KROW {k_row}\n#define GROW {g_row}\n")
+    out.append(f"#define U {units_per_block(net)}\n")
+    out.append(_cell_function(cell, net.cell == "lstm"))
+    for index, layer in enumerate(layers):
+        out.append(_layer_source(net, index, layer))
     residual = " + xn[r * C + k]" if net.residual else ""
     out.append(
-        f"""    /* head on the top layer's new h */
+        f"""
+/* rows [r0, r0 + m) of one step: normalise, every layer, head, de-normalise. */
+static void step_rows(const ctx_t *ctx, long r0, int m, const float *x, float *y,
+                      const float *s_in, float *s_out) {{
+    const float *P = ctx->params;
+    long B = ctx->batch;
+    float *A = ctx->scratch, *G = A + ROWS * KROW, *xn = G + ROWS * GROW;
+    const float *mean = P + {extra["mean"]}, *std = P + {extra["std"]};
     for (int r = 0; r < m; r++)
-        for (int k = 0; k < H; k++) A[r * H + k] = s_out[({n_layers - 1} * B + r0 + r) * H + k];
-    gemm(m, H, {cp}, A, P + {extra["head_w"]}, P + {extra["head_b"]}, G);
-    for (int r = 0; r < m; r++)
+        for (int k = 0; k < C; k++) xn[r * C + k] = (x[(r0 + r) * C + k] - mean[k]) / std[k];
+{"".join(f"    layer{i}(P, B, r0, m, xn, A, G, s_in, s_out);{chr(10)}" for i in range(n_layers))}
+    /* head on the top layer's new h, zero-padded to {hp}: one dot product per channel */
+    const float *head_w = P + {extra["head_w"]}, *head_b = P + {extra["head_b"]};
+    for (int r = 0; r < m; r++) {{
+        float *a = A + r * {hp};
+        for (int k = 0; k < H; k++) a[k] = s_out[({n_layers - 1} * B + r0 + r) * H + k];
+        for (int k = H; k < {hp}; k++) a[k] = 0.0f;
         for (int k = 0; k < C; k++)
-            y[(r0 + r) * C + k] = (G[r * {cp} + k]{residual}) * std[k] + mean[k];
+            y[(r0 + r) * C + k] =
+                (dot16(a, head_w + k * {hp}, {hp}) + head_b[k]{residual}) * std[k] + mean[k];
+    }}
 }}
 
 static void step_all(const ctx_t *ctx, const float *x, float *y, const float *s_in,

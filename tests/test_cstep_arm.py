@@ -102,6 +102,9 @@ def _random_network(cell: str, nonlinearity: str, n_layers: int, hidden: int) ->
     for i in range(n_layers):
         n_in = CHANNELS if i == 0 else hidden
         w = 0.4 * rng.standard_normal((n_in + hidden, gates)) / np.sqrt(n_in + hidden)
+        if cell == "gru":  # as exported: the candidate's input part on the x rows only,
+            w[n_in:, 2 * hidden : 3 * hidden] = 0  # its recurrent part on the h rows only
+            w[:n_in, 3 * hidden :] = 0
         b = 0.1 * rng.standard_normal(gates)
         layers.append(Layer(w.astype(np.float32), b.astype(np.float32), hidden))
     return Network(
