@@ -285,6 +285,9 @@ def cmd_export_module(args) -> int:
     )  # fmt: skip
     add_detector_arguments(p)
     add_serial_arguments(p, src)
+    from edgernn.firmware_bridge.mqtt_run import add_mqtt_arguments
+
+    add_mqtt_arguments(p, src)
     p.set_defaults(func=cmd_run)
 
 
@@ -314,6 +317,14 @@ def cmd_run(args) -> int:
 
     model = Model(args.model, backend=args.backend)
     detector = make_detector(model, args)
+    if args.mqtt is not None:
+        from edgernn.firmware_bridge.mqtt_run import run_mqtt
+
+        # One detector per device, each with the command line's settings.
+        factory = (lambda: make_detector(model, args)) if detector is not None else None
+        return run_mqtt(args, model, detector_factory=factory)
+    if args.csv is not None and args.publish is not None:
+        raise EdgernnError("--publish goes with --port or --mqtt (a live run), not --csv")
     if args.csv is None:
         from edgernn.firmware_bridge.live import run_serial
 
