@@ -187,28 +187,10 @@ def add_export(sub) -> None:
         "--static-batch", type=positive_int, metavar="N",
         help="with --unrolled: fix the batch dimension to N (fully static shapes)",
     )  # fmt: skip
+    add_module_export_arguments(p)
     p.set_defaults(func=cmd_export)
 
 
-def cmd_export(args) -> int:
-    from edgernn.errors import require
-
-    require("torch")
-    require("onnx")
-    from edgernn.export import export_run
-
-    if args.static_batch is not None and not args.unrolled:
-        raise EdgernnError("--static-batch needs --unrolled")
-    report = export_run(
-        args.run_dir, args.out, opset=args.opset, unrolled=args.unrolled,
-        static_batch=args.static_batch,
-    )  # fmt: skip
-    print(
-        f"wrote {args.out}: parity max abs error {report.max_abs:.2e} over {report.steps} steps "
-    add_module_export_arguments(p)
-        f"x {report.batch} streams (outputs in normalised units, states)"
-    )
-    return 0
 def add_module_export_arguments(p) -> None:
     from edgernn.export.module_cli import parse_example_shape
 
@@ -231,14 +213,14 @@ def add_module_export_arguments(p) -> None:
     g.add_argument("--output-names", type=csv_list, help="comma-separated output names")
 
 
+def cmd_export(args) -> int:
+    from edgernn.errors import require
 
-
-# ----------------------------------------------------------------------------- run
-def add_run(sub) -> None:
-    from edgernn.firmware_bridge.live import add_serial_arguments
+    require("torch")
+    require("onnx")
     if args.module is not None:
         return cmd_export_module(args)
-    from edgernn.runtime.evaluate_commands import add_detector_arguments
+    from edgernn.export import export_run
 
     if args.run_dir is None:
         raise EdgernnError("give RUN_DIR (a run from `edgernn train`) or --module PKG.MOD:FACTORY")
@@ -246,6 +228,35 @@ def add_run(sub) -> None:
 
     if module_flags_given(args):
         raise EdgernnError(f"{module_flags_given(args)[0]} is for --module exports")
+    if args.static_batch is not None and not args.unrolled:
+        raise EdgernnError("--static-batch needs --unrolled")
+    report = export_run(
+        args.run_dir, args.out, opset=args.opset, unrolled=args.unrolled,
+        static_batch=args.static_batch,
+    )  # fmt: skip
+    print(
+        f"wrote {args.out}: parity max abs error {report.max_abs:.2e} over {report.steps} steps "
+        f"x {report.batch} streams (outputs in normalised units, states)"
+    )
+    return 0
+
+
+def cmd_export_module(args) -> int:
+    from edgernn.export.module_cli import export_from_args
+
+    if args.run_dir is not None:
+        raise EdgernnError("give RUN_DIR or --module, not both")
+    if args.unrolled or args.static_batch is not None:
+        raise EdgernnError("--unrolled/--static-batch are for RUN_DIR exports")
+    print(export_from_args(args).line())
+    return 0
+
+
+# ----------------------------------------------------------------------------- run
+def add_run(sub) -> None:
+    from edgernn.firmware_bridge.live import add_serial_arguments
+    from edgernn.runtime.evaluate_commands import add_detector_arguments
+
     p = sub.add_parser(
         "run",
         help="stream samples through a model (CSV file or serial port)",
@@ -259,17 +270,6 @@ def add_run(sub) -> None:
     p.add_argument(
         "-o", "--out", metavar="OUT.csv|OUT.jsonl",
         help="output file (.csv or .jsonl); default: stdout (CSV for --csv, JSON lines for --port)",
-def cmd_export_module(args) -> int:
-    from edgernn.export.module_cli import export_from_args
-
-    if args.run_dir is not None:
-        raise EdgernnError("give RUN_DIR or --module, not both")
-    if args.unrolled or args.static_batch is not None:
-        raise EdgernnError("--unrolled/--static-batch are for RUN_DIR exports")
-    print(export_from_args(args).line())
-    return 0
-
-
     )  # fmt: skip
     p.add_argument(
         "--skip-bad-rows", action="store_true",
