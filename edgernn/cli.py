@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgernn.runtime.evaluate_commands",
     "edgernn.export.commands",
     "edgernn.runtime.bench_commands",
+    "edgernn.runtime.wrap_commands",
     "edgernn.firmware_bridge.commands",
 )
 
@@ -284,6 +285,9 @@ def add_run(sub) -> None:
     )  # fmt: skip
     add_detector_arguments(p)
     add_serial_arguments(p, src)
+    from edgernn.firmware_bridge.mqtt_run import add_mqtt_arguments
+
+    add_mqtt_arguments(p, src)
     p.set_defaults(func=cmd_run)
 
 
@@ -295,6 +299,11 @@ def make_detector(model, args):
     if args.no_detector:
         return None
     overrides = detector_kwargs_from(args)
+    if not model.meta.is_forecaster:  # the detector scores forecast errors
+        if overrides:
+            raise EdgernnError(f"the anomaly detector scores forecasts; {model.path} is task "
+                               f"{model.meta.task}")  # fmt: skip
+        return None
     if "detector" not in model.meta.extra and model.meta.error_scale is None and not overrides:
         return None  # an uncalibrated model and no threshold asked for: forecasts only
     try:
@@ -308,6 +317,14 @@ def cmd_run(args) -> int:
 
     model = Model(args.model, backend=args.backend)
     detector = make_detector(model, args)
+    if args.mqtt is not None:
+        from edgernn.firmware_bridge.mqtt_run import run_mqtt
+
+        # One detector per device, each with the command line's settings.
+        factory = (lambda: make_detector(model, args)) if detector is not None else None
+        return run_mqtt(args, model, detector_factory=factory)
+    if args.csv is not None and args.publish is not None:
+        raise EdgernnError("--publish goes with --port or --mqtt (a live run), not --csv")
     if args.csv is None:
         from edgernn.firmware_bridge.live import run_serial
 
