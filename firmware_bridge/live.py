@@ -449,6 +449,10 @@ class LiveRun:
             reconnect=args.reconnect,
             reconnect_timeout=args.reconnect_timeout,
         )
+        from edgernn.firmware_bridge.mqtt_run import serial_publisher
+
+        # --publish mqtt://... (the board-to-broker bridge) and systemd notify, or None.
+        self.publisher = serial_publisher(args, self.channels, detector is not None)
         out = getattr(args, "out", None)
         trailing = ["gap", "reset"] + (["score", "anomaly"] if detector is not None else [])
         self.writer = RecordWriter(
@@ -488,10 +492,14 @@ class LiveRun:
         next_status = time.perf_counter() + status_every if status_every > 0 else float("inf")
         next_save = time.perf_counter() + self.args.state_interval
         try:
+            if self.publisher is not None:
+                self.publisher.start()
             while not self.stop.is_set():
                 event = self.queue.get(POLL_S)
                 if event is not None and not self._handle(event):
                     break
+                if self.publisher is not None:
+                    self.publisher.tick()
                 now = time.perf_counter()
                 if self.view is not None:
                     if self.view.due():
@@ -507,6 +515,8 @@ class LiveRun:
         finally:
             self.reader.stop()
             self._drain()
+            if self.publisher is not None:
+                self.publisher.close()
             try:
                 if self.state_file is not None:
                     self.state_file.save(
@@ -641,6 +651,8 @@ class LiveRun:
             record = self._process(x, (event.seq + i) & 0xFFFFFFFF, event, i, gap)
             gap = 0
             self.writer.write(record)
+            if self.publisher is not None:
+                self.publisher.record(record)
             times.append(time.perf_counter() - event.t_read)
         self.latency.add(times)
         self.window.add(times)

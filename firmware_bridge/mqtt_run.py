@@ -679,10 +679,10 @@ class SerialPublisher:
     availability on a broker, and the systemd notifications of its loop. LiveRun
     calls record() per forecast, tick() per loop turn and close() at the end."""
 
-    def __init__(self, args, channels: list[str], has_detector: bool):
+    def __init__(self, args, channels: list[str], has_detector: bool, notifier=None):
         from edgernn.systemd import Notifier
 
-        self.notifier = Notifier()
+        self.notifier = notifier or Notifier()
         self.link: Optional[MqttLink] = None
         self.publisher: Optional[Publisher] = None
         url_text = getattr(args, "publish", None)
@@ -733,6 +733,7 @@ def serial_publisher(args, channels: list[str], has_detector: bool) -> Optional[
     """The serial run's publisher/notifier, or None when neither is wanted."""
     from edgernn.systemd import Notifier
 
-    if getattr(args, "publish", None) is None and not Notifier().active:
+    notifier = Notifier()
+    if getattr(args, "publish", None) is None and not notifier.active:
         return None
-    return SerialPublisher(args, channels, has_detector)
+    return SerialPublisher(args, channels, has_detector, notifier)

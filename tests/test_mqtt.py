@@ -483,6 +483,39 @@ def test_broker_restart_reconnects_and_reports_what_was_lost(broker, model_path,
     assert c["published_forecasts"] == c["totals"]["processed"]
 
 
+def test_serial_run_publishes_to_the_broker(broker, model_path, tmp_path):
+    """`--port ... --publish mqtt://`: the board-to-broker bridge. Every forecast of the
+    serial run is on the broker; availability goes online, then offline at a clean end."""
+    from edgernn.firmware_bridge.emulator import Emulator
+    from edgernn.firmware_bridge.live import run_serial
+    from edgernn.runtime import Model
+
+    avail = "edgernn/bench1/availability"
+    sub = Client(broker, "edgernn/#")
+    emu = Emulator(rate=200, channels=3, mode="binary", duration=1.0, seed=1).start()
+
+    def unplug() -> None:
+        emu.join()
+        emu.drain()
+        emu.unplug()
+
+    threading.Thread(target=unplug, daemon=True).start()
+    out = tmp_path / "o.jsonl"
+    args = run_args(model_path, "--port", emu.path, "--no-reconnect", "-o", str(out),
+                    "--publish", broker.url(), "--device-name", "bench1",
+                    "--availability-topic", avail)  # fmt: skip
+    assert run_serial(args, Model(model_path)) == 0
+    records = read_jsonl(out)
+    assert len(records) > 150
+    wait_until(lambda: len(sub.on("edgernn/bench1/forecast")) == len(records), what="forecasts")
+    published = [json.loads(p) for p in sub.on("edgernn/bench1/forecast")]
+    assert [p["seq"] for p in published] == [r["seq"] for r in records]
+    assert [p["forecast"] for p in published] == [r["forecast"] for r in records]
+    assert published[1]["time_us"] == records[1]["time_us"]
+    wait_until(lambda: sub.on(avail) == [b"online", b"offline"], what="online, then offline")
+    sub.close()
+
+
 def test_password_file_env_and_refusal(tmp_path, model_path):
     b = Broker(tmp_path, passwords={"gw": "s3cret"})
     b.start()
