@@ -423,7 +423,6 @@ class Model:
         if not os.path.isfile(self.path):
             raise ModelFormatError(f"{self.path}: no such model file")
         importlib.import_module("edgernn.runtime.limits").check_graph_limits(self.path)
-        importlib.import_module("edgernn.runtime.limits").check_graph_limits(self.path)
         self._engine, self.fallback_reason = _open_engine(self.path, backend)
         self.backend: str = self._engine.name  # the backend actually in use
         self.meta: ModelMeta = self._engine.meta
