@@ -180,16 +180,23 @@ def quantize_model(
     meta = float_model.meta
     if "quantization" in meta.extra:
         raise InputError(f"{src} is already quantized ({meta.extra['quantization'].get('mode')})")
+    if mode == "static" and float_model.generic:
+        raise InputError(
+            f"--mode static calibrates edgernn forecasters; {src} is task {meta.task}: use "
+            "--mode dynamic or fp16"
+        )
     if mode == "static" and calib is None:
         raise InputError("--mode static needs calibration data: --calib DATA.csv")
     on_bad = "skip" if skip_bad_rows else "error"
     calib_x, eval_x, eval_source, skipped = _split_data(meta, calib, eval_csv, on_bad)
 
     proto = onnx.load(src)
-    _refuse_fixed_batch(proto, meta, src)
+    if float_model.input_shape[0] is None:  # a graph without a batch axis has none to fix
+        _refuse_fixed_batch(proto, meta, src)
     props = {p.key: p.value for p in proto.metadata_props}  # copied verbatim
     if mode == "static" or unroll or _needs_unroll(proto, mode):
-        proto = _unroll(proto, meta)
+        # any other graph's cells are rewritten in place (the lean rebuild knows ours only)
+        proto = unroll_cells(proto) if float_model.generic else _unroll(proto, meta)
     with tempfile.TemporaryDirectory() as tmp:
         if mode == "dynamic":
             out = _quantize_dynamic(proto, tmp, per_channel)
@@ -266,7 +273,8 @@ def _split_data(meta: ModelMeta, calib, eval_csv, on_bad: str):
         source = f"last {len(eval_x)} rows of {os.path.basename(calib)} (held out)"
     else:
         eval_x = synthetic_stream(meta)
-        source = "synthetic stream from the model's normalisation (pass --eval CSV for real data)"
+        scaled = "from the model's normalisation" if meta.norm_std else "at unit scale"
+        source = f"synthetic stream {scaled} (pass --eval CSV for real data)"
     if len(eval_x) < MIN_EVAL_ROWS:
         raise InputError(
             f"the evaluation stream has {len(eval_x)} rows; at least {MIN_EVAL_ROWS} are needed"
@@ -294,6 +302,8 @@ def synthetic_stream(meta: ModelMeta, steps: int = SYNTHETIC_STEPS, seed: int = 
         smooth[i] = 0.95 * smooth[i - 1] + 0.3 * noise[i]  # AR(1), std ~ 1
     phase = rng.uniform(0, 2 * np.pi, meta.n_channels)
     xn = 0.7 * np.sin(2 * np.pi * t / 50 + phase) + 0.7 * smooth  # (T, C)
+    if not meta.norm_std:  # a graph without our normalisation: unit scale
+        return xn.astype(np.float32)
     return (xn * np.asarray(meta.norm_std) + np.asarray(meta.norm_mean)).astype(np.float32)
 
 
@@ -686,13 +696,18 @@ def measure(float_model: Model, quant_model: Model, X: np.ndarray, source: str) 
     meta = float_model.meta
     y_f = float_model.stream().run(X)  # (T, C)
     y_q = quant_model.stream().run(X)
-    scale = X.std(axis=0)
-    scale = np.where(scale > 0, scale, np.asarray(meta.norm_std, dtype=np.float32))
+    if float_model.generic:  # the primary output's deviation, relative to its own spread
+        y_f, y_q = y_f.reshape(len(X), -1).astype(np.float64), y_q.reshape(len(X), -1)
+        scale = y_f.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+    else:
+        scale = X.std(axis=0)
+        scale = np.where(scale > 0, scale, np.asarray(meta.norm_std, dtype=np.float32))
     diff = y_q - y_f
     dev_rel = np.sqrt((diff**2).mean(axis=0)) / scale
     errors = [None, None]
     h = meta.horizon
-    if not source.startswith("synthetic") and len(X) > h:
+    if not float_model.generic and not source.startswith("synthetic") and len(X) > h:
         target = X[h:]  # y[t] forecasts x[t + h]
         errors = [
             (np.sqrt(((y[:-h] - target) ** 2).mean(axis=0)) / scale).tolist() for y in (y_f, y_q)
@@ -707,7 +722,7 @@ def measure(float_model: Model, quant_model: Model, X: np.ndarray, source: str) 
     return QuantizeReport(
         mode="",
         path=quant_model.path,
-        channels=list(meta.channels),
+        channels=_primary_columns(meta) if float_model.generic else list(meta.channels),
         size_before=os.path.getsize(float_model.path),
         size_after=os.path.getsize(quant_model.path),
         eval_source=source,
@@ -727,12 +742,25 @@ def measure(float_model: Model, quant_model: Model, X: np.ndarray, source: str) 
     )
 
 
+def _primary_columns(meta: ModelMeta) -> list[str]:
+    """Names of the primary output's values: its columns, else output_i."""
+    from edgernn.runtime.metadata import concrete
+
+    o = meta.primary
+    size = int(np.prod(concrete(o.shape, None), dtype=np.int64))
+    if size == 1:
+        return [o.name]
+    if o.columns is not None and len(o.columns) == size:
+        return [f"{o.name}_{c}" for c in o.columns]
+    return [f"{o.name}_{i}" for i in range(size)]
+
+
 def anomaly_flags(float_model: Model, quant_model: Model, X: np.ndarray):
     """(agreement, flagged by float, flagged by quantized) when the model carries a
     detector calibration (or an error scale) and the detector layer is installed;
     (None, None, None) otherwise."""
     meta = float_model.meta
-    if "detector" not in meta.extra and meta.error_scale is None:
+    if not meta.is_forecaster or ("detector" not in meta.extra and meta.error_scale is None):
         return None, None, None
     if importlib.util.find_spec("edgernn.runtime.detector") is None:
         return None, None, None

@@ -118,6 +118,8 @@ def _signal(meta, n: int, seed: int) -> np.ndarray:
     z = np.sin(2 * np.pi * t / 37.0 + np.arange(meta.n_channels)) + 0.1 * rng.standard_normal(
         (n, meta.n_channels)
     )
+    if not meta.norm_std:  # a graph without our normalisation: unit scale
+        return z.astype(np.float32)
     return (z * np.asarray(meta.norm_std) + np.asarray(meta.norm_mean)).astype(np.float32)
 
 
@@ -134,17 +136,22 @@ def _ort_session(path: str):
     return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def _naive_ort(path: str, meta) -> Callable:
-    """What the onnxruntime docs show: session.run with a feed dict, state fed back."""
+def _naive_ort(path: str, meta, batched: bool = True) -> Callable:
+    """What the onnxruntime docs show: session.run with a feed dict, state fed back (and
+    any constant inputs fed every step)."""
+    from edgernn.runtime.metadata import graph_shape
+
     session = _ort_session(path)
-    state = {s.input: np.zeros((s.layers, 1, s.hidden), np.float32) for s in meta.states}
+    state = {s.input: np.zeros(graph_shape(s.shape, 1), s.dtype) for s in meta.states}
+    consts = {c.name: c.array(None) for c in meta.consts}
     names = [meta.output] + [s.output for s in meta.states]
+    primary = meta.primary.batch_axis
 
     def step(x):
-        outputs = session.run(names, {meta.input: x[None], **state})
+        outputs = session.run(names, {meta.input: x[None] if batched else x, **consts, **state})
         for spec, new in zip(meta.states, outputs[1:]):
             state[spec.input] = new
-        return outputs[0][0]
+        return outputs[0] if primary is None else np.take(outputs[0], 0, axis=primary)
 
     return step
 
@@ -236,6 +243,7 @@ def _available(name: str) -> bool:
 
 
 def macs_per_sample(meta) -> int:
+    """Multiply-adds of one step of our forecasters (other graphs: not counted)."""
     gates = {"rnn": 1, "gru": 3, "lstm": 4}[meta.cell]
     total = 0
     for layer in range(meta.layers):
@@ -257,7 +265,9 @@ def bench_single(
     meta = auto.meta
     steppers: dict[str, Callable] = {f"edgernn ({b})": _edgernn(m) for b, m in models.items()}
     if onnxruntime_available():
-        steppers["onnxruntime session.run"] = _naive_ort(path, meta)
+        steppers["onnxruntime session.run"] = _naive_ort(
+            path, meta, batched=auto.input_shape[0] is None
+        )
     else:
         notes.append("onnxruntime is not installed: plain session.run comparison skipped")
     if module is not None and _available("torch"):
@@ -286,11 +296,12 @@ def bench_single(
     return {
         "model": label,
         "path": path,
+        "task": meta.task,
         "cell": meta.cell,
         "layers": meta.layers,
         "hidden": meta.hidden,
         "channels": meta.n_channels,
-        "macs_per_sample": macs_per_sample(meta),
+        "macs_per_sample": macs_per_sample(meta) if not auto.generic else None,
         "edgernn_backend": auto.backend,
         "results": results,
     }
@@ -346,7 +357,8 @@ def batched_worker(path: str, batch: int, steps: int, rounds: int, seed: int = 0
             a @ b
             seconds["gemm"].append(time.perf_counter() - t0)
     gemm = 2.0 * n**3 / float(np.median(seconds["gemm"])) / 1e9
-    flops = 2.0 * batch * macs_per_sample(meta)
+    counted = meta.is_forecaster and meta.cell in ("rnn", "gru", "lstm")
+    flops = 2.0 * batch * macs_per_sample(meta) if counted else None
     out = {"batch": batch, "gemm_gflops": gemm, "gemm_size": n, "backends": {}}
     for name in streams:
         step_s = float(np.median(seconds[name]))
@@ -354,8 +366,8 @@ def batched_worker(path: str, batch: int, steps: int, rounds: int, seed: int = 0
             "step_us": step_s * 1e6,
             "per_sample_us": step_s * 1e6 / batch,
             "samples_per_s": batch / step_s,
-            "gflops": flops / step_s / 1e9,
-            "gemm_fraction": flops / step_s / 1e9 / gemm,
+            "gflops": None if flops is None else flops / step_s / 1e9,
+            "gemm_fraction": None if flops is None else flops / step_s / 1e9 / gemm,
         }
     return out
 
@@ -463,8 +475,10 @@ def run_bench(model_path: Optional[str] = None, cfg: Optional[BenchConfig] = Non
         if model_path is not None:
             if not os.path.isfile(model_path):
                 raise InputError(f"{model_path}: no such model file")
-            Model(model_path)  # a clear ModelFormatError before any timing
+            first = Model(model_path)  # a clear ModelFormatError before any timing
             models = [(os.path.basename(model_path), model_path, None)]
+            if not first.batchable:
+                notes.append(f"{models[0][0]}: no batch axis, so no many-streams run")
         elif _available("torch") and _available("onnx"):
             say("exporting the reference models ...")
             models = build_reference_models(workdir, cfg)
@@ -477,13 +491,17 @@ def run_bench(model_path: Optional[str] = None, cfg: Optional[BenchConfig] = Non
         for label, path, module in models:
             say(f"single stream: {label} ...")
             single.append(bench_single(label, path, module, cfg, workdir, notes))
-        say(f"{cfg.batch} streams ...")
-        batched = {"model": models[0][0], **bench_batched(models[0][1], cfg)}
+        lead = Model(models[0][1])
+        batched = None
+        if lead.batchable:
+            say(f"{cfg.batch} streams ...")
+            batched = {"model": models[0][0], **bench_batched(models[0][1], cfg)}
         say("footprint ...")
         foot = {"auto": footprint(models[0][1], "auto")}
         if onnxruntime_available():
             foot["onnxruntime"] = footprint(models[0][1], "onnxruntime")
-        foot["first_load_compile_ms"] = first_load_ms(models[0][1])
+        # the C step serves our forecasters only: no compile to time for other graphs
+        foot["first_load_compile_ms"] = None if lead.generic else first_load_ms(models[0][1])
     return {
         "machine": machine_info(),
         "config": cfg.__dict__,
@@ -513,16 +531,19 @@ def format_report(report: dict) -> str:
                 f"{r['samples_per_s']:10,.0f} {r['ratio_to_edgernn']:9.2f} {diff:>9}"
             )
     b = report["batched"]
-    lines += [
-        "",
-        f"{b['batch']} streams stepped together ({b['model']}); single-thread float32 GEMM "
-        f"rate {b['gemm_gflops']:.1f} GFLOP/s",
-        f"{'backend':<14} {'µs/step':>10} {'µs/sample':>10} {'samples/s':>12} {'GFLOP/s':>8} {'of GEMM':>8}",
-    ]
-    for name, r in b["backends"].items():
+    if b is not None:
+        lines += [
+            "",
+            f"{b['batch']} streams stepped together ({b['model']}); single-thread float32 GEMM "
+            f"rate {b['gemm_gflops']:.1f} GFLOP/s",
+            f"{'backend':<14} {'µs/step':>10} {'µs/sample':>10} {'samples/s':>12} {'GFLOP/s':>8} {'of GEMM':>8}",
+        ]
+    for name, r in (b or {}).get("backends", {}).items():
+        rate = "-" if r["gflops"] is None else f"{r['gflops']:.1f}"
+        share = "-" if r["gemm_fraction"] is None else f"{r['gemm_fraction']:.0%}"
         lines.append(
             f"{name:<14} {r['step_us']:10.1f} {r['per_sample_us']:10.3f} {r['samples_per_s']:12,.0f} "
-            f"{r['gflops']:8.1f} {r['gemm_fraction']:8.0%}"
+            f"{rate:>8} {share:>8}"
         )
     lines += ["", "Footprint (fresh process)"]
     for name, f in report["footprint"].items():

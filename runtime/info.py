@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from typing import Any
 
+from edgernn.runtime.metadata import shape_json
 from edgernn.runtime.model import Model
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -30,6 +32,8 @@ def graph_ops(path: str) -> dict[str, int]:
 
 def describe(path: str) -> dict[str, Any]:
     model = Model(path)
+    if model.generic:
+        return describe_graph(model)
     m = model.meta
     desc: dict[str, Any] = {
         "path": path,
@@ -57,7 +61,39 @@ def describe(path: str) -> dict[str, Any]:
     return desc
 
 
+def describe_graph(model: Model) -> dict[str, Any]:
+    """Any graph that is not one of our forecasters: its inputs, constants, outputs and
+    states (shapes with "batch" at the batch axis), task and op histogram."""
+    m = model.meta
+    desc: dict[str, Any] = {
+        "path": model.path,
+        "file_bytes": os.path.getsize(model.path),
+        "task": m.task,
+        "channels": m.channels,
+        "input": {"name": m.input, "shape": shape_json(model.input_shape)},
+        "consts": [
+            {"name": c.name, "dtype": c.dtype, "shape": shape_json(c.shape), "value": c.value}
+            for c in m.consts
+        ],
+        "outputs": [
+            {"name": o.name, "shape": shape_json(o.shape), "primary": o.name == m.output,
+             **({"columns": list(o.columns)} if o.columns is not None else {})}
+            for o in m.outputs
+        ],  # fmt: skip
+        "state": [s.to_json() for s in m.states],
+        "classes": m.classes,
+        "targets": m.targets,
+        "batchable": model.batchable,
+        "ops": graph_ops(model.path),
+    }
+    for key, value in m.extra.items():
+        desc.setdefault(key, value)
+    return desc
+
+
 def format_description(d: dict[str, Any]) -> str:
+    if "task" in d and "cell" not in d:
+        return format_graph_description(d)
     cell = d["cell"] + (f" ({d['nonlinearity']})" if d.get("nonlinearity") else "")
     lines = [
         f"{d['path']}: edgernn model, {d['file_bytes'] / 1024:.1f} KiB",
@@ -104,10 +140,42 @@ def format_description(d: dict[str, Any]) -> str:
                 else ""
             )
         )
+    lines.append(_ops_line(d))
+    return "\n".join(lines)
+
+
+def _ops_line(d: dict[str, Any]) -> str:
     if d["ops"] is None:
-        lines.append("  ops          (install onnx to list the graph's ops)")
-    else:
+        return "  ops          (install onnx to list the graph's ops)"
+    return "  ops          " + ", ".join(f"{k} x{v}" for k, v in sorted(d["ops"].items()))
+
+
+def format_graph_description(d: dict[str, Any]) -> str:
+    producer = f" ({d['producer']})" if isinstance(d.get("producer"), str) else ""
+    lines = [
+        f"{d['path']}: stateful graph, task {d['task']}, {d['file_bytes'] / 1024:.1f} KiB"
+        + producer,
+        f"  input        {d['input']['name']} {d['input']['shape']}"
+        + ("" if d["batchable"] else " (no batch axis: one stream per call)"),
+        f"  channels     {', '.join(d['channels'])}",
+    ]
+    for c in d["consts"]:
+        value = json.dumps(c["value"])
+        value = value if len(value) <= 40 else value[:37] + "..."
+        lines.append(f"  const        {c['name']} {c['dtype']} {c['shape']} = {value}")
+    for o in d["outputs"]:
+        cols = f" columns {', '.join(o['columns'])}" if o.get("columns") else ""
         lines.append(
-            "  ops          " + ", ".join(f"{k} x{v}" for k, v in sorted(d["ops"].items()))
+            f"  output       {o['name']} {o['shape']}{' (primary)' if o['primary'] else ''}{cols}"
         )
+    for s in d["state"]:
+        lines.append(f"  state        {s['input']} -> {s['output']} {s['dtype']} {s['shape']}")
+    if d.get("classes"):
+        lines.append(f"  classes      {', '.join(d['classes'])}")
+    if d.get("targets"):
+        lines.append(f"  targets      {', '.join(d['targets'])}")
+    q = d.get("quantization")
+    if isinstance(q, dict):
+        lines.append(f"  quantized    {q.get('mode')}")
+    lines.append(_ops_line(d))
     return "\n".join(lines)

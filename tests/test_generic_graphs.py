@@ -545,3 +545,146 @@ def test_refuses_to_overwrite_its_input(graphs):
     src = graphs["gru"][0]
     with pytest.raises(InputError, match="is the input graph"):
         wrap(src, src, Declaration(states=[("state", "stateN")]))
+
+
+# ----------------------------------------------------------------------------------
+# the command line: wrap, run --csv, info, quantize, bench on a wrapped graph
+
+
+def cli(capsys, *args):
+    """`edgernn ARGS` in this process: (exit code, stdout, stderr)."""
+    from edgernn.cli import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_proposes_pairs_without_state_and_the_proposal_runs(graphs, tmp_path, capsys):
+    src = graphs["lstm"][0]
+    dst = tmp_path / "w.onnx"
+    code, out, _ = cli(capsys, "wrap", src, "-o", dst)
+    assert code == 1 and not dst.exists()  # nothing guessed silently
+    assert "h0 -> hn" in out and "c0 -> cn" in out and "sr float32 [1] looks like a constant" in out
+    command = out.strip().splitlines()[-1].split()
+    assert command[:2] == ["edgernn", "wrap"] and "--state" in command
+    assert command[command.index("--const") + 1] == "sr=VALUE"
+    command[command.index("--const") + 1] = "sr=16000"
+    code, out, _ = cli(capsys, *command[1:])
+    assert code == 0 and "states h0 -> hn, c0 -> cn" in out and dst.exists()
+
+
+def test_cli_refusals_are_one_line(graphs, tmp_path, capsys):
+    src = graphs["gru"][0]
+    for args, message in (
+        (["--state", "stateN:state"], "reversed"),
+        (["--state", "state:y"], "does not match"),
+        (["--state", "state"], None),  # a usage error: argparse exits 2
+    ):
+        if message is None:
+            with pytest.raises(SystemExit) as exit_info:
+                cli(capsys, "wrap", src, "-o", tmp_path / "w.onnx", *args)
+            assert exit_info.value.code == 2
+            continue
+        code, _, err = cli(capsys, "wrap", src, "-o", tmp_path / "w.onnx", *args)
+        assert code == 1 and message in err and err.count("\n") == 1, err
+        assert err.startswith("edgernn: error: ")
+
+
+def _csv(path, n=6, names=("ax", "ay", "az"), time_col=True):
+    rng = np.random.default_rng(0)
+    rows = ["time," * time_col + ",".join(names)]
+    for i in range(n):
+        rows.append(
+            f"{i * 0.01:.2f}," * time_col + ",".join(f"{v:.4f}" for v in rng.standard_normal(3))
+        )
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_cli_run_csv_writes_every_named_output(graphs, tmp_path, capsys):
+    src = graphs["gru"][0]
+    custom, regress = tmp_path / "custom.onnx", tmp_path / "regress.onnx"
+    assert cli(capsys, "wrap", src, "-o", custom, "--state", "state:stateN",
+               "--channels", "ax,ay,az")[0] == 0  # fmt: skip
+    assert cli(capsys, "wrap", src, "-o", regress, "--state", "state:stateN",
+               "--channels", "ax,ay,az", "--task", "regress", "--targets", "flow,temp")[0] == 0  # fmt: skip
+    data = _csv(tmp_path / "in.csv")
+    out = tmp_path / "out.csv"
+    code, _, err = cli(capsys, "run", custom, "--csv", data, "-o", out)
+    assert code == 0 and "6 rows in, 6 steps" in err
+    lines = out.read_text().splitlines()
+    assert lines[0] == "time,ax,ay,az,y_0,y_1,score" and len(lines) == 7
+    # the values are the stream's outputs, row by row
+    model = Model(custom)
+    stream = model.stream()
+    X = np.loadtxt(data, delimiter=",", skiprows=1)[:, 1:]
+    for x, line in zip(X, lines[1:]):
+        stream.step(x)
+        got = np.array(line.split(",")[4:], dtype=np.float32)
+        want = np.concatenate([stream.outputs["y"], stream.outputs["score"]])
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    code, _, _ = cli(capsys, "run", regress, "--csv", data, "-o", tmp_path / "r.jsonl")
+    record = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
+    assert list(record) == ["time", "ax", "ay", "az", "flow_pred", "temp_pred", "score"]
+
+
+def test_cli_run_classifier_probabilities_and_label(graphs, tmp_path, capsys):
+    _, dst, _ = graphs["lstm"]
+    data = _csv(tmp_path / "in.csv", names=("ch0", "ch1", "ch2"), time_col=False)
+    code, out, _ = cli(capsys, "run", dst, "--csv", data)
+    lines = out.splitlines()
+    assert lines[0] == "ch0,ch1,ch2,p_rest,p_wave,p_tilt,label"
+    for line in lines[1:]:
+        cells = line.split(",")
+        p = np.array(cells[3:6], dtype=float)
+        assert abs(p.sum() - 1) < 1e-5 and cells[6] == ["rest", "wave", "tilt"][int(p.argmax())]
+    code, _, err = cli(capsys, "run", dst, "--csv", data, "--threshold", "fixed")
+    assert code == 1 and "anomaly detector scores forecasts" in err
+
+
+def test_cli_info_describes_a_wrapped_graph(graphs, capsys):
+    _, dst, _ = graphs["lstm"]
+    code, out, _ = cli(capsys, "info", dst)
+    assert code == 0 and "task classify" in out
+    for text in ("const        sr float32 [1] = [8000.0]", "state        h0 -> hn float32",
+                 "output       probs ['batch', 3] (primary) columns rest, wave, tilt", "LSTM x1"):  # fmt: skip
+        assert text in out, out
+    code, out, _ = cli(capsys, "info", dst, "--json")
+    desc = json.loads(out)
+    assert desc["state"][1] == {"input": "c0", "output": "cn", "shape": [1, "batch", H],
+                                "dtype": "float32"}  # fmt: skip
+    assert desc["consts"][0]["value"] == [8000.0] and desc["producer"].endswith("wrap")
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "fp16"])
+def test_cli_quantize_a_wrapped_graph(graphs, tmp_path, capsys, mode):
+    _, dst, _ = graphs["gru"]
+    out = tmp_path / f"q.{mode}.onnx"
+    code, text, err = cli(capsys, "quantize", dst, "-o", out, "--mode", mode)
+    assert code == 0, err
+    assert "deviation y_0" in text and "synthetic stream at unit scale" in text
+    q = Model(out)
+    assert (
+        q.meta.extra["quantization"]["mode"] == mode and q.meta.outputs == Model(dst).meta.outputs
+    )
+    stream = q.stream()
+    stream.step(np.ones(F))
+    assert set(stream.outputs) == {"y", "score"}
+    code, _, err = cli(capsys, "quantize", dst, "-o", tmp_path / "s.onnx", "--mode", "static",
+                       "--calib", _csv(tmp_path / "c.csv", names=("ch0", "ch1", "ch2")))  # fmt: skip
+    assert code == 1 and "--mode dynamic or fp16" in err
+
+
+def test_bench_on_a_wrapped_graph(graphs):
+    from edgernn.runtime.bench import BenchConfig, format_report, run_bench
+
+    cfg = BenchConfig(samples=30, rounds=1, batch=4, batch_steps=2)
+    report = run_bench(graphs["lstm"][1], cfg)
+    results = report["single"][0]["results"]
+    assert {"edgernn (onnxruntime)", "onnxruntime session.run"} <= set(results)
+    assert results["onnxruntime session.run"]["max_abs_diff"] < 1e-5  # the same stream
+    assert report["batched"]["backends"]["onnxruntime"]["gflops"] is None
+    assert "onnxruntime session.run" in format_report(report)
+    unbatched = run_bench(graphs["unbatched"][1], cfg)
+    assert unbatched["batched"] is None and any("no batch axis" in n for n in unbatched["notes"])
