@@ -179,8 +179,25 @@ static inline vf vselect(vi mask, vf a, vf b) {  /* mask ? a : b, lane by lane *
     return (vf)(((vi)a & mask) | ((vi)b & ~mask));
 }
 
-#if defined(__ARM_NEON) && !defined(__aarch64__)
+/* lane-wise min and max as one instruction where there is one (the clamp in vtanh) */
+#if defined(__AVX__)
+#include <immintrin.h>
+static inline vf vmin(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
+static inline vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
+#elif defined(__SSE__)
+#include <xmmintrin.h>
+static inline vf vmin(vf a, vf b) { return (vf)_mm_min_ps((__m128)a, (__m128)b); }
+static inline vf vmax(vf a, vf b) { return (vf)_mm_max_ps((__m128)a, (__m128)b); }
+#elif defined(__ARM_NEON)
 #include <arm_neon.h>
+static inline vf vmin(vf a, vf b) { return (vf)vminq_f32((float32x4_t)a, (float32x4_t)b); }
+static inline vf vmax(vf a, vf b) { return (vf)vmaxq_f32((float32x4_t)a, (float32x4_t)b); }
+#else
+static inline vf vmin(vf a, vf b) { return vselect(a < b, a, b); }
+static inline vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
+#endif
+
+#if defined(__ARM_NEON) && !defined(__aarch64__)
 /* ARMv7 NEON has no vector divide: a reciprocal estimate and two Newton steps */
 static inline vf vdiv(vf p, vf q) {
     float32x4_t r = vrecpeq_f32((float32x4_t)q);
@@ -193,11 +210,10 @@ static inline vf vdiv(vf p, vf q) { return p / q; }
 #endif
 
 /* tanh as a 13/6 rational function on [-7.9, 7.9] (the MLAS/Eigen constants, abs error
-   < 4e-7); branch-free: the clamp is a select, the division runs on every lane (q > 0). */
+   < 4e-7); branch-free: the clamp is a min and a max, the division runs on every lane (q > 0). */
 static inline vf vtanh(vf x) {
     const vf lim = vsplat(7.90531110763549805f);
-    x = vselect(x < lim, x, lim);
-    x = vselect(x > -lim, x, -lim);
+    x = vmax(vmin(x, lim), -lim);
     vf x2 = x * x;
     vf p = vsplat(-2.76076847742355e-16f);
     p = p * x2 + 2.00018790482477e-13f;
@@ -252,7 +268,7 @@ def _gemv_kernel(width: int) -> str:
     """g[0, width) = bias + a[0, K) @ w (K rows of stride ldw): width / VW independent
     accumulators held in registers for the whole K loop."""
     return f"""
-static inline __attribute__((always_inline)) void gemv{width}(
+static __attribute__((noinline)) void gemv{width}(
         int K, const float *restrict a, const float *restrict w, int ldw,
         const float *restrict bias, float *restrict g) {{
     vf acc[{width} / VW];
@@ -283,7 +299,7 @@ static inline __attribute__((always_inline)) void gemv(int K, const float *a, co
 /* GRU, one 16-unit panel (48 columns: z, r, then n_x over rows < ks, n_h over rows >= ks)
    into g = [z, r, n_x, n_h]: z and r accumulate over all K, the candidate's accumulator
    is stored at ks and restarts from n_h's bias. */
-static inline __attribute__((always_inline)) void gemv_gru(
+static __attribute__((noinline)) void gemv_gru(
         int K, int ks, const float *restrict a, const float *restrict w,
         const float *restrict bias, float *restrict g) {
     vf z[TV], r[TV], n[TV];
@@ -363,8 +379,7 @@ _CELL_BODIES = {
     "rnn_tanh": """
         ST(h_out + u, vtanh(LD(g + u)));""",
     "rnn_relu": """
-        vf a = LD(g + u);
-        ST(h_out + u, vselect(a > vsplat(0.0f), a, vsplat(0.0f)));""",
+        ST(h_out + u, vmax(LD(g + u), vsplat(0.0f)));""",
 }
 
 
@@ -402,15 +417,26 @@ def _layer_source(net: Network, index: int, layer: tuple[int, int, int, int]) ->
     panel_w, gate_w = PANEL_GATES[net.cell] * u, GATES[net.cell] * u
     n_layers = len(net.layers)
     src = "xn[r * C + k]" if index == 0 else f"s_out[({index - 1} * B + r0 + r) * H + k]"
+
+    def w(b: str) -> str:
+        return f"P + {w_off} + (long)({b}) * {k * panel_w}"
+
+    def bias(b: str) -> str:
+        return f"P + {b_off} + ({b}) * {gate_w}"
+
+    def one(b: str, g: str) -> str:
+        if gru:
+            return f"gemv_gru({k}, {n_in}, A, {w(b)}, {bias(b)}, {g});"
+        return f"gemv({k}, A, {w(b)}, {panel_w}, {panel_w}, {bias(b)}, {g});"
+
     if gru:
-        one = f"gemv_gru({k}, {n_in}, A, W, bias, G);"
         many = (
             f"gemm(m, {k}, A, {k}, W, 48, 32, bias, G, 64);\n"
-            f"        gemm(m, {n_in}, A, {k}, W + 32, 48, 16, bias + 32, G + 32, 64);\n"
-            f"        gemm(m, H, A + {n_in}, {k}, W + {n_in} * 48 + 32, 48, 16, bias + 48, G + 48, 64);"
+            f"            gemm(m, {n_in}, A, {k}, W + 32, 48, 16, bias + 32, G + 32, 64);\n"
+            f"            gemm(m, H, A + {n_in}, {k}, W + {n_in} * 48 + 32, 48, 16, bias + 48,"
+            " G + 48, 64);"
         )
     else:
-        one = f"gemv({k}, A, W, {panel_w}, {panel_w}, bias, G);"
         many = f"gemm(m, {k}, A, {k}, W, {panel_w}, {panel_w}, bias, G, {gate_w});"
     c_ptrs = (
         f",\n                 s_in + (({n_layers} + {index}) * B + r0 + r) * H + j0,"
@@ -420,6 +446,21 @@ def _layer_source(net: Network, index: int, layer: tuple[int, int, int, int]) ->
     )
     full = blocks - 1 if rem else blocks
     return f"""
+/* layer {index}, block b: the gates of rows [0, m) from G (row stride {gate_w}) */
+static inline __attribute__((always_inline)) void gates{index}(
+        int b, int m, const float *G, const float *s_in, float *s_out, long B, long r0) {{
+    int j0 = b * U;
+    for (int r = 0; r < m; r++) {{
+        const float *g = G + r * {gate_w};
+        const float *h_in = s_in + ({index} * B + r0 + r) * H + j0;
+        float *h_out = s_out + ({index} * B + r0 + r) * H + j0;
+        if (b < {full})
+            cell(g, h_in, h_out{c_ptrs});
+        else
+            cell_part({rem}, g, h_in, h_out{c_ptrs});
+    }}
+}}
+
 static void layer{index}(const float *P, long B, long r0, int m, const float *xn, float *A,
                    float *G, const float *s_in, float *s_out) {{
     (void)xn;
@@ -427,23 +468,23 @@ static void layer{index}(const float *P, long B, long r0, int m, const float *xn
         for (int k = 0; k < {n_in}; k++) A[r * {k} + k] = {src};
         for (int k = 0; k < H; k++) A[r * {k} + {n_in} + k] = s_in[({index} * B + r0 + r) * H + k];
     }}
-    for (int b = 0; b < {blocks}; b++) {{
-        const float *W = P + {w_off} + (long)b * {k * panel_w};
-        const float *bias = P + {b_off} + b * {gate_w};
-        if (m == 1) {{
-            {one}
-        }} else {{
-            {many}
+    if (m == 1) {{
+        /* software-pipelined: block b + 1's GEMV is issued before block b's gates, so
+           the gates' arithmetic fills the gaps while the next panel streams in */
+        float *G2 = G + {gate_w};
+        {one("0", "G")}
+        for (int b = 0; b < {blocks}; b++) {{
+            float *g_now = (b & 1) ? G2 : G, *g_next = (b & 1) ? G : G2;
+            if (b + 1 < {blocks}) {{
+                {one("b + 1", "g_next")}
+            }}
+            gates{index}(b, 1, g_now, s_in, s_out, B, r0);
         }}
-        int j0 = b * U;
-        for (int r = 0; r < m; r++) {{
-            const float *g = G + r * {gate_w};
-            const float *h_in = s_in + ({index} * B + r0 + r) * H + j0;
-            float *h_out = s_out + ({index} * B + r0 + r) * H + j0;
-            if (b < {full})
-                cell(g, h_in, h_out{c_ptrs});
-            else
-                cell_part({rem}, g, h_in, h_out{c_ptrs});
+    }} else {{
+        for (int b = 0; b < {blocks}; b++) {{
+            const float *W = {w("b")}, *bias = {bias("b")};
+            {many}
+            gates{index}(b, m, G, s_in, s_out, B, r0);
         }}
     }}
 }}
