@@ -4,6 +4,11 @@ stateful single-step graph (several inputs, named outputs, states of any rank)."
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -688,3 +693,54 @@ def test_bench_on_a_wrapped_graph(graphs):
     assert "onnxruntime session.run" in format_report(report)
     unbatched = run_bench(graphs["unbatched"][1], cfg)
     assert unbatched["batched"] is None and any("no batch axis" in n for n in unbatched["notes"])
+
+
+# ----------------------------------------------------------------------------------
+# the README's example runs as written
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def readme_blocks(title: str) -> list[tuple[str, str]]:
+    """(language, text) of each fenced block in the README section `## title`."""
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    section = text[start : end if end > 0 else len(text)]
+    return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
+
+
+def _commands(sh: str) -> list[str]:
+    """Shell lines, continuations joined, comments kept for the exit-code check."""
+    return [line.strip() for line in sh.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_readme_graph_made_elsewhere_example_runs(tmp_path):
+    pytest.importorskip("torch")
+    blocks = readme_blocks("A graph made elsewhere")
+    assert [lang for lang, _ in blocks] == ["python", "sh", "python"]
+    script, shell, usage = (code for _, code in blocks)
+    name = script.splitlines()[0].lstrip("# ").split(":")[0]
+    (tmp_path / name).write_text(script)
+    rng = np.random.default_rng(0)
+    rows = ["low,mid,high,energy"] + [",".join(f"{v:.4f}" for v in r) for r in rng.random((20, 4))]
+    (tmp_path / "features.csv").write_text("\n".join(rows) + "\n")
+    for line in _commands(shell):
+        command, _, comment = line.partition("#")
+        words = shlex.split(command)
+        head = [sys.executable] if words[0] == "python" else [sys.executable, "-m", "edgernn"]
+        proc = subprocess.run(
+            head + words[1:], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        want = 1 if "exits 1" in comment else 0
+        assert proc.returncode == want, f"{line}\n{proc.stdout}\n{proc.stderr}"
+        if want == 1:
+            assert "--state state:stateN --const sr=VALUE" in proc.stdout
+    header = (tmp_path / "prob.csv").read_text().splitlines()[0]
+    assert header == "low,mid,high,energy,prob"
+    proc = subprocess.run(
+        [sys.executable, "-c", usage], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "['prob'] {'state': (2, 16)}" in proc.stdout
