@@ -173,8 +173,6 @@ typedef int vi __attribute__((vector_size(VW * 4), aligned(4)));
 #define ST(p, v) (*(vf *)(p) = (v))
 #define UNROLL _Pragma("GCC unroll 16")
 
-static inline vf vsplat(float x) { return (vf){0} + x; }
-
 static inline vf vselect(vi mask, vf a, vf b) {  /* mask ? a : b, lane by lane */
     return (vf)(((vi)a & mask) | ((vi)b & ~mask));
 }
@@ -197,41 +195,58 @@ static inline vf vmin(vf a, vf b) { return vselect(a < b, a, b); }
 static inline vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
 #endif
 
+/* Float arithmetic through these: GCC lowers float vector operators to NEON on ARMv7
+   only under -funsafe-math-optimizations (NEON flushes denormals to zero), and splits
+   them into scalar VFP code otherwise, so there they are NEON intrinsics. */
 #if defined(__ARM_NEON) && !defined(__aarch64__)
-/* ARMv7 NEON has no vector divide: a reciprocal estimate and two Newton steps */
+#define NF(v) ((float32x4_t)(v))
+static inline vf vsplat(float x) { return (vf)vdupq_n_f32(x); }
+static inline vf vadd(vf a, vf b) { return (vf)vaddq_f32(NF(a), NF(b)); }
+static inline vf vsub(vf a, vf b) { return (vf)vsubq_f32(NF(a), NF(b)); }
+static inline vf vmul(vf a, vf b) { return (vf)vmulq_f32(NF(a), NF(b)); }
+#if defined(__ARM_FEATURE_FMA)
+static inline vf vfma(vf acc, vf a, vf b) { return (vf)vfmaq_f32(NF(acc), NF(a), NF(b)); }
+#else
+static inline vf vfma(vf acc, vf a, vf b) { return (vf)vmlaq_f32(NF(acc), NF(a), NF(b)); }
+#endif
+/* no vector divide either: a reciprocal estimate and two Newton steps */
 static inline vf vdiv(vf p, vf q) {
-    float32x4_t r = vrecpeq_f32((float32x4_t)q);
-    r = vmulq_f32(r, vrecpsq_f32((float32x4_t)q, r));
-    r = vmulq_f32(r, vrecpsq_f32((float32x4_t)q, r));
-    return p * (vf)r;
+    float32x4_t r = vrecpeq_f32(NF(q));
+    r = vmulq_f32(r, vrecpsq_f32(NF(q), r));
+    r = vmulq_f32(r, vrecpsq_f32(NF(q), r));
+    return (vf)vmulq_f32(NF(p), r);
 }
 #else
+static inline vf vsplat(float x) { return (vf){0} + x; }
+static inline vf vadd(vf a, vf b) { return a + b; }
+static inline vf vsub(vf a, vf b) { return a - b; }
+static inline vf vmul(vf a, vf b) { return a * b; }
+static inline vf vfma(vf acc, vf a, vf b) { return acc + a * b; }  /* contracted to an FMA */
 static inline vf vdiv(vf p, vf q) { return p / q; }
 #endif
 
 /* tanh as a 13/6 rational function on [-7.9, 7.9] (the MLAS/Eigen constants, abs error
    < 4e-7); branch-free: the clamp is a min and a max, the division runs on every lane (q > 0). */
 static inline vf vtanh(vf x) {
-    const vf lim = vsplat(7.90531110763549805f);
-    x = vmax(vmin(x, lim), -lim);
-    vf x2 = x * x;
+    x = vmax(vmin(x, vsplat(7.90531110763549805f)), vsplat(-7.90531110763549805f));
+    vf x2 = vmul(x, x);
     vf p = vsplat(-2.76076847742355e-16f);
-    p = p * x2 + 2.00018790482477e-13f;
-    p = p * x2 + -8.60467152213735e-11f;
-    p = p * x2 + 5.12229709037114e-08f;
-    p = p * x2 + 1.48572235717979e-05f;
-    p = p * x2 + 6.37261928875436e-04f;
-    p = p * x2 + 4.89352455891786e-03f;
-    p = p * x;
+    p = vfma(vsplat(2.00018790482477e-13f), p, x2);
+    p = vfma(vsplat(-8.60467152213735e-11f), p, x2);
+    p = vfma(vsplat(5.12229709037114e-08f), p, x2);
+    p = vfma(vsplat(1.48572235717979e-05f), p, x2);
+    p = vfma(vsplat(6.37261928875436e-04f), p, x2);
+    p = vfma(vsplat(4.89352455891786e-03f), p, x2);
+    p = vmul(p, x);
     vf q = vsplat(1.19825839466702e-06f);
-    q = q * x2 + 1.18534705686654e-04f;
-    q = q * x2 + 2.26843463243900e-03f;
-    q = q * x2 + 4.89352518554385e-03f;
+    q = vfma(vsplat(1.18534705686654e-04f), q, x2);
+    q = vfma(vsplat(2.26843463243900e-03f), q, x2);
+    q = vfma(vsplat(4.89352518554385e-03f), q, x2);
     return vdiv(p, q);
 }
 
 /* sigmoid of a pre-halved gate: sigmoid(2 g) = tanh(g) / 2 + 1/2 */
-static inline vf vsigmoid_h(vf g) { return 0.5f * vtanh(g) + 0.5f; }
+static inline vf vsigmoid_h(vf g) { return vfma(vsplat(0.5f), vsplat(0.5f), vtanh(g)); }
 
 %GEMM%
 typedef struct {
@@ -253,10 +268,10 @@ static int all_finite(const float *v, long n) {
 static inline float dot16(const float *a, const float *w, int n) {
     vf s0 = vsplat(0.0f), s1 = vsplat(0.0f);
     for (int i = 0; i < n; i += 2 * VW) {
-        s0 += LD(a + i) * LD(w + i);
-        s1 += LD(a + i + VW) * LD(w + i + VW);
+        s0 = vfma(s0, LD(a + i), LD(w + i));
+        s1 = vfma(s1, LD(a + i + VW), LD(w + i + VW));
     }
-    s0 += s1;
+    s0 = vadd(s0, s1);
     float t = 0.0f;
     for (int l = 0; l < VW; l++) t += s0[l];
     return t;
@@ -274,9 +289,9 @@ static __attribute__((noinline)) void gemv{width}(
     vf acc[{width} / VW];
     UNROLL for (int v = 0; v < {width} / VW; v++) acc[v] = LD(bias + v * VW);
     for (int k = 0; k < K; k++) {{
-        const float x = a[k];
+        const vf x = vsplat(a[k]);
         const float *wk = w + (long)k * ldw;
-        UNROLL for (int v = 0; v < {width} / VW; v++) acc[v] += x * LD(wk + v * VW);
+        UNROLL for (int v = 0; v < {width} / VW; v++) acc[v] = vfma(acc[v], x, LD(wk + v * VW));
     }}
     UNROLL for (int v = 0; v < {width} / VW; v++) ST(g + v * VW, acc[v]);
 }}
@@ -307,20 +322,22 @@ static __attribute__((noinline)) void gemv_gru(
         z[v] = LD(bias + v * VW); r[v] = LD(bias + 16 + v * VW); n[v] = LD(bias + 32 + v * VW);
     }
     for (int k = 0; k < ks; k++) {
-        const float x = a[k];
+        const vf x = vsplat(a[k]);
         const float *wk = w + k * 48;
         UNROLL for (int v = 0; v < TV; v++) {
-            z[v] += x * LD(wk + v * VW); r[v] += x * LD(wk + 16 + v * VW);
-            n[v] += x * LD(wk + 32 + v * VW);
+            z[v] = vfma(z[v], x, LD(wk + v * VW));
+            r[v] = vfma(r[v], x, LD(wk + 16 + v * VW));
+            n[v] = vfma(n[v], x, LD(wk + 32 + v * VW));
         }
     }
     UNROLL for (int v = 0; v < TV; v++) { ST(g + 32 + v * VW, n[v]); n[v] = LD(bias + 48 + v * VW); }
     for (int k = ks; k < K; k++) {
-        const float x = a[k];
+        const vf x = vsplat(a[k]);
         const float *wk = w + k * 48;
         UNROLL for (int v = 0; v < TV; v++) {
-            z[v] += x * LD(wk + v * VW); r[v] += x * LD(wk + 16 + v * VW);
-            n[v] += x * LD(wk + 32 + v * VW);
+            z[v] = vfma(z[v], x, LD(wk + v * VW));
+            r[v] = vfma(r[v], x, LD(wk + 16 + v * VW));
+            n[v] = vfma(n[v], x, LD(wk + 32 + v * VW));
         }
     }
     UNROLL for (int v = 0; v < TV; v++) {
@@ -344,8 +361,8 @@ static void gemm(int m, int K, const float *A, int lda, const float *W, int ldw,
                 vf w[TV];
                 UNROLL for (int v = 0; v < TV; v++) w[v] = LD(W + (long)k * ldw + j + v * VW);
                 UNROLL for (int i = 0; i < GMR; i++) {
-                    const float x = a[(long)i * lda + k];
-                    UNROLL for (int v = 0; v < TV; v++) acc[i][v] += x * w[v];
+                    const vf x = vsplat(a[(long)i * lda + k]);
+                    UNROLL for (int v = 0; v < TV; v++) acc[i][v] = vfma(acc[i][v], x, w[v]);
                 }
             }
             UNROLL for (int i = 0; i < GMR; i++)
@@ -369,13 +386,13 @@ _CELL_BODIES = {
     "lstm": """
         vf i = vsigmoid_h(LD(g + u)), o = vsigmoid_h(LD(g + U + u));
         vf f = vsigmoid_h(LD(g + 2 * U + u)), cc = vtanh(LD(g + 3 * U + u));
-        vf c = f * LD(c_in + u) + i * cc;
+        vf c = vfma(vmul(f, LD(c_in + u)), i, cc);
         ST(c_out + u, c);
-        ST(h_out + u, o * vtanh(c));""",
+        ST(h_out + u, vmul(o, vtanh(c)));""",
     "gru": """
         vf z = vsigmoid_h(LD(g + u)), r = vsigmoid_h(LD(g + U + u));
-        vf n = vtanh(LD(g + 2 * U + u) + r * LD(g + 3 * U + u));
-        ST(h_out + u, n + z * (LD(h_in + u) - n));""",
+        vf n = vtanh(vfma(LD(g + 2 * U + u), r, LD(g + 3 * U + u)));
+        ST(h_out + u, vfma(n, z, vsub(LD(h_in + u), n)));""",
     "rnn_tanh": """
         ST(h_out + u, vtanh(LD(g + u)));""",
     "rnn_relu": """
