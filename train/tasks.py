@@ -75,8 +75,7 @@ def load_task_data(
     else:
         labels = [read_labels(p, cfg.label, cache_dir) for p in data.files]
         data.classes = class_names(labels, cfg.label)
-        index = {c: i for i, c in enumerate(data.classes)}
-        data.targets = [np.array([index[v] for v in col], dtype=np.int64) for col in labels]
+        data.targets = [class_indices(col, data.classes) for col in labels]
     for f, t, x in zip(data.files, data.targets, data.raw):
         if len(t) != len(x):  # the same rows of the same file: a changed file mid-read
             raise DataError(f"{f}: {len(t)} target rows for {len(x)} input rows; read again")
@@ -145,6 +144,13 @@ def class_names(labels: Sequence[np.ndarray], column: str) -> list[str]:
         raise DataError(f"label column {column!r} holds a single class ({only!r}): "
                         "nothing to classify")  # fmt: skip
     return names
+
+
+def class_indices(labels: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """Each label's position in `classes`: (T,) int64 (a lookup per distinct label)."""
+    distinct, inverse = np.unique(labels, return_inverse=True)
+    position = {c: i for i, c in enumerate(classes)}
+    return np.array([position[c] for c in distinct.tolist()], dtype=np.int64)[inverse.ravel()]
 
 
 # ------------------------------------------------------------------------ batches
