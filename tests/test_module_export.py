@@ -512,21 +512,29 @@ def test_readme_your_own_pytorch_model_examples_run(tmp_path, monkeypatch, capsy
     blocks = readme_blocks("Your own PyTorch model")
     python = [b for lang, b in blocks if lang == "python"]
     shell = [b for lang, b in blocks if lang == "sh"]
-    assert len(python) == 2 and len(shell) == 1
+    assert len(python) == 3 and len(shell) == 1
     (tmp_path / "gesture.py").write_text(python[0])
+    rows = randn(40, 6, seed=10)  # the reader's own IMU log
+    (tmp_path / "imu.csv").write_text(
+        "ax,ay,az,gx,gy,gz\n" + "".join(",".join(f"{v:.4f}" for v in r) + "\n" for r in rows)
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         exec(compile(python[1], "README.md", "exec"), {"__name__": "readme"})
         assert capsys.readouterr().out.startswith("wrote gesture.onnx: outputs y; states conv_buf")
         (tmp_path / "gesture.onnx").unlink()
-        commands = shell[0].replace("\\\n", " ").splitlines()
-        for command in commands:
-            code, out, err = cli(capsys, *shlex.split(command)[1:])
+        for command in shell[0].replace("\\\n", " ").splitlines():
+            code, out, err = cli(capsys, *shlex.split(command.split("#")[0])[1:])
             assert code == 0, err
         assert json.loads(props(tmp_path / "gesture.onnx")["classes"]) == [
             "idle", "wave", "tap", "shake",
         ]  # fmt: skip
+        with open(tmp_path / "probs.csv") as fh:
+            header = fh.readline().strip().split(",")
+        assert header[-5:] == ["p_idle", "p_wave", "p_tap", "p_shake", "label"]
+        exec(compile(python[2], "README.md", "exec"), {"__name__": "readme"})
+        assert capsys.readouterr().out.startswith("{'idle': ")
     finally:
         sys.modules.pop("gesture", None)
 
