@@ -317,6 +317,9 @@ def cmd_run(args) -> int:
 
     model = Model(args.model, backend=args.backend)
     detector = make_detector(model, args)
+    if not model.meta.is_forecaster and args.csv is None:  # live output is forecast-shaped
+        raise EdgernnError(f"live runs (--port, --mqtt) serve forecasters; {model.path} is task "
+                           f"{model.meta.task}: run it with --csv")  # fmt: skip
     if args.mqtt is not None:
         from edgernn.firmware_bridge.mqtt_run import run_mqtt
 
