@@ -166,8 +166,9 @@ def _save(graph, path, opset=17):
     return str(path)
 
 
-def gru_graph(path, seed=0):
-    """`x` [batch, F], `state` [1, batch, H] -> `y` [batch, 2], `score` [batch, 1], `stateN`."""
+def gru_graph(path, seed=0, n="N"):
+    """`x` [batch, F], `state` [1, batch, H] -> `y` [batch, 2], `score` [batch, 1], `stateN`
+    (n=1: a graph exported with a fixed batch of one)."""
     rng = np.random.default_rng(seed)
     w, r, b = _weights(rng, 1, 3 * H, F), _weights(rng, 1, 3 * H, H), _weights(rng, 1, 6 * H)
     w.name, r.name, b.name = "W", "R", "B"
@@ -190,11 +191,11 @@ def gru_graph(path, seed=0):
     ]
     graph = helper.make_graph(
         nodes, "third_party_gru",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", F]),
-         helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, "N", H])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2]),
-         helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1]),
-         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [1, "N", H])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, F]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, n, H])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, 2]),
+         helper.make_tensor_value_info("score", TensorProto.FLOAT, [n, 1]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [1, n, H])],
         [w, r, b, wo, ws, axes],
     )  # fmt: skip
     return _save(graph, path)
@@ -744,3 +745,57 @@ def test_readme_graph_made_elsewhere_example_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "['prob'] {'state': (2, 16)}" in proc.stdout
+
+
+def test_fixed_batch_graph_streams_one_at_a_time(tmp_path):
+    src = gru_graph(tmp_path / "fixed.onnx", n=1)
+    dst = str(tmp_path / "fixed.edgernn.onnx")
+    meta = wrap(src, dst, Declaration(states=[("state", "stateN")]))
+    assert meta.states[0].shape == (1, 1, H)  # no batch axis to mark: shapes as they are
+    model = Model(dst)
+    assert model.fixed_batch == 1 and not model.batchable
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((5, F)).astype(np.float32)
+    state = {"state": (0.5 * rng.standard_normal((1, 1, H))).astype(np.float32)}
+    want, _ = reference_loop(src, [("state", "stateN")], X[:, None], state)
+    stream = model.stream(state=state)
+    got = np.stack([stream.step(x) for x in X])
+    np.testing.assert_allclose(got, want["y"], rtol=1e-5, atol=1e-6)
+
+
+def _with_props(src: str, dst: str, **changes) -> str:
+    proto = onnx.load(src)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in changes.items()})
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, dst)
+    return dst
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"state": [{"input": "state", "output": "stateN", "shape": [1, "batch", 6]}]},
+         "state has shape"),
+        ({"state": [{"input": "hidden", "output": "stateN", "shape": [1, "batch", 5]}]},
+         "no input 'hidden'"),
+        ({"state": []}, "unexpected inputs \\['state'\\]"),
+        ({"outputs": [{"name": "y", "shape": ["batch", 3]}]}, "y has shape"),
+        ({"outputs": [{"name": "y", "shape": ["batch", 2]}, {"name": "z", "shape": [1]}]},
+         "no output 'z'"),
+        ({"input": "q"}, "no input 'q'"),
+        ({"channels": ["a", "b"]}, "x has shape"),
+        ({"consts": [{"name": "sr", "dtype": "float32", "shape": [1], "value": [1.0]}]},
+         "no input 'sr'"),
+    ],
+)  # fmt: skip
+def test_metadata_that_disagrees_with_the_graph_is_refused(graphs, tmp_path, backend, changes,
+                                                           message):  # fmt: skip
+    bad = _with_props(graphs["gru"][1], str(tmp_path / "bad.onnx"), **changes)
+    with pytest.raises(ModelFormatError, match=message) as info:
+        Model(bad, backend=backend)
+    assert "\n" not in str(info.value)
