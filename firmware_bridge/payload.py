@@ -64,6 +64,7 @@ class ChannelNames(PayloadError):
 class PayloadParser:
     def __init__(self, channels: Sequence[str]):
         self.channels = list(channels)
+        self._names = frozenset(self.channels)
         self._text = TextParser(self.channels)
 
     def parse(self, payload: bytes) -> list[Reading]:
@@ -85,19 +86,26 @@ class PayloadParser:
             return Reading(self._values(doc, "position"))
         if not isinstance(doc, dict):
             raise PayloadError("json", "neither an object nor an array")
-        names = [k for k in doc if k not in META_FIELDS]
-        missing = [c for c in self.channels if c not in doc]
-        if missing:
-            raise ChannelNames(missing, [n for n in names if n not in self.channels])
-        values = self._values([doc[c] for c in self.channels], "name")
-        ignored = tuple(n for n in names if n not in self.channels)
-        return Reading(values, _seq(doc), _time(doc), ignored)
+        try:
+            items = [doc[c] for c in self.channels]
+        except KeyError:
+            names = [k for k in doc if k not in META_FIELDS]
+            missing = [c for c in self.channels if c not in doc]
+            raise ChannelNames(missing, [n for n in names if n not in self.channels]) from None
+        ignored: tuple[str, ...] = ()
+        if len(doc) > len(self.channels):  # more than the channels: meta fields, or extras
+            ignored = tuple(k for k in doc if k not in META_FIELDS and k not in self._names)
+        return Reading(self._values(items, "name"), _seq(doc), _time(doc), ignored)
 
     def _values(self, items: list, how: str) -> np.ndarray:
         if how == "position" and len(items) != len(self.channels):
             raise PayloadError(
                 "width", f"{len(items)} values, the model has {len(self.channels)} channels"
             )
+        if all(type(v) is float or type(v) is int for v in items):  # the common case, fast
+            wide = np.array(items, dtype=np.float64)
+            wide[~(np.abs(wide) < 3.4e38)] = np.nan  # inf, NaN, beyond float32: invalid
+            return wide.astype(np.float32)
         out = np.empty(len(items), dtype=np.float32)
         for i, v in enumerate(items):
             if v is None:

@@ -17,6 +17,8 @@ Accounting per device, as the serial path does for one board:
 Sequence numbers (when the device sends them) give `missing` (gaps, handled by the
 gap policy: fill / reset / continue), `duplicates` (a redelivered sample, dropped)
 and `restarts` (the sequence went back: the device restarted; the state is reset).
+For a device that numbers its samples, samples + missing = what it sent: whatever was
+lost on the way (broker away, payloads dropped by overflow or rejected) is a gap.
 """
 
 from __future__ import annotations
