@@ -345,6 +345,12 @@ def _sample_layout(sample: Tensor, channels: Optional[list[str]]):
     if len(dims) == 1:
         return None, (n_features,), n_features
     first = dims[0]
+    if isinstance(first, int) and first != 1:
+        raise WrapError(
+            f"the sample input {sample.name!r} has a fixed batch of {first} "
+            f"({sample.describe()}); edgernn steps one sample per stream: export the graph "
+            "with a dynamic (or 1) batch"
+        )
     batch_sym = None if isinstance(first, int) else (first if first is not None else "")
     return batch_sym, (None, n_features), n_features
 

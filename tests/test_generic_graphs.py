@@ -763,6 +763,12 @@ def test_fixed_batch_graph_streams_one_at_a_time(tmp_path):
     np.testing.assert_allclose(got, want["y"], rtol=1e-5, atol=1e-6)
 
 
+def test_fixed_batch_above_one_refused(tmp_path):
+    src = gru_graph(tmp_path / "fixed4.onnx", n=4)
+    with pytest.raises(WrapError, match="fixed batch of 4"):
+        wrap(src, str(tmp_path / "w.onnx"), Declaration(states=[("state", "stateN")]))
+
+
 def _with_props(src: str, dst: str, **changes) -> str:
     proto = onnx.load(src)
     props = {p.key: p.value for p in proto.metadata_props}
