@@ -156,6 +156,41 @@ def test_decision_layer_turns_the_exported_classifier_into_gesture_events(gestur
     assert all(isinstance(e.start, float) and e.samples >= 5 for e in events)
 
 
+def read_rows(path: str) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_edgernn_run_writes_class_probabilities_and_labels(gesture_run, tmp_path):
+    from edgernn.cli import main
+
+    run, _, path = gesture_run
+    x, labels = gesture_stream(30, seed=99)
+    held = write_labelled(tmp_path / "held.csv", x, labels)
+    assert main(["run", path, "--csv", held, "-o", str(tmp_path / "out.csv")]) == 0
+    rows = read_rows(str(tmp_path / "out.csv"))
+    assert len(rows) == len(labels)
+    assert {f"p_{c}" for c in GESTURES} | {"label"} <= set(rows[0])
+    accuracy = np.mean([r["label"] == v for r, v in zip(rows, labels)])
+    majority = run.metrics["baseline_name"].split("(")[1].rstrip(")")
+    assert accuracy > np.mean([v == majority for v in labels]) + 0.25
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "numpy"])
+def test_runtime_model_streams_the_classifier_like_onnxruntime(gesture_run, backend):
+    from edgernn.runtime import Model
+
+    _, _, path = gesture_run
+    x, _ = gesture_stream(4, seed=98)
+    reference, _ = stream_graph(path, x)
+    stream = Model(path, backend=backend).stream()
+    probs = np.stack([stream.step(row) for row in x.astype(np.float32)])
+    np.testing.assert_allclose(probs, reference["probs"], atol=1e-5)
+    np.testing.assert_allclose(stream.outputs["logits"], reference["logits"][-1], atol=1e-4)
+
+
 def test_classifier_checkpoint_describes_itself(gesture_run):
     run, _, _ = gesture_run
     weights, meta, val_errors = load_checkpoint(run.out_dir)
@@ -219,6 +254,24 @@ def test_soft_sensor_beats_training_mean_on_held_out_data_after_export(tmp_path,
     rmse = np.sqrt(np.mean((outputs["y"][200:, 0] - truth) ** 2))
     mean_rmse = np.sqrt(np.mean((run.meta["target_norm"]["mean"][0] - truth) ** 2))
     assert rmse < 0.8 * mean_rmse, (rmse, mean_rmse)
+
+
+def test_cli_soft_sensor_train_export_run(tmp_path, capsys):
+    from edgernn.cli import main
+
+    names = ("a", "b", "quality", "noise")
+    train = write_csv(tmp_path / "train.csv", soft_sensor(1500, seed=0), names=names)
+    held_out = soft_sensor(600, seed=7)
+    held = write_csv(tmp_path / "held.csv", held_out, names=names)
+    run, model, out = (str(tmp_path / n) for n in ("run", "soft.onnx", "out.csv"))
+    assert main(["train", train, "--out", run, "--target", "quality", "--cell", "esn",
+                 "--hidden", "100", "--input-scale", "0.2"]) == 0  # fmt: skip
+    assert "better than predicting the training mean" in capsys.readouterr().err
+    assert main(["export", run, "-o", model]) == 0
+    assert main(["run", model, "--csv", held, "-o", out]) == 0
+    pred = np.array([float(r["quality_pred"]) for r in read_rows(out)])
+    truth = held_out[:, 2]
+    assert np.sqrt(np.mean((pred[200:] - truth[200:]) ** 2)) < 0.8 * np.std(truth[200:])
 
 
 def test_several_targets(tmp_path):
