@@ -56,12 +56,15 @@ def free_port() -> int:
 class Broker:
     """mosquitto on 127.0.0.1:PORT with a config file in a temp folder; restartable."""
 
-    def __init__(self, folder: Path, passwords: dict[str, str] | None = None):
+    def __init__(self, folder: Path, passwords: dict[str, str] | None = None,
+                 tls: tuple[Path, Path, Path] | None = None):  # fmt: skip
         self.port = free_port()
         self.folder = folder
         lines = [f"listener {self.port} 127.0.0.1"]
         if os.geteuid() == 0:
             lines.append("user root")  # else it drops to 'mosquitto', who cannot read tmp_path
+        if tls:
+            lines += [f"cafile {tls[0]}", f"certfile {tls[1]}", f"keyfile {tls[2]}"]
         if passwords:
             pw = folder / "passwd"
             pw.write_text("")
@@ -571,3 +574,97 @@ def run_main_err(main, argv) -> str:
     lines = buf.getvalue().strip().splitlines()
     assert lines and lines[-1].startswith("edgernn: error: ")
     return lines[-1]
+
+
+def test_state_file_resumes_every_device(broker, model_path, tmp_path):
+    """Stopped after 40 samples and started again: each device resumes its own state
+    and sequence, and its forecasts are those of one unbroken stream."""
+    from edgernn.runtime import Model
+    from edgernn.runtime.monitor import Monitor
+
+    state = tmp_path / "fleet.json"
+    x = {d: synthetic_signal(80, seed=i).astype(np.float32) for i, d in enumerate(("p", "q"))}
+    records: list[dict] = []
+    for part in (range(0, 40), range(40, 80)):
+        out = tmp_path / f"o{part.start}.jsonl"
+        run = InProcessRun(run_args(model_path, "--mqtt", broker.url("s/+"), "--no-publish",
+                                    "-o", str(out), "--state-file", str(state)))  # fmt: skip
+        pub = Client(broker)
+        for t in part:
+            for d in x:
+                pub.publish(f"s/{d}", sample_payload(x[d][t], t), 1)
+        wait_until(lambda: run.processed() == 2 * len(part), what="the samples")  # noqa: B023
+        run.stop()
+        pub.close()
+        records += read_jsonl(out)
+    assert json.loads(state.read_text())["fleet"]["devices"]["p"]["next_seq"] == 80
+    model = Model(model_path)
+    for d in x:
+        mine = [r for r in records if r["device"] == d]
+        assert [r["seq"] for r in mine] == list(range(80)) and not any("gap" in r for r in mine)
+        mon = Monitor(model)
+        want = np.array([mon.process(v)["forecast"] for v in x[d]])
+        got = np.array([[r["forecast"][c] for c in CHANNELS] for r in mine], np.float32)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_broker_not_there_yet_at_start(tmp_path, model_path):
+    """A gateway often boots before its broker: the run keeps trying, with backoff."""
+    b = Broker(tmp_path)
+    timer = threading.Timer(0.8, b.start)
+    timer.start()
+    try:
+        run = InProcessRun(run_args(model_path, "--mqtt", b.url("s/+"), "--no-publish", "-o",
+                                    str(tmp_path / "o.jsonl")))  # fmt: skip
+        pub = Client(b)
+        pub.publish("s/late", sample_payload(synthetic_signal(1)[0], 0), 1)
+        wait_until(lambda: run.processed() == 1, what="a sample")
+        c = run.stop()
+        pub.close()
+        assert c["input_link"]["failed_connects"] >= 1 and c["input_link"]["connects"] == 1
+    finally:
+        timer.join()
+        b.stop()
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (EC keys: fast)."""
+    ca, ca_key, crt, key = (folder / n for n in ("ca.pem", "ca.key", "server.pem", "server.key"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "1",
+        "-subj", "/CN=edgernn test CA")  # fmt: skip
+    csr = folder / "server.csr"
+    run("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    ext = folder / "san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(crt), "-days", "1", "-extfile", str(ext))  # fmt: skip
+    return ca, crt, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates")
+def test_tls_with_a_ca_file_and_an_unknown_certificate_refused(tmp_path, model_path):
+    from edgernn.cli import main
+
+    ca, crt, key = make_certificates(tmp_path)
+    b = Broker(tmp_path, tls=(ca, crt, key))
+    b.start()
+    try:
+        url = f"mqtts://127.0.0.1:{b.port}/s/+"
+        run = InProcessRun(run_args(model_path, "--mqtt", url, "--mqtt-ca", str(ca),
+                                    "--no-publish", "-o", str(tmp_path / "o.jsonl")))  # fmt: skip
+        pub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2)
+        pub.tls_set(ca_certs=str(ca))
+        pub.connect("127.0.0.1", b.port)
+        pub.loop_start()
+        pub.publish("s/secure", sample_payload(synthetic_signal(1)[0], 0), 1).wait_for_publish(5)
+        wait_until(lambda: run.processed() == 1, what="a sample over TLS")
+        run.stop()
+        pub.disconnect()
+        pub.loop_stop()
+        err = run_main_err(main, ["run", model_path, "--mqtt", url, "--no-publish", "-o",
+                                  str(tmp_path / "o2.jsonl")])  # fmt: skip
+        assert "TLS certificate not accepted" in err and "--mqtt-ca" in err
+    finally:
+        b.stop()
