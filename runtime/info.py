@@ -112,9 +112,10 @@ def format_description(d: dict[str, Any]) -> str:
     std = ", ".join(f"{v:.4g}" for v in d["normalisation"]["std"])
     lines.append(f"  norm mean    [{mean}]")
     lines.append(f"  norm std     [{std}]")
-    if d.get("metrics"):
-        mm, pp = d["metrics"].get("model", {}), d["metrics"].get("persistence", {})
-        if mm and pp:
+    metrics = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
+    mm, pp = metrics.get("model"), metrics.get("persistence")  # metadata: any JSON
+    if isinstance(mm, dict) and isinstance(pp, dict):
+        if all(isinstance(m.get("rmse"), (int, float)) for m in (mm, pp)):
             lines.append(
                 f"  validation   RMSE {mm['rmse']:.4f} vs persistence {pp['rmse']:.4f} (normalised)"
             )

@@ -201,7 +201,11 @@ def _value_info(buf, source: str) -> tuple[str, Optional[Shape]]:
 
 def _check_metadata_entry(buf, source: str) -> None:
     entry = {n: v for n, w, v in nb._fields(buf) if w == nb._LEN}
-    key = bytes(entry.get(1, b"")).decode("utf-8", "replace")
+    try:  # onnxruntime fails on (or crashes decoding) metadata that is not UTF-8
+        key = bytes(entry.get(1, b"")).decode("utf-8")
+        bytes(entry.get(2, b"")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelFormatError(f"{source}: a metadata entry is not UTF-8 text") from None
     raw = bytes(entry.get(2, b""))
     if key not in ("layers", "hidden", "state") or len(raw) > 1 << 20:
         return  # everything else (and malformed values) is metadata.py's to judge

@@ -441,6 +441,11 @@ def validate(meta: ModelMeta, source: str = "model") -> None:
 def _validate_forecaster(meta: ModelMeta, source: str) -> None:
     if meta.cell not in CELLS:
         raise ModelFormatError(f"{source}: unknown cell {meta.cell!r} in metadata")
+    if meta.cell == "rnn" and meta.nonlinearity not in ("tanh", "relu"):
+        raise ModelFormatError(
+            f"{source}: unknown rnn nonlinearity {str(meta.nonlinearity)[:20]!r} in metadata "
+            "(tanh or relu)"
+        )
     if meta.horizon < 1:
         raise ModelFormatError(f"{source}: horizon must be >= 1 in metadata, got {meta.horizon}")
     if meta.layers < 1 or meta.hidden < 1:

@@ -290,7 +290,7 @@ def parse_model(data: bytes, source: str = "model") -> OnnxModel:
                 metadata[entry.get(1, "")] = entry.get(2, "")
     except ModelFormatError as e:
         raise ModelFormatError(f"{source}: {e}") from e
-    except (ValueError, IndexError, UnicodeDecodeError, struct.error) as e:
+    except (ValueError, IndexError, TypeError, UnicodeDecodeError, struct.error) as e:
         raise ModelFormatError(f"{source} is not a readable ONNX model ({e})") from e
     if graph is None or not graph.nodes:
         raise ModelFormatError(f"{source} is not an ONNX model (no graph)")
@@ -539,6 +539,12 @@ class Interpreter:
                 self.nodes.append(node)
 
     def _exec(self, node: Node, env: dict) -> list:
+        missing = [i for i in node.inputs if i and i not in env]
+        if missing:  # a damaged graph: a node reads a name nothing produces
+            raise ModelFormatError(
+                f"{self.source}: node {node.name or node.op_type} reads {missing[0]!r}, "
+                "which no node, input or initializer provides"
+            )
         args = [env[i] if i else None for i in node.inputs]
         while args and args[-1] is None:
             args.pop()
