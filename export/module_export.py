@@ -252,8 +252,10 @@ class StreamingRNN(StandIn):
 class StreamingConv1d(StandIn):
     """A causal nn.Conv1d over the last (time) axis whose left zero padding, written
     either as F.pad before the conv or as the conv's own padding, is replaced by a
-    buffer of the last `span` inputs. Right zero padding is kept, so the idiom that
-    trims the right end afterwards still gets an output of the length it trims."""
+    buffer of the last `span` inputs. The idiom that trims the right end afterwards
+    gets an output of the length it trims: the real steps, then `right` zero columns in
+    place of the outputs that saw the right padding (the trim drops them; the check that
+    the stand-ins reproduce the module proves it does). So each step costs one output."""
 
     WRAPS = "conv"
 
@@ -262,6 +264,8 @@ class StreamingConv1d(StandIn):
         self.conv = conv
         self.span = conv_span(conv)
         self.right = right  # zero padding on the right: the conv's own padding
+        self.padding = conv.padding  # what the user's code reads (`y[..., :-conv.padding[0]]`)
+        conv.padding = (0,)  # the buffer is the padding now; calling the conv runs its hooks
         self.setup(path, prefix, carrier, ["buf"])
         self.state_shapes = [(None, conv.in_channels, self.span)]
 
@@ -278,10 +282,8 @@ class StreamingConv1d(StandIn):
         (buffer,) = ctx.enter(self)
         window = torch.cat([buffer, x[..., left:]], dim=-1)
         ctx.record(self, [window[..., window.shape[-1] - self.span :]])
-        if self.right:
-            window = F.pad(window, (0, self.right))
-        conv = self.conv
-        return F.conv1d(window, conv.weight, conv.bias, 1, 0, conv.dilation, conv.groups)
+        out = self.conv(window)  # one output per real step
+        return F.pad(out, (0, self.right)) if self.right else out
 
     def check_padding(self, left: int, length: int, steps: int) -> None:
         need = self.span - self.right
@@ -466,9 +468,8 @@ def call_module(module, x):
     except ExportError:
         raise
     except Exception as e:  # the user's code: any exception is possible
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ExportError(f"the module fails on an input of shape {list(x.shape)}: "
-                          f"{type(e).__name__}: {first}") from e  # fmt: skip
+                          f"{type(e).__name__}: {first_line(e)}") from e  # fmt: skip
 
 
 # --------------------------------------------------------------------- checks
@@ -533,8 +534,9 @@ def check_standins_match(pairs, standin_pairs, atol: float, rtol: float) -> None
     for (name, a), (_, b) in zip(pairs, standin_pairs):
         if (close_excess(b.numpy(), a.numpy(), atol, rtol) > 0).any():
             raise ExportError(
-                f"output {name!r} changes when the module's recurrent layers start from zeros: "
-                "it passes its own initial state (hx); the exported graph starts from zeros"
+                f"output {name!r} changes when the module's recurrent layers start from zeros "
+                "and its convs from zero padding: it passes its own initial state (hx; the "
+                "graph starts from zeros) or uses conv outputs that see the right padding"
             )
 
 
@@ -616,10 +618,31 @@ class Prepared:
         return [n for n, _ in self.pairs]
 
 
+def copy_module(module):
+    """A float32 CPU eval-mode copy to rewrite; the caller's module is never touched."""
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ExportError("a scripted (torch.jit) module cannot be rewritten; pass the Python "
+                          "nn.Module")  # fmt: skip
+    try:
+        work = copy.deepcopy(module)
+    except Exception as e:  # e.g. torch.nn.utils.weight_norm's non-leaf weight
+        raise ExportError(
+            f"the module cannot be copied ({type(e).__name__}: {first_line(e)[:120]}); with "
+            "torch.nn.utils.weight_norm, call torch.nn.utils.remove_weight_norm on each layer "
+            "first or use torch.nn.utils.parametrizations.weight_norm"
+        ) from e
+    return work.cpu().float().eval()
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def prepare(module, x, opts: Options) -> Prepared:
     """Refusals and the causality gate on a copy of the module, then its stand-ins, which
     must reproduce it from a zero state."""
-    work = copy.deepcopy(module).cpu().float().eval()
+    work = copy_module(module)
     refuse_structure(work)
     with torch.no_grad():
         pairs = flatten_outputs(call_module(work, x), opts.output_names)

@@ -623,3 +623,34 @@ def test_tcn_with_batchnorm_and_layer_attributes(tmp_path):
     outs, _ = stream(path, x.transpose(1, 0, 2))
     assert_close(outs["y"].transpose(1, 0, 2), ref)
     assert not model.training and not model.bn.training  # the caller's module is untouched
+
+
+def test_weight_norm_convs(tmp_path):
+    """parametrizations.weight_norm is computed from its parameters at every call (the
+    stand-in calls the conv itself); the old hook-based weight_norm cannot even be copied."""
+    import warnings
+
+    class Normed(nn.Module):
+        def __init__(self, norm):
+            super().__init__()
+            self.conv = norm(nn.Conv1d(3, 4, 3, padding=2))
+            self.gru = nn.GRU(4, 5, batch_first=True)
+
+        def forward(self, x):
+            return self.gru(self.conv(x.transpose(1, 2))[..., :-2].transpose(1, 2))[0]
+
+    torch.manual_seed(8)
+    model = Normed(nn.utils.parametrizations.weight_norm).eval()
+    with torch.no_grad():  # as load_state_dict would: only the parametrization's tensors change
+        model.conv.parametrizations.weight.original0.mul_(3.0)
+    export_module(model, torch.from_numpy(randn(1, 12, 3)), tmp_path / "w.onnx")
+    x = randn(2, 15, 3, seed=11)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    outs, _ = stream(tmp_path / "w.onnx", x.transpose(1, 0, 2))
+    assert_close(outs["y"].transpose(1, 0, 2), ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates the old weight_norm
+        old = Normed(nn.utils.weight_norm)
+    with pytest.raises(ExportError, match="cannot be copied .*remove_weight_norm"):
+        export_module(old, torch.from_numpy(randn(1, 12, 3)), tmp_path / "o.onnx")
