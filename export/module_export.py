@@ -240,7 +240,7 @@ class StreamingRNN(StandIn):
             b_ih = getattr(rnn, f"bias_ih_l{layer}") if rnn.bias else None
             b_hh = getattr(rnn, f"bias_hh_l{layer}") if rnn.bias else None
             gates = F.linear(x, w_ih, b_ih) + F.linear(h0[layer], w_hh, b_hh)
-            i, f, g, o = gates.chunk(4, dim=1)
+            i, f, g, o = gates.split(rnn.hidden_size, dim=1)  # static sizes: a plain Split
             c = torch.sigmoid(f) * c0[layer] + torch.sigmoid(i) * torch.tanh(g)
             h = F.linear(torch.sigmoid(o) * torch.tanh(c), getattr(rnn, f"weight_hr_l{layer}"))
             hs.append(h)

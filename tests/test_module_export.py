@@ -184,6 +184,11 @@ def test_lstm_with_proj_size(tmp_path):
     assert_close(outs["y"].transpose(1, 0, 2), ref.numpy())
     assert_close(final["lstm_h"], h.numpy())
     assert_close(final["lstm_c"], c.numpy())
+    # The projection is plain ops (ONNX's LSTM has none): the numpy interpreter runs it too.
+    from edgernn.runtime import Model
+
+    numpy_stream = Model(path, backend="numpy").stream(state={"lstm_h": h0, "lstm_c": c0}, batch=2)
+    assert_close(np.stack([numpy_stream.step(s) for s in x.transpose(1, 0, 2)]), outs["y"])
 
 
 class Inner(nn.Module):
