@@ -69,20 +69,13 @@ Tolerance = Union[float, tuple[float, float]]
 
 
 @dataclass
-class StateInfo:
-    input: str
-    output: str
-    shape: tuple  # None at the batch axis
-
-
-@dataclass
 class ModuleExportReport:
     """What export_module wrote and how closely the graph follows the module."""
 
     path: str
     input: str
     outputs: list[str]
-    states: list[StateInfo]
+    states: list[StateSpec]
     steps: int
     batch: int
     errors: dict[str, float] = field(default_factory=dict)  # max |graph - module| per name
@@ -611,7 +604,7 @@ class Prepared:
     standins: list
     pairs: list  # [(output name, its value on the example)]
     outputs: list  # [(output name, per-step shape)]
-    states: list[StateInfo]
+    states: list[StateSpec]
 
     @property
     def names(self) -> list[str]:
@@ -656,7 +649,7 @@ def prepare(module, x, opts: Options) -> Prepared:
     check_standins_match(pairs, standin_pairs, *DEFAULT_TOLERANCE)
     standins = [s for s in standins if s.path in entered]  # a layer never called has no state
     states = [
-        StateInfo(i, o, shape)
+        StateSpec(i, o, shape, "float32")
         for s in standins for i, o, shape in zip(s.state_inputs, s.state_outputs, s.state_shapes)
     ]  # fmt: skip
     clash = sorted(set(names) & {n for st in states for n in (st.input, st.output)})
@@ -708,7 +701,7 @@ def check_example(example, time_axis: int):
     return x
 
 
-def trace(wrapper, states: list[StateInfo], names: list[str], features: int, opset: int):
+def trace(wrapper, states: list[StateSpec], names: list[str], features: int, opset: int):
     """torch.onnx.export of the step wrapper, with a dynamic batch axis everywhere."""
     onnx = require("onnx")
     batch = 2  # not 1: a traced batch of one can bake broadcasting in
@@ -776,7 +769,7 @@ def build_props(prep: Prepared, x, opts: Options) -> dict:
             OutputSpec(name, s, tuple(columns) if i == 0 and columns is not None else None)
             for i, (name, s) in enumerate(outputs)
         ],
-        states=[StateSpec(s.input, s.output, s.shape, "float32") for s in states],
+        states=list(states),
         classes=list(classes) if task == "classify" else None,
         targets=targets,
         time_axis="time_first" if time_axis == 0 else "batch_first",
@@ -849,7 +842,7 @@ def parity_gate(prep: Prepared, graph_path: str, x, opts: Options):
     return errors, steps, batch
 
 
-def stream_graph(graph_path, seq, time_axis: int, names, states: list[StateInfo], state: dict):
+def stream_graph(graph_path, seq, time_axis: int, names, states: list[StateSpec], state: dict):
     """onnxruntime steps the graph over `seq`, feeding each step's next states back:
     ({output: array with the time axis where the module has it}, final states)."""
     ort = require("onnxruntime", extra="runtime")
