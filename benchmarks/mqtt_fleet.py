@@ -13,9 +13,13 @@ away never reached it and must show up as sequence gaps. Checked per device at t
 end: forecasts + missing == samples the device numbered (seq 0..N-1), nothing
 unaccounted; forecasts made while the broker was away wait in the run's buffer.
 
-Reports: samples/s, the run's CPU (from /proc: % of one core), the run's own latency
-(arrival -> forecast) and the end-to-end latency, batching (devices per model call),
-the restart (how long until reconnected, samples missing), buffer drops.
+Reports: samples/s, the run's CPU (from /proc over the publishing window: % of one
+core; and its CPU time per sample from start of publishing to exit, which says how
+many samples/s one core would serve), the run's own latency (arrival -> forecast)
+and the end-to-end latency, batching (devices per model call), the restart (how long
+until reconnected, samples missing), buffer drops, and the machine's load average:
+on a machine busy with other jobs the run gets less than a core, falls behind and
+the latencies grow while the accounting stays exact.
 
     .venv/bin/python benchmarks/mqtt_fleet.py                     # 64 x 100 Hz x 8, 30 s
     .venv/bin/python benchmarks/mqtt_fleet.py --devices 16 --seconds 10 --json out.json
@@ -38,6 +42,7 @@ import time
 import numpy as np
 
 NAMES = [f"ch{i}" for i in range(8)]
+DROPPED = "$SYS/broker/publish/messages/dropped"  # messages the broker itself gave up on
 
 
 def cpu_seconds(pid: int) -> float:
@@ -76,7 +81,7 @@ class Broker:
         self.port = free_port()
         self.conf = os.path.join(folder, "mosquitto.conf")
         with open(self.conf, "w") as f:
-            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nsys_interval 1\n"
                     + ("user root\n" if os.geteuid() == 0 else ""))  # fmt: skip
         self.log = os.path.join(folder, "mosquitto.log")
         self.proc = None
@@ -132,6 +137,18 @@ def publish_devices(port: int, devices: int, rate: float, seconds: float, channe
     result.update(samples_per_device=n, not_sent=lost, seconds=time.perf_counter() - t0)
 
 
+def wait_caught_up(watcher: Watcher, limit: float) -> None:
+    """Until no forecast has come back for 3 s: the run has worked off any backlog."""
+    deadline = time.monotonic() + limit
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        if watcher.count != last:
+            last, since = watcher.count, time.monotonic()
+        elif time.monotonic() - since > 3.0:
+            return
+        time.sleep(0.2)
+
+
 class Watcher:
     """Subscribes to the forecasts; end-to-end latency from each sample's ts."""
 
@@ -140,15 +157,23 @@ class Watcher:
 
         self.latencies: list[float] = []
         self.count = 0
+        self.broker_dropped = [0]  # $SYS counter, one entry per broker lifetime
         self.c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2)
         self.c.reconnect_delay_set(0.1, 0.5)
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("edgernn/+/forecast", 0)
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(
+            [("edgernn/+/forecast", 0), (DROPPED, 0)])  # fmt: skip
         self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
         self.measure = False
 
     def _on_message(self, c, u, msg) -> None:
+        if msg.topic == DROPPED:
+            value = int(msg.payload)
+            if value < self.broker_dropped[-1]:
+                self.broker_dropped.append(value)  # a new broker process counts from 0
+            self.broker_dropped[-1] = value
+            return
         self.count += 1
         if self.measure:
             doc = json.loads(msg.payload)
@@ -183,6 +208,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="PATH", help="also write the results here")
     a = ap.parse_args(argv)
 
+    load0 = os.getloadavg()  # other jobs on this machine: the figures depend on them
     folder = tempfile.mkdtemp(prefix="edgernn-mqtt-bench-")
     model = a.model or build_model(folder, a.channels)
     broker = Broker(folder)
@@ -221,9 +247,12 @@ def main(argv=None) -> int:
         cpu1, wall1 = cpu_seconds(run.pid), time.perf_counter()
         others1 = (cpu_seconds(pub.pid), cpu_seconds(broker.proc.pid), time.process_time())
         pub.join(a.seconds * 3 + 30)
-        time.sleep(2.0)  # the last forecasts come back
+        wait_caught_up(watcher, a.seconds * 10)
+        load = os.getloadavg()
         run.send_signal(signal.SIGTERM)
-        run.wait(60)
+        _, status, usage = os.wait4(run.pid, 0)
+        run.returncode = os.waitstatus_to_exitcode(status)
+        cpu_total = usage.ru_utime + usage.ru_stime  # all of the run's CPU, to its exit
         err.close()
         with open(summary) as f:
             s = json.load(f)
@@ -237,8 +266,13 @@ def main(argv=None) -> int:
 
     n = published["samples_per_device"]
     devices = s["devices"]
-    per_device_ok = all(d["processed"] + d["missing"] + d["invalid"] + d["duplicates"] == n
-                        and d["unaccounted"] == 0 for d in devices.values())  # fmt: skip
+    # What the run can know: every seq up to the last one it received is a forecast or a
+    # gap. Samples after a device's last received one (dropped by the broker while the
+    # run was behind at the very end) leave no trace in the run; counted here.
+    per_device_ok = all(d["processed"] + d["missing"] + d["invalid"] + d["duplicates"]
+                        == d["next_seq"] and d["unaccounted"] == 0
+                        for d in devices.values())  # fmt: skip
+    trailing = sum(n - d["next_seq"] for d in devices.values())
     t = s["totals"]
     out = {
         "devices": a.devices, "rate_hz": a.rate, "channels": a.channels,
@@ -247,11 +281,16 @@ def main(argv=None) -> int:
         "not_sent_by_publisher_broker_away": published["not_sent"],
         "forecasts": t["processed"],
         "missing_seq_gaps": t["missing"],
+        "after_last_received": trailing,
+        "broker_dropped_slow_consumer": sum(watcher.broker_dropped),
         "accounted_per_device": per_device_ok and len(devices) == a.devices,
         "unaccounted": t["unaccounted"],
         "overflow": t["overflow"], "rejected": t["rejected"],
         "samples_per_s": round(t["processed"] / (wall1 - wall0), 1),
         "run_cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / (wall1 - wall0), 1),
+        "run_cpu_us_per_sample": round((cpu_total - cpu0) / max(1, t["processed"]) * 1e6, 1),
+        "one_core_would_serve_samples_per_s": round(t["processed"] / max(1e-9, cpu_total - cpu0)),
+        "load_average_1min": {"start": round(load0[0], 2), "end": round(load[0], 2)},
         "other_cpu_percent": {
             k: round(100 * (b - a_) / (wall1 - wall0), 1)
             for k, a_, b in zip(("publisher", "broker", "subscriber"), others0, others1)

@@ -303,16 +303,23 @@ class MqttLink:
         self.availability = topic
         self._client.will_set(topic, b"offline", qos=1, retain=True)
 
-    def stop_input(self, timeout: float = 1.0) -> None:
-        """Unsubscribe and wait for the broker's acknowledgement: every message it sent
-        before is in the inbox then, so a last look at the inbox misses nothing."""
+    def stop_input(self) -> bool:
+        """Unsubscribe. The broker acknowledges after every message it sent before, so
+        once `input_stopped` is set the inbox holds all there will be. False if there
+        is nothing to wait for (not connected: nothing more can arrive)."""
         topic, self.subscription = self.subscription, None
-        if topic is None or not self.connected.is_set():
-            return
         self._unsubscribed.clear()
-        rc, _mid = self._client.unsubscribe(topic[0])
-        if rc == self._mqtt.MQTT_ERR_SUCCESS:
-            self._unsubscribed.wait(timeout)
+        if topic is not None and self.connected.is_set():
+            rc, _mid = self._client.unsubscribe(topic[0])
+            if rc == self._mqtt.MQTT_ERR_SUCCESS:
+                return True
+        self._unsubscribed.set()
+        return False
+
+    @property
+    def input_stopped(self) -> bool:
+        """The broker confirmed the unsubscription, or the connection is gone."""
+        return self._unsubscribed.is_set() or not self.connected.is_set()
 
     # -- callbacks (paho's network thread) ---------------------------------------------
     def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:

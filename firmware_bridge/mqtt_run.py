@@ -54,6 +54,7 @@ from edgernn.firmware_bridge.payload import ChannelNames, PayloadError, PayloadP
 from edgernn.runtime.output import _jsonable
 
 POLL_S = 0.05  # longest wait for a message: how fast the loop notices a stop request
+STOP_DRAIN_S = 10.0  # at a stop, longest wait for the messages sent before it
 STATE_FORMAT = 1
 SUMMARY_DEVICES = 50  # devices listed one per line in the summary (all in --summary-json)
 
@@ -492,8 +493,7 @@ class MqttRun:
     def _finish(self) -> None:
         self.notifier.stopping()
         try:
-            self.link.stop_input()
-            self._take(0)  # what arrived before the unsubscription still gets its forecasts
+            self._last_messages()
         finally:
             self.link.close()
             if self.out_link is not None and self.out_link is not self.link:
@@ -506,6 +506,20 @@ class MqttRun:
             if self.metrics is not None:
                 self.metrics.shutdown()
             self.notifier.close()
+
+    def _last_messages(self) -> None:
+        """Unsubscribe and work off what the broker sent before its acknowledgement
+        (a run that fell behind may have seconds of it in flight): every sample that
+        reached us gets its forecast. Bounded, so a stop request is honoured."""
+        self.link.stop_input()
+        deadline = time.monotonic() + STOP_DRAIN_S
+        while not (self.link.input_stopped and len(self.link.inbox) == 0):
+            if time.monotonic() > deadline:
+                note(f"stopping before the broker confirmed the unsubscription ({STOP_DRAIN_S:g} "
+                     "s): messages still on their way are not counted")  # fmt: skip
+                break
+            self._take(POLL_S)
+        self._take(0)
 
     # -- per message -----------------------------------------------------------------
     def _device(self, topic: str):

@@ -273,6 +273,7 @@ class Device:
             d["samples"] - d["processed"] - d["invalid"] - d["duplicates"] - d["queued"]
         )
         d["alert_open"] = self.open_alert is not None
+        d["next_seq"] = self.next_seq  # None for a device that does not number its samples
         return d
 
 
@@ -450,8 +451,8 @@ class Fleet:
         out: dict[str, int] = dict.fromkeys(keys + ["queued", "unaccounted", "alert_open"], 0)
         for dev in self.devices.values():
             for k, v in dev.summary().items():
-                if isinstance(v, (int, bool)) and not isinstance(v, dict):
-                    out[k] = out.get(k, 0) + int(v)
+                if k in out:
+                    out[k] += int(v)
         out["devices"] = len(self.devices)
         out["refused_devices"] = len(self.refused)
         return out
