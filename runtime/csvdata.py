@@ -3,7 +3,11 @@
 A time/date column (named time/timestamp/datetime/date, or non-numeric in the first
 data row) is skipped. Every other selected cell must be a finite number within float32
 range; a bad one is an error naming the file, the row (1-based line number in the file)
-and the column, or, with on_bad="skip", the row is skipped and counted.
+and the column, or, with on_bad="skip", the row is skipped and counted. So is a line
+that is not a CSV row at all (unterminated quote, invalid UTF-8, a cell over 128 KB,
+a line over 4 MB): each is one bad row, and the rest of the file is read. Blank lines
+are skipped and counted. `iter_csv` streams a file in chunks of rows (bounded memory);
+`read_csv` is all of its chunks in one Table.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import csv
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +42,8 @@ class Table:
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. label columns
     skipped_rows: list[int] = field(default_factory=list)  # line numbers skipped as bad
     lines: list[int] = field(default_factory=list)  # line number of every kept row
+    skip_reasons: dict[int, str] = field(default_factory=dict)  # line -> why it was skipped
+    blank_rows: list[int] = field(default_factory=list)  # blank lines (no data), skipped
 
     def __len__(self) -> int:
         return len(self.values)
@@ -74,52 +80,170 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def read_csv(
+# Rows are parsed one physical line at a time: a quote left open on one line is that
+# line's error and never swallows the lines after it (sensor logs have no multi-line
+# cells). Each line is decoded on its own, so one invalid byte is one bad row.
+MAX_LINE_BYTES = 4 << 20  # longer "lines" are binary junk, not rows
+CHUNK_ROWS = 65536
+
+
+class _OneLine:
+    """The csv reader's input: exactly the line handed to it, then nothing (StopIteration
+    ends the row instead of reading on into the next line)."""
+
+    def __init__(self):
+        self.line: str | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line, self.line = self.line, None
+        if line is None:
+            raise StopIteration
+        return line
+
+
+class _Lines:
+    """(line number, text or None, why not) for every physical line of a binary file,
+    each at most MAX_LINE_BYTES: memory stays bounded whatever the file holds."""
+
+    def __init__(self, fh, first_line_no: int):
+        self.fh, self.line_no = fh, first_line_no - 1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[int, str | None, str]:
+        raw = self.fh.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            raise StopIteration
+        self.line_no += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):  # discard the rest of the line
+                raw = self.fh.readline(MAX_LINE_BYTES)
+            return self.line_no, None, f"is over {MAX_LINE_BYTES >> 20} MB long"
+        try:
+            return self.line_no, raw.decode("utf-8"), ""
+        except UnicodeDecodeError:
+            return self.line_no, None, "is not UTF-8 text"
+
+
+def _parse_line(reader, feed: _OneLine, text: str) -> tuple[list[str] | None, str]:
+    """(cells, "") or (None, why the line is not a CSV row)."""
+    feed.line = text
+    try:
+        row = next(reader, [])
+    except csv.Error as e:
+        feed.line = None
+        why = str(e)
+        if "field larger than field limit" in why:
+            why = f"has a cell over {csv.field_size_limit() // 1024} KB"
+        return None, why
+    if any("\n" in c or "\r" in c for c in row):
+        return None, "has an unterminated quote"
+    return row, ""
+
+
+@dataclass
+class _Layout:
+    """What the header and the first data row decided, shared by every chunk."""
+
+    header: list[str]
+    delimiter: str
+    channels: list[str]
+    col_idx: list[int]
+    keep_idx: list[int]
+    time_col: int | None
+
+
+def iter_csv(
     path: str | os.PathLike,
     channels: Sequence[str] | None = None,
     ignore: Sequence[str] = (),
     keep: Sequence[str] = (),
     on_bad: str = "error",
-) -> Table:
-    """Read the numeric channels of a CSV file.
-
-    channels: the columns to use, in this order (default: every numeric column).
-    ignore: columns to drop. keep: columns (e.g. labels) returned in `Table.extra`
-    and never used as channels.
-    """
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[Table]:
+    """read_csv in bounded memory: the same validation, the rows yielded in file order
+    as Tables of at most `chunk_rows` kept rows each (skipped rows are reported in the
+    chunk they fall in). Every chunk has the same channels and time column."""
     path = os.fspath(path)
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
     try:
-        fh = open(path, newline="", encoding="utf-8-sig")
+        fh = open(path, "rb")
     except OSError as e:
         raise DataError(f"{path}: cannot open ({e.strerror})") from e
     with fh:
-        try:
-            first = fh.readline()
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not a text CSV file") from e
-        if not first.strip():
-            raise DataError(f"{path}: empty file (a header row is required)")
-        delim = sniff_delimiter(first)
-        header = [h.strip() for h in next(csv.reader([first], delimiter=delim))]
-        if len(set(header)) != len(header):
-            raise DataError(f"{path}: duplicate column names in header {header}")
-        if all(_is_number(h) for h in header if h):
-            raise DataError(f"{path}: line 1 looks like data, a header row with names is required")
-        try:
-            rows = list(csv.reader(fh, delimiter=delim))
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: unreadable CSV ({e})") from e
+        header, delim = _read_header(fh, path)
+        chunk = _Chunk(path)
+        layout: _Layout | None = None
+        reader_feed = _OneLine()
+        reader = csv.reader(reader_feed, delimiter=delim)
+        waiting: list[tuple[int, str]] = []  # bad/blank lines before the first data row
+        for line_no, text, why in _Lines(fh, first_line_no=2):
+            row = None
+            if text is not None:
+                row, why = _parse_line(reader, reader_feed, text)
+            if row is not None and not any(c.strip() for c in row):
+                # Blank lines carry no data: skipped in both modes, always counted.
+                chunk.blank(line_no, on_bad)
+                continue
+            if row is None:
+                if on_bad == "error":
+                    raise DataError(f"{path}: row {line_no} {why}")
+                if layout is None:
+                    waiting.append((line_no, why))
+                else:
+                    chunk.skip(line_no, why)
+                continue
+            if layout is None:
+                layout = _layout(path, header, delim, row, channels, ignore, keep)
+                chunk.start(layout)
+                for n, w in waiting:
+                    chunk.skip(n, w)
+            chunk.add(line_no, row, on_bad)
+            if len(chunk) >= chunk_rows:
+                yield chunk.table()
+                chunk = _Chunk(path, layout)
+        if layout is None:
+            if waiting:
+                raise DataError(f"{path}: no valid data rows")
+            raise DataError(f"{path}: no data rows after the header")
+        if len(chunk) or chunk.skipped or chunk.blanks or not chunk.yielded_any:
+            yield chunk.table()
 
-    rows_with_line = [(i + 2, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
-    if not rows_with_line:
-        raise DataError(f"{path}: no data rows after the header")
-    time_col = _find_time_column(header, rows_with_line[0][1])
+
+def _read_header(fh, path: str) -> tuple[list[str], str]:
+    raw = fh.readline(MAX_LINE_BYTES + 1)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        first = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a text CSV file") from e
+    if len(raw) > MAX_LINE_BYTES:
+        raise DataError(f"{path}: the header line is over {MAX_LINE_BYTES >> 20} MB long")
+    if not first.strip():
+        raise DataError(f"{path}: empty file (a header row is required)")
+    delim = sniff_delimiter(first)
+    try:
+        header = [h.strip() for h in next(csv.reader([first], delimiter=delim))]
+    except csv.Error as e:
+        raise DataError(f"{path}: unreadable CSV header ({e})") from e
+    if len(set(header)) != len(header):
+        raise DataError(f"{path}: duplicate column names in header {header[:20]}")
+    if all(_is_number(h) for h in header if h):
+        raise DataError(f"{path}: line 1 looks like data, a header row with names is required")
+    return header, delim
+
+
+def _layout(path, header, delim, first_row, channels, ignore, keep) -> _Layout:
+    time_col = _find_time_column(header, first_row)
     for name in list(ignore) + list(keep):
         if name not in header:
             raise DataError(f"{path}: no column {name!r} (columns: {', '.join(header)})")
-
     if channels is None:
         excluded = set(ignore) | set(keep) | ({header[time_col]} if time_col is not None else set())
         channels = [h for h in header if h not in excluded]
@@ -133,41 +257,131 @@ def read_csv(
             )
     if not channels:
         raise DataError(f"{path}: no numeric channels left to use")
-    col_idx = [header.index(c) for c in channels]
-    keep_idx = [header.index(k) for k in keep]
+    return _Layout(
+        header, delim, channels, [header.index(c) for c in channels],
+        [header.index(k) for k in keep], time_col,
+    )  # fmt: skip
 
-    values, extras, times, skipped, lines = [], [], [], [], []
-    for line_no, row in rows_with_line:
+
+class _Chunk:
+    """Rows of one chunk as they are validated: float32 values, never Python lists."""
+
+    def __init__(self, path: str, layout: _Layout | None = None):
+        self.path = path
+        self.values: list[float] = []  # the kept rows' values, flat (float32 in table())
+        self.extras: list[list[float]] = []
+        self.times: list[str] = []
+        self.lines: list[int] = []
+        self.skipped: list[int] = []
+        self.reasons: dict[int, str] = {}
+        self.blanks: list[int] = []
+        self.yielded_any = layout is not None
+        self.layout = layout
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def start(self, layout: _Layout) -> None:
+        self.layout = layout
+
+    def skip(self, line_no: int, why: str) -> None:
+        self.skipped.append(line_no)
+        self.reasons[line_no] = why
+
+    def blank(self, line_no: int, on_bad: str) -> None:
+        self.blanks.append(line_no)
+        if on_bad == "skip":  # reported with the skipped rows: one output row per input row
+            self.skip(line_no, "is blank")
+
+    def add(self, line_no: int, row: list[str], on_bad: str) -> None:
+        lay = self.layout
+        assert lay is not None
         try:
-            if len(row) != len(header):
+            if len(row) != len(lay.header):
                 raise DataError(
-                    f"{path}: row {line_no} has {len(row)} cells, the header has {len(header)}"
+                    f"{self.path}: row {line_no} has {len(row)} cells, the header has "
+                    f"{len(lay.header)}"
                 )
-            values.append([_cell(path, line_no, header, row, j) for j in col_idx])
-            extras.append([_cell(path, line_no, header, row, j) for j in keep_idx])
-            if time_col is not None:
-                times.append(row[time_col].strip())
-            lines.append(line_no)
-        except DataError:
+            values, extras = _fast_floats(row, lay.col_idx), _fast_floats(row, lay.keep_idx)
+            if values is None or extras is None:  # the slow path says which cell and why
+                values = [_cell(self.path, line_no, lay.header, row, j) for j in lay.col_idx]
+                extras = [_cell(self.path, line_no, lay.header, row, j) for j in lay.keep_idx]
+        except DataError as e:
             if on_bad == "error":
                 raise
-            if len(values) > len(extras):
-                values.pop()
-            skipped.append(line_no)
-    if not values:
-        raise DataError(f"{path}: no valid data rows")
-    arr = np.asarray(values, dtype=np.float32).reshape(len(values), len(channels))
-    ex = np.asarray(extras, dtype=np.float64).reshape(len(values), len(keep))
-    return Table(
-        path=path,
-        channels=channels,
-        values=arr,
-        time=times if time_col is not None else None,
-        time_column=header[time_col] if time_col is not None else None,
-        extra={k: ex[:, i] for i, k in enumerate(keep)},
-        skipped_rows=skipped,
-        lines=lines,
+            self.skip(line_no, str(e).split(": ", 1)[-1])
+            return
+        self.values.extend(values)
+        self.extras.append(extras)
+        if lay.time_col is not None:
+            self.times.append(row[lay.time_col].strip())
+        self.lines.append(line_no)
+
+    def table(self) -> Table:
+        lay = self.layout
+        assert lay is not None
+        n, c, k = len(self.lines), len(lay.channels), len(lay.keep_idx)
+        values = np.array(self.values, dtype=np.float32)
+        ex = np.asarray(self.extras, dtype=np.float64).reshape(n, k)
+        keep = [lay.header[j] for j in lay.keep_idx]
+        self.yielded_any = True
+        return Table(
+            path=self.path,
+            channels=list(lay.channels),
+            values=values.reshape(n, c),
+            time=self.times if lay.time_col is not None else None,
+            time_column=lay.header[lay.time_col] if lay.time_col is not None else None,
+            extra={name: ex[:, i] for i, name in enumerate(keep)},
+            skipped_rows=self.skipped,
+            lines=self.lines,
+            skip_reasons=self.reasons,
+            blank_rows=self.blanks,
+        )
+
+
+def read_csv(
+    path: str | os.PathLike,
+    channels: Sequence[str] | None = None,
+    ignore: Sequence[str] = (),
+    keep: Sequence[str] = (),
+    on_bad: str = "error",
+) -> Table:
+    """Read the numeric channels of a CSV file.
+
+    channels: the columns to use, in this order (default: every numeric column).
+    ignore: columns to drop. keep: columns (e.g. labels) returned in `Table.extra`
+    and never used as channels. on_bad="skip": rows that are not valid (bad cells, wrong
+    cell count, unterminated quote, invalid UTF-8, a cell over 128 KB) are skipped and
+    listed in `skipped_rows` with the reason in `skip_reasons`; blank lines are always
+    skipped and listed in `blank_rows` (and, when skipping, in `skipped_rows` too).
+    """
+    chunks = list(iter_csv(path, channels, ignore, keep, on_bad))
+    first = chunks[0]
+    table = Table(
+        path=first.path,
+        channels=first.channels,
+        values=np.concatenate([t.values for t in chunks]),
+        time=[v for t in chunks for v in t.time] if first.time is not None else None,
+        time_column=first.time_column,
+        extra={k: np.concatenate([t.extra[k] for t in chunks]) for k in first.extra},
+        skipped_rows=[n for t in chunks for n in t.skipped_rows],
+        lines=[n for t in chunks for n in t.lines],
+        skip_reasons={n: w for t in chunks for n, w in t.skip_reasons.items()},
+        blank_rows=[n for t in chunks for n in t.blank_rows],
     )
+    if not len(table):
+        raise DataError(f"{table.path}: no valid data rows")
+    return table
+
+
+def _fast_floats(row: list[str], idx: list[int]) -> list[float] | None:
+    """The cells as floats when every one is a finite float32 number, else None."""
+    try:
+        values = [float(row[j]) for j in idx]
+    except ValueError:
+        return None
+    # NaN fails every comparison, inf the range: both take the slow path
+    return values if all(-FLOAT32_MAX <= v <= FLOAT32_MAX for v in values) else None
 
 
 def _cell(path: str, line_no: int, header: list[str], row: list[str], j: int) -> float:
