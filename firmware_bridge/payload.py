@@ -6,6 +6,8 @@ A payload is one of
     ("seq" is an integer; "ts" or "time", a number or a string, is passed through to
     the output as "time", a number with a fraction as its exact decimal text);
   - a JSON array of values in model channel order: [21.5, 40.1];
+  - a batch, oldest first: an array of such objects, or an array of such arrays (a
+    device sending 10 samples per message costs the broker and us a tenth);
   - the text lines a serial device sends (`21.5,40.1` or `temp:21.5 hum:40.1`), one
     sample per line, parsed by the serial path's TextParser.
 
@@ -73,19 +75,26 @@ class PayloadParser:
             raise PayloadError("size", f"{len(payload)} bytes")
         head = payload.lstrip()[:1]
         if head in (b"{", b"["):
-            return [self._json(payload)]
+            return self._json(payload)
         return self._lines(payload)
 
     # -- JSON ----------------------------------------------------------------------
-    def _json(self, payload: bytes) -> Reading:
+    def _json(self, payload: bytes) -> list[Reading]:
         try:
             doc = json.loads(payload)
         except (ValueError, UnicodeDecodeError) as e:
             raise PayloadError("json", str(e)[:80]) from None
-        if isinstance(doc, list):
-            return Reading(self._values(doc, "position"))
-        if not isinstance(doc, dict):
-            raise PayloadError("json", "neither an object nor an array")
+        if isinstance(doc, dict):
+            return [self._object(doc)]
+        if not isinstance(doc, list) or not doc:
+            raise PayloadError("json", "neither an object nor a non-empty array")
+        if all(isinstance(d, dict) for d in doc):  # a batch of samples, oldest first
+            return [self._object(d) for d in doc]
+        if all(isinstance(d, list) for d in doc):
+            return [Reading(self._values(d, "position")) for d in doc]
+        return [Reading(self._values(doc, "position"))]
+
+    def _object(self, doc: dict) -> Reading:
         try:
             items = [doc[c] for c in self.channels]
         except KeyError:

@@ -80,6 +80,7 @@ class Result:
     device: Device
     record: dict[str, Any]
     latency: float  # seconds from arrival to forecast
+    forecast: Optional[np.ndarray] = None  # (C,) float32: the record's forecast as an array
 
 
 # -- the batched stream ------------------------------------------------------------------
@@ -382,7 +383,7 @@ class Fleet:
         self.batched_samples += len(ready)
         now = time.perf_counter()
         return [
-            Result(d, self._process(d, s, y, reset), now - s.t_recv)
+            Result(d, self._process(d, s, y, reset), now - s.t_recv, y)
             for d, s, y, reset in zip(ready, samples, Y, resets)
         ]
 

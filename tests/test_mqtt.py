@@ -258,12 +258,16 @@ def test_payload_forms_and_rejects():
     assert r.values.tolist() == [1.0, 2.5, -3.0] and r.seq == 7 and r.ignored == ("x",)
     assert r.time == "2024-01-01T00:00:00"
     assert p.parse(b"[1, 2, 3]")[0].values.tolist() == [1, 2, 3]
+    batch = p.parse(b'[{"a": 1, "b": 2, "c": 3, "seq": 8}, {"a": 4, "b": 5, "c": 6, "seq": 9}]')
+    assert [(r.seq, r.values.tolist()) for r in batch] == [(8, [1, 2, 3]), (9, [4, 5, 6])]
+    assert [r.values.tolist() for r in p.parse(b"[[1, 2, 3], [4, 5, 6]]")] == [[1, 2, 3], [4, 5, 6]]
     assert [x.values.tolist() for x in p.parse(b"1,2,3\nc:3 a:1 b:2\n")] == [[1, 2, 3]] * 2
     assert np.isnan(p.parse(b'{"a": null, "b": 1, "c": 2}')[0].values[0])  # a gap, not a reject
     with pytest.raises(ChannelNames) as e:
         p.parse(b'{"temp": 1, "a": 2}')
     assert e.value.missing == ["b", "c"] and e.value.unknown == ["temp"]
-    for bad, reason in ((b"{nope", "json"), (b"[1, 2]", "width"), (b'{"a": "x", "b": 1, "c": 1}',
+    for bad, reason in ((b"{nope", "json"), (b"[1, 2]", "width"), (b"[]", "json"),
+                        (b'[[1, 2, 3], {"a": 1}]', "width"), (b'"text"', "text"), (b'{"a": "x", "b": 1, "c": 1}',
                         "value"), (b'{"a": 1, "b": 1, "c": 1, "seq": -1}', "seq"),
                         (b"hello", "text"), (b"  ", "empty"), (b"7", "text")):  # fmt: skip
         with pytest.raises(PayloadError) as e:
