@@ -293,6 +293,13 @@ def bench_single(
         r["ratio_to_edgernn"] = r["p50_us"] / ref
         if name in agreement:
             r["max_abs_diff"] = agreement[name]
+    c_floor = None
+    if "c" in models:  # the bare C step against one pass over its weights, timed in C
+        from edgernn.runtime import cfloor
+
+        c_floor = cfloor.bench_entry(
+            models["c"], results["edgernn (c)"]["p50_us"], rounds=min(400, 40 * cfg.rounds)
+        )
     return {
         "model": label,
         "path": path,
@@ -304,6 +311,7 @@ def bench_single(
         "macs_per_sample": macs_per_sample(meta) if not auto.generic else None,
         "edgernn_backend": auto.backend,
         "results": results,
+        "c_floor": c_floor,
     }
 
 
@@ -530,6 +538,9 @@ def format_report(report: dict) -> str:
                 f"{entry['model']:<14} {name:<28} {r['p50_us']:8.2f} {r['p99_us']:8.2f} "
                 f"{r['samples_per_s']:10,.0f} {r['ratio_to_edgernn']:9.2f} {diff:>9}"
             )
+    from edgernn.runtime.cfloor import format_section
+
+    lines += format_section(report["single"])
     b = report["batched"]
     if b is not None:
         lines += [

@@ -30,8 +30,11 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 _TIMING = r"""
 #include <time.h>
 
-/* its own vector type: the step's source may name its own differently */
-#if defined(__AVX__)
+/* its own vector type, the widest the target has (the step's source may name its own
+   differently) */
+#if defined(__AVX512F__)
+#define FLOOR_VW 16
+#elif defined(__AVX__)
 #define FLOOR_VW 8
 #else
 #define FLOOR_VW 4
@@ -218,3 +221,41 @@ def measure_floor(
         step_rounds_us=step_rounds,
         floor_rounds_us=floor_rounds,
     )
+
+
+# ----------------------------------------------------------------------------------
+# the `edgernn bench` section
+
+
+def bench_entry(model, stream_step_p50_us: Optional[float], rounds: int) -> dict:
+    """The floor figures for one loaded c-backend Model, plus how much Stream.step (its
+    measured p50) adds over the bare C step."""
+    result = measure_floor(model._engine.net, rounds=rounds)
+    entry = result.as_dict()
+    if stream_step_p50_us is not None:
+        entry["stream_overhead_us"] = stream_step_p50_us - result.step_us
+    return entry
+
+
+def format_section(single: list[dict]) -> list[str]:
+    """Report lines for the entries of `edgernn bench` that carry a "c_floor"."""
+    rows = [e for e in single if e.get("c_floor")]
+    if not rows:
+        return []
+    flags = " ".join(rows[0]["c_floor"]["flags"])
+    lines = [
+        "",
+        f"C step against the L2 floor: batch 1, timed in C ({flags}), the floor being one "
+        "pass over the weights",
+        f"{'model':<14} {'C step µs':>9} {'floor µs':>9} {'ratio':>6} {'weights KB':>10} "
+        f"{'floor GB/s':>10} {'Stream.step +µs':>15}",
+    ]
+    for e in rows:
+        f = e["c_floor"]
+        extra = f.get("stream_overhead_us")
+        lines.append(
+            f"{e['model']:<14} {f['step_us']:9.3f} {f['floor_us']:9.3f} {f['ratio']:6.2f} "
+            f"{f['weight_bytes'] / 1024:10.1f} {f['floor_gb_s']:10.1f} "
+            f"{'-' if extra is None else f'{extra:.2f}':>15}"
+        )
+    return lines

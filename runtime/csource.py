@@ -31,7 +31,7 @@ from edgernn.runtime.numpy_backend import Network
 
 ROWS = 16  # batch rows processed per chunk: gates for 16 rows stay in L1
 NR = 16  # padding unit (floats) of every panel width, hidden block and head row
-MR = 8  # most rows per batched GEMM tile (fewer on 16-register targets, see the C)
+MR = 6  # rows per batched GEMM tile (GMR in the C)
 UNITS = 16  # hidden units per block for LSTM and GRU (4 x 16 = 64 GEMV columns)
 GATES = {"lstm": 4, "gru": 4, "rnn": 1}  # gate blocks in G (GRU: z, r, n_x, n_h)
 PANEL_GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight columns per unit (GRU: 3H)
@@ -151,9 +151,12 @@ def scratch_size(net: Network) -> int:
 # code generation: the target-independent prelude
 
 _PRELUDE = r"""
-/* Vector width from the target: 8 floats with AVX, else 4 (SSE2, NEON; scalar code the
-   compiler splits up where there is no SIMD). 32 registers on AVX-512 and AArch64. */
-#if defined(__AVX__)
+/* Vector width from the target: 16 floats with AVX-512, 8 with AVX, else 4 (SSE2, NEON;
+   scalar code the compiler splits up where there is no SIMD). 32 registers on AVX-512
+   and AArch64. */
+#if defined(__AVX512F__)
+#define VW 16
+#elif defined(__AVX__)
 #define VW 8
 #else
 #define VW 4
@@ -164,8 +167,8 @@ _PRELUDE = r"""
 #define NREG 16
 #endif
 #define PW (NREG * VW / 2)   /* GEMV columns per pass: accumulators fill half the registers */
-#define TV (16 / VW)         /* vectors per 16-column tile */
-#define GMR ((NREG - TV - 1) / TV < 8 ? (NREG - TV - 1) / TV : 8)  /* rows per GEMM tile */
+#define TV (16 / VW)         /* vectors per 16 columns */
+#define GMR 6                /* rows per GEMM tile (x 4 or 2 vectors: 24 or 12 accumulators) */
 
 typedef float vf __attribute__((vector_size(VW * 4), aligned(4)));
 typedef int vi __attribute__((vector_size(VW * 4), aligned(4)));
@@ -178,7 +181,11 @@ static inline vf vselect(vi mask, vf a, vf b) {  /* mask ? a : b, lane by lane *
 }
 
 /* lane-wise min and max as one instruction where there is one (the clamp in vtanh) */
-#if defined(__AVX__)
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline vf vmin(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
+static inline vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
+#elif defined(__AVX__)
 #include <immintrin.h>
 static inline vf vmin(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
 static inline vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
@@ -267,10 +274,12 @@ static int all_finite(const float *v, long n) {
 /* sum of a[i] * w[i] over n floats, n a multiple of 16 */
 static inline float dot16(const float *a, const float *w, int n) {
     vf s0 = vsplat(0.0f), s1 = vsplat(0.0f);
-    for (int i = 0; i < n; i += 2 * VW) {
+    int i = 0;
+    for (; i + 2 * VW <= n; i += 2 * VW) {
         s0 = vfma(s0, LD(a + i), LD(w + i));
         s1 = vfma(s1, LD(a + i + VW), LD(w + i + VW));
     }
+    for (; i < n; i += VW) s0 = vfma(s0, LD(a + i), LD(w + i));  /* VW = 16, n odd x 16 */
     s0 = vadd(s0, s1);
     float t = 0.0f;
     for (int l = 0; l < VW; l++) t += s0[l];
@@ -346,38 +355,64 @@ static __attribute__((noinline)) void gemv_gru(
 }
 
 /* G[m, nc] (row stride ldg) = bias + A[m, K] (row stride lda) @ W[K, nc] (row stride
-   ldw), nc a multiple of 16. A tile of GMR rows x 16 columns keeps GMR * TV accumulators
-   in registers for the whole K loop (the compiler does not find this blocking). */
+   ldw), nc a multiple of 16, in column tiles of 4, 2 or 1 vectors (gemm_t*). */
 static void gemm(int m, int K, const float *A, int lda, const float *W, int ldw, int nc,
                  const float *bias, float *G, int ldg) {
-    for (int j = 0; j < nc; j += 16) {
-        int r = 0;
-        for (; r + GMR <= m; r += GMR) {
-            vf acc[GMR][TV];
-            UNROLL for (int i = 0; i < GMR; i++)
-                UNROLL for (int v = 0; v < TV; v++) acc[i][v] = LD(bias + j + v * VW);
-            const float *a = A + (long)r * lda;
-            for (int k = 0; k < K; k++) {
-                vf w[TV];
-                UNROLL for (int v = 0; v < TV; v++) w[v] = LD(W + (long)k * ldw + j + v * VW);
-                UNROLL for (int i = 0; i < GMR; i++) {
-                    const vf x = vsplat(a[(long)i * lda + k]);
-                    UNROLL for (int v = 0; v < TV; v++) acc[i][v] = vfma(acc[i][v], x, w[v]);
-                }
-            }
-            UNROLL for (int i = 0; i < GMR; i++)
-                UNROLL for (int v = 0; v < TV; v++)
-                    ST(G + (long)(r + i) * ldg + j + v * VW, acc[i][v]);
-        }
-        for (; r < m; r++)
-            gemv16(K, A + (long)r * lda, W + j, ldw, bias + j, G + (long)r * ldg + j);
-    }
+    int j = 0;
+#if NREG == 32
+    for (; j + 4 * VW <= nc; j += 4 * VW) gemm_t4(m, K, A, lda, W + j, ldw, bias + j, G + j, ldg);
+#endif
+    for (; j + 2 * VW <= nc; j += 2 * VW) gemm_t2(m, K, A, lda, W + j, ldw, bias + j, G + j, ldg);
+    for (; j + VW <= nc; j += VW) gemm_t1(m, K, A, lda, W + j, ldw, bias + j, G + j, ldg);
 }
 """
 
 
+def _gemm_tile(nv: int) -> str:
+    """Columns [0, nv * VW) of G for every row: a tile of GMR rows keeps GMR * nv
+    accumulators in registers for the whole K loop, each weight vector loaded once per
+    GMR rows (the compiler does not find this blocking by itself). 4 vectors on
+    32-register targets, else 2: the most multiply-adds per load that fit."""
+    return f"""
+static __attribute__((noinline)) void gemm_t{nv}(
+        int m, int K, const float *restrict A, int lda, const float *restrict W, int ldw,
+        const float *restrict bias, float *restrict G, int ldg) {{
+    int r = 0;
+    for (; r + GMR <= m; r += GMR) {{
+        vf acc[GMR][{nv}];
+        UNROLL for (int i = 0; i < GMR; i++)
+            UNROLL for (int v = 0; v < {nv}; v++) acc[i][v] = LD(bias + v * VW);
+        const float *a = A + (long)r * lda;
+        for (int k = 0; k < K; k++) {{
+            vf w[{nv}];
+            UNROLL for (int v = 0; v < {nv}; v++) w[v] = LD(W + (long)k * ldw + v * VW);
+            UNROLL for (int i = 0; i < GMR; i++) {{
+                const vf x = vsplat(a[(long)i * lda + k]);
+                UNROLL for (int v = 0; v < {nv}; v++) acc[i][v] = vfma(acc[i][v], x, w[v]);
+            }}
+        }}
+        UNROLL for (int i = 0; i < GMR; i++)
+            UNROLL for (int v = 0; v < {nv}; v++)
+                ST(G + (long)(r + i) * ldg + v * VW, acc[i][v]);
+    }}
+    for (; r < m; r++) {{
+        vf acc[{nv}];
+        UNROLL for (int v = 0; v < {nv}; v++) acc[v] = LD(bias + v * VW);
+        const float *a = A + (long)r * lda;
+        for (int k = 0; k < K; k++) {{
+            const vf x = vsplat(a[k]);
+            UNROLL for (int v = 0; v < {nv}; v++)
+                acc[v] = vfma(acc[v], x, LD(W + (long)k * ldw + v * VW));
+        }}
+        UNROLL for (int v = 0; v < {nv}; v++) ST(G + (long)r * ldg + v * VW, acc[v]);
+    }}
+}}
+"""
+
+
 def _gemm_source() -> str:
-    return "".join(_gemv_kernel(w) for w in (16, 32, 64)) + _GEMM
+    kernels = [_gemv_kernel(w) for w in (16, 32, 64)] + [_gemm_tile(nv) for nv in (1, 2, 4)]
+    return "".join(kernels) + _GEMM
 
 
 # One block of U units, every lane a vector: g holds the block's gates (each U wide),

@@ -59,6 +59,11 @@ def test_bench_cli_on_a_model_file(exported_models, tmp_path):
     for name in report["single"][0]["results"]:
         assert name in table
     assert "GEMM" in table and "RSS" in table
+    floor = report["single"][0]["c_floor"]
+    if "edgernn (c)" in report["single"][0]["results"]:  # the C step against the L2 floor
+        assert floor["step_us"] > 0 and floor["floor_us"] > 0 and "L2 floor" in table
+    else:
+        assert floor is None
 
 
 def test_bench_reference_models_include_torch_and_window():
