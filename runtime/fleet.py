@@ -23,6 +23,7 @@ lost on the way (broker away, payloads dropped by overflow or rejected) is a gap
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -303,6 +304,9 @@ class Fleet:
         self.ticks = 0
         self.batched_samples = 0  # samples stepped in ticks (vs. imputed out of band)
         self._monitor_class = monitor_class
+        # A Monitor that takes each sample's timestamp (time-of-day baselines, event times)
+        # gets the device's "ts"/"time".
+        self._monitor_takes_time = "time" in inspect.signature(monitor_class.process).parameters
         self._saved: dict[str, dict] = {}  # states of devices not seen yet this run
         axes = _state_axes(model)
         if model.fixed_batch is not None and model.fixed_batch > 1:
@@ -422,7 +426,10 @@ class Fleet:
 
     def _process(self, dev: Device, s: Sample, forecast: np.ndarray, reset: bool) -> dict:
         dev.stream.prime(forecast)
-        result = dev.monitor.process(s.values)
+        if s.time is not None and self._monitor_takes_time:
+            result = dev.monitor.process(s.values, time=s.time)  # the detector's clock
+        else:
+            result = dev.monitor.process(s.values)
         dev.counters.processed += 1
         record: dict[str, Any] = {"device": dev.name, "seq": s.seq}
         if s.time is not None:

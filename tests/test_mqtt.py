@@ -275,6 +275,36 @@ def test_payload_forms_and_rejects():
         assert e.value.reason == reason, bad
 
 
+def test_fleet_sequence_accounting_and_device_time(model_path):
+    """Duplicates dropped, small gaps filled, a long gap resets, seq 0 again is a device
+    restart; a Monitor that takes timestamps gets each sample's."""
+    from edgernn.runtime import Model
+    from edgernn.runtime.fleet import Fleet
+    from edgernn.runtime.monitor import Monitor
+
+    seen = []
+
+    class TimedMonitor(Monitor):
+        def process(self, x, imputed=False, time=None):
+            seen.append(time)
+            return super().process(x, imputed)
+
+    fleet = Fleet(Model(model_path), on_gap="fill", gap_fill=2, monitor_class=TimedMonitor)
+    dev = fleet.device("d")
+    x = synthetic_signal(20).astype(np.float32)
+    for i, seq in enumerate((0, 1, 2, 2, 5, 6, 12, 0, 1)):
+        fleet.receive(dev, x[i], seq, 1733040000 + i, time.perf_counter())
+    records = [r.record for r in fleet.drain()]
+    c = dev.summary()
+    assert [r["seq"] for r in records] == [0, 1, 2, 5, 6, 12, 0, 1]
+    assert (c["samples"], c["processed"], c["duplicates"], c["missing"]) == (9, 8, 1, 7)
+    assert (c["filled"], c["gap_resets"], c["restarts"], c["unaccounted"]) == (2, 1, 1, 0)
+    assert records[3]["gap"] == 2 and "reset" not in records[3]
+    assert records[5]["gap"] == 5 and records[5]["reset"] == 1 and records[6]["reset"] == 1
+    assert [t for t in seen if t is not None] == [1733040000 + i for i in (0, 1, 2, 4, 5, 6, 7, 8)]
+    assert seen.count(None) == 2  # the two filled samples: imputed, no time of their own
+
+
 def test_systemd_notify_ready_and_watchdog(tmp_path):
     from edgernn.systemd import Notifier
 
