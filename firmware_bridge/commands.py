@@ -11,6 +11,7 @@ import sys
 
 from edgernn.argtypes import nonempty_csv_list, positive_float
 from edgernn.errors import InputError
+from edgernn.runtime.liveview import printable
 
 DRAIN_S = 2.0  # at the end, how long the reader gets to take the last frames
 
@@ -85,7 +86,11 @@ def cmd_ports(args) -> int:
         print(f"no serial ports found{hidden}", file=sys.stderr)
         return 0
     rows = [("DEVICE", "USB ID", "SERIAL", "DESCRIPTION")]
-    rows += [(p.device, p.usb_id, p.serial_number or "", p.description) for p in ports]
+    # USB descriptors are device-supplied text: escaped before they reach the terminal.
+    rows += [
+        tuple(printable(v) for v in (p.device, p.usb_id, p.serial_number or "", p.description))
+        for p in ports
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])

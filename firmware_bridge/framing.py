@@ -286,7 +286,11 @@ class Decoder:
                 break
             line = bytes(buf[self._txt_scan : end])
             self._txt_scan = end + 1
-            ok = b"\x00" not in line and self._probe.parse(line) is not None
+            ok = (
+                len(line) <= MAX_LINE
+                and b"\x00" not in line
+                and self._probe.parse(line) is not None
+            )
             if ok and self._prev_line_ok:
                 self.mode = "text"
             self._prev_line_ok = ok
@@ -319,7 +323,9 @@ class Decoder:
                 break
             line = bytes(self._buf[:end])
             del self._buf[: end + 1]
-            if self._overlong:
+            # Too long whether it arrived whole or in pieces: the same verdict (and the
+            # same counters) however the bytes were split across reads.
+            if self._overlong or len(line) > MAX_LINE:
                 self._overlong = False
                 self._rejected("overlong", len(line) + 1)
                 continue
@@ -347,7 +353,7 @@ class Decoder:
                 break
             chunk = bytes(self._buf[:end])
             del self._buf[: end + 1]
-            if self._overlong:
+            if self._overlong or len(chunk) > MAX_ENCODED:  # as for lines: split-independent
                 self._overlong = False
                 self._rejected("overlong", len(chunk) + 1)
                 continue

@@ -55,7 +55,7 @@ from edgernn.firmware_bridge.port import (
 )
 from edgernn.firmware_bridge.protocol import U32
 from edgernn.runtime.filelocks import SidecarLock
-from edgernn.runtime.liveview import LiveView, Snapshot
+from edgernn.runtime.liveview import LiveView, Snapshot, printable
 
 GAP_POLICIES = ("fill", "reset", "continue")
 STATE_FORMAT = 1
@@ -479,6 +479,8 @@ class LiveRun:
     def note(self, text: str) -> None:
         if self.view is not None:
             self.view.close()  # the next redraw starts below this line
+        # Line by line: our own multi-line summary stays, anything else is escaped.
+        text = "\n".join(printable(line) for line in text.split("\n"))
         print(f"edgernn: {text}", file=sys.stderr, flush=True)
 
     # -- main loop -----------------------------------------------------------------
@@ -554,12 +556,13 @@ class LiveRun:
             self._device_reset(event)
         elif isinstance(event, DeviceInfo):
             h = event.hello
+            names = ", ".join(printable(n) for n in h.names)  # device-supplied text
             self.note(
                 f"device session {h.session:08x}: {h.rate_hz:g} Hz, {len(h.names)} channels "
-                f"({', '.join(h.names)}), mapped {event.mapping}"
+                f"({names}), mapped {printable(event.mapping)}"
             )
         elif isinstance(event, ChannelMismatch):
-            self._error = event.message
+            self._error = printable(event.message)  # printed by the CLI: names escaped
             return False
         elif isinstance(event, ModeDetected):
             self.mode_line = event.mode

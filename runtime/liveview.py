@@ -22,6 +22,16 @@ from typing import IO, Optional
 BLOCKS = " ▏▎▍▌▋▊▉█"
 
 
+def printable(text: object) -> str:
+    """`text` safe for a terminal: control and format characters (ESC, BEL, CR, LF,
+    backspace, bidi overrides, ...) shown as escapes, so a device- or model-supplied
+    name can neither move the cursor, retitle the window, ring the bell nor fake a line."""
+    text = str(text)
+    if text.isprintable():
+        return text  # the usual case, checked at C speed
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
 def bar(value: float, full: float, width: int = 14) -> str:
     """A horizontal bar of `width` cells, value/full of it filled, in eighths."""
     frac = max(0.0, min(1.0, value / full)) if full > 0 else 0.0
@@ -81,7 +91,7 @@ class LiveView:
         if not force and not self.due(now):
             return
         self._last = now
-        lines = self.render(snap)
+        lines = [printable(ln) for ln in self.render(snap)]  # names come from model/device
         if self.tty:
             up = f"\x1b[{self._lines}F" if self._lines else ""
             self.out.write(up + "".join(f"\x1b[2K{ln}\n" for ln in lines))
