@@ -645,7 +645,7 @@ def test_cli_run_classifier_probabilities_and_label(graphs, tmp_path, capsys):
         cells = line.split(",")
         p = np.array(cells[3:6], dtype=float)
         assert abs(p.sum() - 1) < 1e-5 and cells[6] == ["rest", "wave", "tilt"][int(p.argmax())]
-    code, _, err = cli(capsys, "run", dst, "--csv", data, "--threshold", "fixed")
+    code, _, err = cli(capsys, "run", dst, "--csv", data, "--alarm-every", "100")
     assert code == 1 and "anomaly detector scores forecasts" in err
 
 
@@ -805,3 +805,20 @@ def test_metadata_that_disagrees_with_the_graph_is_refused(graphs, tmp_path, bac
     with pytest.raises(ModelFormatError, match=message) as info:
         Model(bad, backend=backend)
     assert "\n" not in str(info.value)
+
+
+def test_forecaster_outputs_hold_the_last_step_after_run(exported_models):
+    """stream.outputs for one of our forecasters: its one output, after step() and run()."""
+    _, path = exported_models[("gru", 1)]
+    X = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    for backend in ("c", "numpy", "onnxruntime"):
+        try:
+            model = Model(path, backend=backend)
+        except Exception:  # no C compiler here
+            continue
+        assert not model.generic and model.meta.task == "forecast"
+        stream = model.stream()
+        Y = stream.run(X)
+        np.testing.assert_array_equal(stream.outputs["y"], Y[-1])
+        stream.step(X[0])
+        assert list(stream.outputs) == ["y"]
