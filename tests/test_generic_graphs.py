@@ -822,3 +822,25 @@ def test_forecaster_outputs_hold_the_last_step_after_run(exported_models):
         np.testing.assert_array_equal(stream.outputs["y"], Y[-1])
         stream.step(X[0])
         assert list(stream.outputs) == ["y"]
+
+
+def test_stateless_graph_said_so_explicitly(tmp_path, capsys):
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("Tanh", ["x"], ["y"]), helper.make_node("Sigmoid", ["x"], ["gate"])],
+        "stateless",
+        [helper.make_tensor_value_info("x", f32, ["N", F])],
+        [helper.make_tensor_value_info("y", f32, ["N", F]),
+         helper.make_tensor_value_info("gate", f32, ["N", F])],
+    )  # fmt: skip
+    src = _save(graph, tmp_path / "g.onnx")
+    code, out, _ = cli(capsys, "wrap", src, "-o", tmp_path / "w.onnx")
+    assert code == 1 and "--stateless" in out  # no pairs found: said, not guessed
+    code, _, _ = cli(capsys, "wrap", src, "-o", tmp_path / "w.onnx", "--stateless",
+                     "--output", "gate")  # fmt: skip
+    assert code == 0
+    stream = Model(str(tmp_path / "w.onnx")).stream(batch=2)
+    x = np.array([[0.0, 1.0, -1.0], [2.0, 0.5, 0.0]], np.float32)
+    np.testing.assert_allclose(stream.step(x), 1 / (1 + np.exp(-x)), rtol=1e-6)
+    np.testing.assert_allclose(stream.outputs["y"], np.tanh(x), rtol=1e-6)
+    assert stream.state == {}
