@@ -217,6 +217,7 @@ class LinkCounters:
     buffered: int = 0  # waiting for a connection now
     dropped: int = 0  # lost: buffer full while the broker was away
     received: int = 0
+    bad_topics: int = 0  # topic names that are not UTF-8
 
 
 class MqttLink:
@@ -270,6 +271,7 @@ class MqttLink:
             client.will_set(self.availability, b"offline", qos=1, retain=True)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.max_queued_messages_set(self.opts.buffer)  # paho's own QoS 1 queue
+        client.suppress_exceptions = True  # a callback error is logged, never kills the loop
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -358,7 +360,12 @@ class MqttLink:
 
     def _on_message(self, client, userdata, msg) -> None:
         self.counters.received += 1
-        self.inbox.put(msg.topic, msg.payload, time.perf_counter())
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # brokers check this; one that does not is not our crash
+            self.counters.bad_topics += 1
+            return
+        self.inbox.put(topic, msg.payload, time.perf_counter())
 
     # -- publishing (the processing thread) --------------------------------------------
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:

@@ -84,6 +84,8 @@ class PayloadParser:
             doc = json.loads(payload)
         except (ValueError, UnicodeDecodeError) as e:
             raise PayloadError("json", str(e)[:80]) from None
+        except RecursionError:
+            raise PayloadError("json", "nested too deep") from None
         if isinstance(doc, dict):
             return [self._object(doc)]
         if not isinstance(doc, list) or not doc:
@@ -112,15 +114,19 @@ class PayloadParser:
                 "width", f"{len(items)} values, the model has {len(self.channels)} channels"
             )
         if all(type(v) is float or type(v) is int for v in items):  # the common case, fast
-            wide = np.array(items, dtype=np.float64)
-            wide[~(np.abs(wide) < 3.4e38)] = np.nan  # inf, NaN, beyond float32: invalid
-            return wide.astype(np.float32)
+            try:
+                wide = np.array(items, dtype=np.float64)
+            except OverflowError:  # an integer beyond any float: the slow path says NaN
+                pass
+            else:
+                wide[~(np.abs(wide) < 3.4e38)] = np.nan  # inf, NaN, beyond float32: invalid
+                return wide.astype(np.float32)
         out = np.empty(len(items), dtype=np.float32)
         for i, v in enumerate(items):
             if v is None:
                 out[i] = np.nan  # the sensor sent "no reading": an invalid sample, a gap
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[i] = v if math.isfinite(v) and abs(v) < 3.4e38 else np.nan
+                out[i] = _finite32(v)
             else:
                 raise PayloadError("value", f"{type(v).__name__} is not a number")
         return out
@@ -139,6 +145,22 @@ class PayloadParser:
         return readings
 
 
+def _finite32(v) -> float:
+    """v as a float32 value, or NaN (an invalid sample) if it is not one."""
+    try:
+        f = float(v)
+    except OverflowError:
+        return math.nan
+    return f if math.isfinite(f) and abs(f) < 3.4e38 else math.nan
+
+
+def _finite64(v) -> float:
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf
+
+
 def _seq(doc: dict) -> Optional[int]:
     seq = doc.get("seq")
     if seq is None:
@@ -152,7 +174,10 @@ def _time(doc: dict) -> Any:
     for name in TIME_FIELDS:
         value = doc.get(name)
         if value is not None:
-            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            if isinstance(value, str) or (
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(_finite64(value))
+            ):
                 return value
-            raise PayloadError("time", f"{name} must be a number or a string")
+            raise PayloadError("time", f"{name} must be a finite number or a string")
     return None

@@ -263,13 +263,19 @@ def test_payload_forms_and_rejects():
     assert [r.values.tolist() for r in p.parse(b"[[1, 2, 3], [4, 5, 6]]")] == [[1, 2, 3], [4, 5, 6]]
     assert [x.values.tolist() for x in p.parse(b"1,2,3\nc:3 a:1 b:2\n")] == [[1, 2, 3]] * 2
     assert np.isnan(p.parse(b'{"a": null, "b": 1, "c": 2}')[0].values[0])  # a gap, not a reject
+    big = b"1" + b"0" * 400  # beyond any float: an invalid reading, not a crash
+    assert np.isnan(p.parse(b'{"a": ' + big + b', "b": 1, "c": 2}')[0].values[0])
+    assert np.isnan(p.parse(b"[" + big + b", 1, 2]")[0].values[0])
+    assert np.isnan(p.parse(b'{"a": NaN, "b": 1e39, "c": 2}')[0].values[:2]).all()
     with pytest.raises(ChannelNames) as e:
         p.parse(b'{"temp": 1, "a": 2}')
     assert e.value.missing == ["b", "c"] and e.value.unknown == ["temp"]
     for bad, reason in ((b"{nope", "json"), (b"[1, 2]", "width"), (b"[]", "json"),
                         (b'[[1, 2, 3], {"a": 1}]', "width"), (b'"text"', "text"), (b'{"a": "x", "b": 1, "c": 1}',
                         "value"), (b'{"a": 1, "b": 1, "c": 1, "seq": -1}', "seq"),
-                        (b"hello", "text"), (b"  ", "empty"), (b"7", "text")):  # fmt: skip
+                        (b"hello", "text"), (b"  ", "empty"), (b"7", "text"),
+                        (b"[" * 20000 + b"]" * 20000, "json"), (b"\xff\xfe{", "text"),
+                        (b'{"a": 1, "b": 1, "c": 1, "ts": 1e400}', "time")):  # fmt: skip
         with pytest.raises(PayloadError) as e:
             p.parse(bad)
         assert e.value.reason == reason, bad
