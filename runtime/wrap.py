@@ -22,7 +22,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgernn.errors import EdgernnError, InputError, ModelFormatError, require
+from edgernn.errors import (
+    EdgernnError,
+    InputError,
+    MissingDependencyError,
+    ModelFormatError,
+    require,
+)
 from edgernn.runtime.metadata import (
     TASKS,
     ConstSpec,
@@ -80,7 +86,12 @@ _ORT_DTYPES = {
 
 def open_graph(path: str):
     """(session, inputs, outputs) of any ONNX file, with one-line errors."""
-    ort = require("onnxruntime", "runtime")
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise MissingDependencyError(
+            "onnxruntime is not installed (wrap checks the graph with it): pip install onnxruntime"
+        ) from e
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
     try:
@@ -628,7 +639,7 @@ def wrap(src: str, dst: str, decl: Declaration) -> ModelMeta:
 def _write(src: str, dst: str, meta: ModelMeta, checked: Checked) -> None:
     from edgernn.export.onnx_export import staged
 
-    onnx = require("onnx", "export")
+    onnx = require("onnx", "train")  # writing the copy needs onnx
     try:
         proto = onnx.load(src)
     except Exception as e:  # onnx's own decode errors

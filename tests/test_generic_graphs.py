@@ -844,3 +844,20 @@ def test_stateless_graph_said_so_explicitly(tmp_path, capsys):
     np.testing.assert_allclose(stream.step(x), 1 / (1 + np.exp(-x)), rtol=1e-6)
     np.testing.assert_allclose(stream.outputs["y"], np.tanh(x), rtol=1e-6)
     assert stream.state == {}
+
+
+def test_wrap_and_run_need_no_torch(graphs, tmp_path):
+    """The device-side tools: wrap needs onnxruntime (+ onnx to write), run needs neither
+    torch nor onnx."""
+    from conftest import run_cli
+
+    src = graphs["gru"][0]
+    dst = tmp_path / "w.onnx"
+    proc = run_cli("wrap", src, "-o", str(dst), "--state", "state:stateN",
+                   pre="import sys\nsys.modules['torch'] = None")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = _csv(tmp_path / "in.csv", names=("ch0", "ch1", "ch2"), time_col=False)
+    proc = run_cli("run", str(dst), "--csv", data,
+                   pre="import sys\nsys.modules['torch'] = None\nsys.modules['onnx'] = None")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "ch0,ch1,ch2,y_0,y_1,score"
