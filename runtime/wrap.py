@@ -234,7 +234,7 @@ def check(session, inputs: list[Tensor], outputs: list[Tensor], decl: Declaratio
     _check_pairs(decl, ins, outs)
     const_names = set(decl.consts)
     sample = _sample_input(ins, {a for a, _ in decl.states}, const_names)
-    batch_sym, input_shape, n_features = _sample_layout(sample, decl.channels)
+    batch_sym, input_shape, _ = _sample_layout(sample, decl.channels)
     states = [
         StateSpec(a, b, _state_shape(ins[a], batch_sym), ins[a].dtype.name)  # type: ignore[union-attr]
         for a, b in decl.states
@@ -311,8 +311,10 @@ def _check_names_agree(pairs: list[tuple[str, str]]) -> None:
             )
 
 
-def _names(tensors: dict) -> str:
-    return "the graph has " + ", ".join(tensors) if tensors else "the graph has none"
+def _names(tensors: dict, shown: int = 12) -> str:
+    names = list(tensors)
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return "the graph has " + ", ".join(names[:shown]) + more if names else "the graph has none"
 
 
 def _sample_input(ins: dict, state_ins: set, const_names: set) -> Tensor:
