@@ -15,7 +15,15 @@ Backends (`Model(path, backend=...)`):
 The c and numpy backends read the .onnx file themselves and prove what they
 recognised against a node-by-node numpy interpretation of the graph at load; a
 graph they do not understand is refused with a ModelFormatError (auto then uses
-onnxruntime). Every backend writes into buffers bound once per stream and
+onnxruntime).
+
+Any other stateful single-step graph with format-2 metadata (a classifier, a
+regressor, an exported nn.Module, a graph made elsewhere and declared with `edgernn
+wrap`) runs on onnxruntime or the numpy node interpreter (`Model.generic`): its
+constant inputs are fed every step, `Stream.step` returns the primary output and
+`stream.outputs` holds every named output, states may have any rank and dtype, and
+`model.stream(batch=N)` works where the sample and every state have a batch axis
+(`Model.batchable`). Every backend writes into buffers bound once per stream and
 alternates two state buffers, so a step allocates nothing but the returned
 forecast, and a rejected sample (NaN/inf) leaves the state untouched.
 """
