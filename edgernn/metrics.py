@@ -1,4 +1,4 @@
-"""A Prometheus endpoint for a fleet run (`--metrics-port`, extra `metrics`).
+"""A Prometheus endpoint for a fleet or serial run (`--metrics-port`, extra `metrics`).
 
 The numbers are read from the run's own counters when Prometheus scrapes: nothing is
 counted twice and the processing loop does no extra work per sample. Per device:
@@ -76,6 +76,65 @@ class FleetCollector:
                                     **_histogram(self.run.latency))  # fmt: skip
 
 
+SERIAL = (  # (metric, counter of LiveRun.counters(), help)
+    ("samples", "samples", "samples received"),
+    ("forecasts", "forecasts", "samples forecast"),
+    ("invalid", "invalid", "samples holding NaN/inf (handled as gaps)"),
+    ("missing", "missing", "samples never received (sequence gaps)"),
+    ("overflow", "overflow", "samples dropped because inference fell behind"),
+    ("device_dropped", "device_dropped", "samples the device itself dropped"),
+    ("anomalies", "anomalies", "samples flagged anomalous"),
+    ("disconnects", "disconnects", "times the port went away"),
+)
+
+
+class SerialCollector:
+    """The same names for a serial run (`--port --metrics-port`): one device, the board."""
+
+    def __init__(self, run: Any, name: str, link: Any = None):
+        self.run = run
+        self.name = name
+        self.link = link
+
+    def collect(self):
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        c = _retry(self.run.counters, {})
+        for metric, key, doc in SERIAL:
+            fam = CounterMetricFamily(f"edgernn_{metric}", doc, labels=["device"])
+            fam.add_metric([self.name], c.get(key, 0))
+            yield fam
+        rejected = CounterMetricFamily("edgernn_rejected", "frames or lines rejected",
+                                       labels=["device", "reason"])  # fmt: skip
+        for reason, n in c.get("rejected_by", {}).items():
+            rejected.add_metric([self.name, reason], n)
+        yield rejected
+        if self.link is not None:
+            yield GaugeMetricFamily("edgernn_broker_connected", "1 while the broker is connected",
+                                    value=float(self.link.connected.is_set()))  # fmt: skip
+            yield CounterMetricFamily("edgernn_published", "messages handed to the broker",
+                                      value=self.link.counters.published)  # fmt: skip
+            yield CounterMetricFamily("edgernn_publish_dropped",
+                                      "outgoing messages dropped (buffer full, broker away)",
+                                      value=self.link.counters.dropped)  # fmt: skip
+        yield HistogramMetricFamily("edgernn_latency_seconds", "read to forecast",
+                                    **_histogram(self.run.latency))  # fmt: skip
+
+
+def _retry(read, default):
+    """read() while another thread may be changing what it copies."""
+    for _ in range(10):
+        try:
+            return read()
+        except RuntimeError:  # dictionary changed size during iteration
+            continue
+    return default
+
+
 def _snapshot(devices: dict) -> list:
     """The registry as a list; the loop may add a device while we read it."""
     for _ in range(10):
@@ -113,11 +172,16 @@ class MetricsServer:
 
 
 def serve_fleet_metrics(run: Any, port: int, addr: str = "127.0.0.1") -> MetricsServer:
+    return serve_metrics(FleetCollector(run), port, addr)
+
+
+def serve_metrics(collector: Any, port: int, addr: str = "127.0.0.1") -> MetricsServer:
+    """An HTTP server on its own thread answering /metrics from `collector`."""
     require("prometheus_client", extra="metrics")
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
-    registry.register(FleetCollector(run))
+    registry.register(collector)
     try:
         started = start_http_server(port, addr=addr, registry=registry)
     except OSError as e:

@@ -451,8 +451,8 @@ class LiveRun:
         )
         from edgernn.firmware_bridge.mqtt_run import serial_publisher
 
-        # --publish mqtt://... (the board-to-broker bridge) and systemd notify, or None.
-        self.publisher = serial_publisher(args, self.channels, detector is not None)
+        # --publish mqtt://... (the board-to-broker bridge), systemd notify, --metrics-port.
+        self.publisher = serial_publisher(args, self.channels, detector is not None, run=self)
         out = getattr(args, "out", None)
         trailing = ["gap", "reset"] + (["score", "anomaly"] if detector is not None else [])
         self.writer = RecordWriter(

@@ -734,10 +734,13 @@ class SerialPublisher:
     availability on a broker, and the systemd notifications of its loop. LiveRun
     calls record() per forecast, tick() per loop turn and close() at the end."""
 
-    def __init__(self, args, channels: list[str], has_detector: bool, notifier=None):
+    def __init__(self, args, channels: list[str], has_detector: bool, notifier=None, run=None):
         from edgernn.systemd import Notifier
 
         self.notifier = notifier or Notifier()
+        self.args = args
+        self.run = run  # the LiveRun, for --metrics-port
+        self.metrics = None
         self.link: Optional[MqttLink] = None
         self.publisher: Optional[Publisher] = None
         url_text = getattr(args, "publish", None)
@@ -752,6 +755,13 @@ class SerialPublisher:
                                        os.path.basename(args.model), has_detector)  # fmt: skip
 
     def start(self) -> None:
+        port = getattr(self.args, "metrics_port", None)
+        if port is not None and self.run is not None:
+            from edgernn.metrics import SerialCollector, serve_metrics
+
+            addr = self.args.metrics_addr
+            self.metrics = serve_metrics(SerialCollector(self.run, self.name, self.link), port, addr)
+            note(f"Prometheus metrics on http://{addr}:{self.metrics.port}/metrics")
         if self.link is not None:
             self.link.start()
             self.publisher.device_seen(self.name)
@@ -770,6 +780,8 @@ class SerialPublisher:
 
     def close(self) -> None:
         self.notifier.stopping()
+        if self.metrics is not None:
+            self.metrics.shutdown()
         if self.link is not None:
             self.link.close()
             c = self.link.counters
@@ -784,11 +796,15 @@ def _port_name(port: str) -> str:
     return object_id(base)
 
 
-def serial_publisher(args, channels: list[str], has_detector: bool) -> Optional[SerialPublisher]:
-    """The serial run's publisher/notifier, or None when neither is wanted."""
+def serial_publisher(args, channels: list[str], has_detector: bool,
+                     run=None) -> Optional[SerialPublisher]:  # fmt: skip
+    """The serial run's publisher, systemd notifier and metrics endpoint, or None when
+    none of them is wanted."""
     from edgernn.systemd import Notifier
 
     notifier = Notifier()
-    if getattr(args, "publish", None) is None and not notifier.active:
+    wanted = getattr(args, "publish", None) is not None or notifier.active or (
+        getattr(args, "metrics_port", None) is not None)  # fmt: skip
+    if not wanted:
         return None
-    return SerialPublisher(args, channels, has_detector, notifier)
+    return SerialPublisher(args, channels, has_detector, notifier, run)

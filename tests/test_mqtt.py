@@ -526,9 +526,10 @@ def test_broker_restart_reconnects_and_reports_what_was_lost(broker, model_path,
     assert c["published_forecasts"] == c["totals"]["processed"]
 
 
-def test_serial_run_publishes_to_the_broker(broker, model_path, tmp_path):
+def test_serial_run_publishes_to_the_broker(broker, model_path, tmp_path, capsys):
     """`--port ... --publish mqtt://`: the board-to-broker bridge. Every forecast of the
-    serial run is on the broker; availability goes online, then offline at a clean end."""
+    serial run is on the broker; availability goes online, then offline at a clean end;
+    --metrics-port serves the run's counters while it runs."""
     from edgernn.firmware_bridge.emulator import Emulator
     from edgernn.firmware_bridge.live import run_serial
     from edgernn.runtime import Model
@@ -537,16 +538,20 @@ def test_serial_run_publishes_to_the_broker(broker, model_path, tmp_path):
     sub = Client(broker, "edgernn/#")
     emu = Emulator(rate=200, channels=3, mode="binary", duration=1.0, seed=1).start()
 
+    scraped: list[bytes] = []
+
     def unplug() -> None:
         emu.join()
         emu.drain()
+        line = [ln for ln in capsys.readouterr().err.splitlines() if "metrics on" in ln]
+        scraped.append(urllib.request.urlopen(line[0].split(" on ")[1]).read())
         emu.unplug()
 
     threading.Thread(target=unplug, daemon=True).start()
     out = tmp_path / "o.jsonl"
     args = run_args(model_path, "--port", emu.path, "--no-reconnect", "-o", str(out),
                     "--publish", broker.url(), "--device-name", "bench1",
-                    "--availability-topic", avail)  # fmt: skip
+                    "--availability-topic", avail, "--metrics-port", "0")  # fmt: skip
     assert run_serial(args, Model(model_path)) == 0
     records = read_jsonl(out)
     assert len(records) > 150
@@ -557,6 +562,8 @@ def test_serial_run_publishes_to_the_broker(broker, model_path, tmp_path):
     assert published[1]["time_us"] == records[1]["time_us"]
     wait_until(lambda: sub.on(avail) == [b"online", b"offline"], what="online, then offline")
     sub.close()
+    assert b'edgernn_forecasts_total{device="bench1"}' in scraped[0]
+    assert b"edgernn_broker_connected 1.0" in scraped[0]
 
 
 def test_password_file_env_and_refusal(tmp_path, model_path):
