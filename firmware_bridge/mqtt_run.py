@@ -708,11 +708,14 @@ def _device_line(name: str, d: dict) -> str:
 
 def run_mqtt(args, model, detector_factory=None, stop: Optional[threading.Event] = None) -> int:
     """`edgernn run --mqtt`. Exit 0 on Ctrl-C / SIGTERM; EdgernnError for user errors."""
-    from edgernn.firmware_bridge.live import _graceful_signals, check_writable
+    from edgernn.firmware_bridge.live import _graceful_signals, check_writable, request_realtime
 
     if getattr(args, "live", False):
         raise InputError("--live shows one board; with --mqtt read the status lines or "
                          "--metrics-port")  # fmt: skip
+    if args.on_overflow == "block":
+        raise InputError("--on-overflow block cannot hold a broker back: with --mqtt the "
+                         "oldest waiting payloads are dropped beyond --queue-size (counted)")  # fmt: skip
     if args.no_publish and args.out is None:
         raise InputError("--no-publish and no -o: nothing would be written (give -o FILE or -o -)")
     if args.no_publish and args.ha_discovery:
@@ -723,6 +726,8 @@ def run_mqtt(args, model, detector_factory=None, stop: Optional[threading.Event]
     for flag, path in (("--summary-json", args.summary_json), ("--state-file", args.state_file)):
         if path:
             check_writable(path, flag)
+    if getattr(args, "realtime", False):
+        note(request_realtime())  # this thread and paho's, started later, inherit it
     run = MqttRun(args, model, detector_factory, stop)
     with _graceful_signals(run.stop):
         return run.run()

@@ -606,6 +606,8 @@ def test_bad_command_lines_are_one_line_errors(model_path, tmp_path):
         (["--mqtt", url, "--mqtt-password-file", str(tmp_path / "none")], "cannot read it"),
         (["--mqtt", url, "--mqtt-ca", str(tmp_path / "ca.pem")], "--mqtt-ca"),
         (["--csv", "x.csv", "--publish", url], "--publish goes with --port or --mqtt"),
+        (["--mqtt", url, "--on-overflow", "block"], "cannot hold a broker back"),
+        (["--mqtt", url, "--live"], "--live shows one board"),
     ):
         err = run_main_err(main, ["run", model_path, *argv])
         assert says in err, (argv, err)
