@@ -144,6 +144,13 @@ class QuantizeReport:
         return d
 
 
+def _probe_runs(model: Model) -> None:
+    """One step on zeros: a graph that does not run as its metadata says (a damaged
+    file) fails here in one line, not deep inside quantization."""
+    n = model.fixed_batch
+    model.stream(batch=n).step(np.zeros((n, model.n_channels) if n else model.n_channels, np.float32))
+
+
 def _kib(n: int) -> str:
     return f"{n / 1024:.1f} KiB"
 
@@ -177,6 +184,7 @@ def quantize_model(
         raise InputError("the output path is the input model; write the quantized model elsewhere")
     # Both models are compared on onnxruntime, the one backend that runs every variant.
     float_model = Model(src, backend="onnxruntime")  # loadable edgernn model or one-line error
+    _probe_runs(float_model)
     meta = float_model.meta
     if "quantization" in meta.extra:
         raise InputError(f"{src} is already quantized ({meta.extra['quantization'].get('mode')})")

@@ -188,11 +188,26 @@ def _tensor_head(buf, source: str) -> tuple[str, Shape, Optional[np.ndarray]]:
 
 def _value_info(buf, source: str) -> tuple[str, Optional[Shape]]:
     name, shape = nb._value_info(buf)
+    _check_dim_names(buf, source)
     if not shape:
         return name, None  # no shape declared (or a scalar): nothing to bound
     dims = tuple(1 if d is None else d for d in shape)  # symbolic: counted as 1
     _elements(dims, f"declared tensor {name!r}", source)
     return name, dims
+
+
+def _check_dim_names(buf, source: str) -> None:
+    """Symbolic dimension names and denotations are text onnxruntime decodes as UTF-8
+    (`get_inputs()` raised UnicodeDecodeError on a damaged one)."""
+    for number, wire, type_proto in nb._fields(buf):
+        if number != 2 or wire != nb._LEN:
+            continue
+        for n1, w1, tensor in nb._fields(type_proto):
+            for n2, w2, shape in nb._fields(tensor) if n1 == 1 and w1 == nb._LEN else ():
+                for n3, w3, dim in nb._fields(shape) if n2 == 2 and w2 == nb._LEN else ():
+                    for n4, w4, text in nb._fields(dim) if n3 == 1 and w3 == nb._LEN else ():
+                        if n4 in (2, 3) and w4 == nb._LEN:
+                            nb._text(text)  # UnicodeDecodeError: not loadable
 
 
 # ----------------------------------------------------------------------------------

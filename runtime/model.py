@@ -126,7 +126,11 @@ class _OrtKernel(_Kernel):
     def step(self, cur: int) -> bool:
         if not np.isfinite(self.x).all():
             return False
-        self._session.run_with_iobinding(self._bindings[cur])
+        try:
+            self._session.run_with_iobinding(self._bindings[cur])
+        except Exception as e:  # onnxruntime's own types: a graph unlike its metadata
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelFormatError(f"the graph failed to run as its metadata describes ({first[:200]})") from e
         return True
 
 

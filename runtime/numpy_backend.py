@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from edgernn.errors import ModelFormatError
+from edgernn.errors import EdgernnError, ModelFormatError
 
 # ----------------------------------------------------------------------------------
 # protobuf wire format (https://protobuf.dev/programming-guides/encoding/)
@@ -530,7 +530,7 @@ class Interpreter:
         self.constants: dict[str, np.ndarray] = {"": None, **graph.initializers}
         self.nodes: list[Node] = []
         for node in graph.nodes:
-            if node.op_type == "Constant":
+            if node.op_type == "Constant" and node.outputs:
                 self.constants[node.outputs[0]] = _constant(node, source)
             elif all(i in self.constants for i in node.inputs if i):
                 for name, value in zip(node.outputs, self._exec(node, self.constants)):
@@ -552,7 +552,7 @@ class Interpreter:
             out = _OPS[node.op_type](node, env, *args)
         except ModelFormatError as e:
             raise ModelFormatError(f"{self.source}: {e}") from e
-        except (ValueError, IndexError, KeyError, TypeError) as e:
+        except (ValueError, IndexError, KeyError, TypeError, ArithmeticError) as e:
             raise ModelFormatError(
                 f"{self.source}: node {node.name or node.op_type} failed in the numpy backend ({e})"
             ) from e
@@ -721,6 +721,19 @@ def extract_network(model: OnnxModel, meta, interp: Optional[Interpreter] = None
                     source: str = "model") -> Network:  # fmt: skip
     """Recognise the graph as a Network and prove it on a random probe (else ModelFormatError)."""
     interp = interp or Interpreter(model.graph, source)
+    try:
+        return _extract_network(interp, meta, source)
+    except EdgernnError:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError, ArithmeticError) as e:
+        # A damaged graph: weights of other shapes than the metadata's network has.
+        raise ModelFormatError(
+            f"{source}: the graph does not hold the {meta.cell} network its metadata "
+            f"describes ({str(e)[:120]})"
+        ) from e
+
+
+def _extract_network(interp: Interpreter, meta, source: str) -> Network:
     net = Network(
         cell=meta.cell,
         nonlinearity=meta.nonlinearity,

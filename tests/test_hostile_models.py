@@ -141,3 +141,24 @@ def test_crafted_metadata_is_refused_in_one_line_or_runs(exported_models, tmp_pa
             out = r[command]
             assert out["code"] in (0, 1) and (not out["code"] or out["error"].startswith(
                 "edgernn: error:")), (r["name"], command, out)  # fmt: skip
+
+
+# Variants the long fuzz (benchmarks/fuzz_models.py --seed 11 --per-model 250) found
+# tracebacks in: a dimension name that is not UTF-8, a Constant node without outputs,
+# an axis too large for C, cell weights of the wrong rank, a state shape the graph's
+# cells refuse at run time. (model index in fuzz_models.CELLS, variant index)
+FOUND = {(2, 26), (2, 54), (2, 162), (4, 64), (5, 52), (5, 228), (5, 246)}
+FUZZ_CELLS = [("rnn", 1), ("rnn-relu", 1), ("lstm", 1), ("gru", 1), ("lstm", 2), ("gru", 2)]
+
+
+def test_variants_the_long_fuzz_found_are_one_line_errors(exported_models, tmp_path):
+    cases = []
+    for m, k in sorted(FOUND):
+        data = open(exported_models[FUZZ_CELLS[m]][1], "rb").read()
+        how, blob = list(mutants(data, k + 1, seed=11 + 250 * m))[k]
+        path = tmp_path / f"found{m}-{k}.onnx"
+        path.write_bytes(blob)
+        cases.append({"name": f"{FUZZ_CELLS[m]} #{k} {how}", "path": str(path),
+                      "commands": ["info", "run", "quantize"], "all": True})  # fmt: skip
+    results = run_workers(cases, tmp_path)
+    assert not tracebacks(results), "\n".join(tracebacks(results))
