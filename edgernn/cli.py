@@ -320,12 +320,16 @@ def cmd_run(args) -> int:
     if not model.meta.is_forecaster and args.csv is None:  # live output is forecast-shaped
         raise EdgernnError(f"live runs (--port, --mqtt) serve forecasters; {model.path} is task "
                            f"{model.meta.task}: run it with --csv")  # fmt: skip
+    # One detector per device of a fleet, each with the command line's settings.
+    factory = (lambda: make_detector(model, args)) if detector is not None else None
     if args.mqtt is not None:
         from edgernn.firmware_bridge.mqtt_run import run_mqtt
 
-        # One detector per device, each with the command line's settings.
-        factory = (lambda: make_detector(model, args)) if detector is not None else None
         return run_mqtt(args, model, detector_factory=factory)
+    if getattr(args, "more_ports", None):
+        from edgernn.firmware_bridge.serial_fleet import run_serial_fleet
+
+        return run_serial_fleet(args, model, detector_factory=factory)
     if args.csv is not None and args.publish is not None:
         raise EdgernnError("--publish goes with --port or --mqtt (a live run), not --csv")
     if args.csv is None:

@@ -54,6 +54,7 @@ from edgernn.firmware_bridge.port import (
     SampleQueue,
 )
 from edgernn.firmware_bridge.protocol import U32
+from edgernn.firmware_bridge.serial_fleet import PortsAction
 from edgernn.runtime.filelocks import SidecarLock
 from edgernn.runtime.liveview import LiveView, Snapshot, printable
 
@@ -68,8 +69,9 @@ def add_serial_arguments(parser: argparse.ArgumentParser, source_group) -> None:
     source_group.add_argument(
         "--port",
         metavar="PORT",
+        action=PortsAction,  # repeatable: several boards, one stream each, batched
         help="serial device (/dev/ttyACM0, COM3), pyserial URL (socket://host:port, "
-        "rfc2217://host:port, loop://) or usb:VID:PID[:SERIAL]",
+        "rfc2217://host:port, loop://) or usb:VID:PID[:SERIAL]; repeat for several boards",
     )
     g = parser.add_argument_group("serial (--port)")
     g.add_argument("--baud", type=int, default=115200, help="baud rate (default 115200)")

@@ -257,6 +257,7 @@ class Device:
         self.next_seq: Optional[int] = None  # the sequence number expected next
         self.host_seq = 0  # for devices that send no sequence numbers
         self.pending_gap = 0  # invalid samples waiting to be handled as a gap
+        self.pending_restart = False  # a restart met on an invalid sample, for the next one
         self.open_alert: Optional[int] = None  # id of the alert event open now
         self.first_seen = first_seen
         self.notes: set[str] = set()  # one-time messages already given
@@ -288,6 +289,7 @@ class Fleet:
         gap_fill: int = 4,
         max_devices: int = 1024,
         monitor_class=None,
+        time_key: str = "time",
     ):
         if on_gap not in GAP_POLICIES:
             raise InputError(f"on_gap must be one of {', '.join(GAP_POLICIES)}, got {on_gap!r}")
@@ -299,6 +301,7 @@ class Fleet:
         self.on_gap = on_gap
         self.gap_fill = gap_fill
         self.max_devices = max_devices
+        self.time_key = time_key  # the record field of a sample's timestamp
         self.devices: dict[str, Device] = {}
         self.refused: dict[str, int] = {}  # devices beyond max_devices: payloads ignored
         self.ticks = 0
@@ -341,11 +344,24 @@ class Fleet:
 
     # -- input -----------------------------------------------------------------------
     def receive(self, dev: Device, values: np.ndarray, seq: Optional[int], when: Any,
-                t_recv: float) -> None:  # fmt: skip
-        """One sample of `dev` arrived (values in model channel order)."""
+                t_recv: float, gap: Optional[int] = None,
+                restart: bool = False) -> None:  # fmt: skip
+        """One sample of `dev` arrived (values in model channel order).
+
+        A source that does its own sequence accounting (a serial decoder, with its u32
+        wrap-around and reboot detection) passes `gap` and `restart`; `seq` is then only
+        recorded."""
         c = dev.counters
         c.samples += 1
-        gap, restart = 0, False
+        if gap is not None:
+            c.missing += gap
+            c.restarts += int(restart)
+            if seq is None:
+                seq = dev.host_seq
+            dev.host_seq = seq + 1
+            self._queue(dev, values, seq, when, t_recv, gap, restart)
+            return
+        gap = 0
         if seq is not None:
             if dev.next_seq is not None:
                 delta = seq - dev.next_seq
@@ -362,12 +378,20 @@ class Fleet:
         else:
             seq = dev.host_seq
         dev.host_seq = seq + 1
+        self._queue(dev, values, seq, when, t_recv, gap, restart)
+
+    def _queue(self, dev: Device, values: np.ndarray, seq: int, when: Any, t_recv: float,
+               gap: int, restart: bool) -> None:  # fmt: skip
+        if restart:
+            dev.pending_gap = 0  # the samples before the restart no longer matter
         if not np.isfinite(values).all():
-            c.invalid += 1
+            dev.counters.invalid += 1
             dev.pending_gap += 1
+            dev.pending_restart = dev.pending_restart or restart
             return
         gap += dev.pending_gap
-        dev.pending_gap = 0
+        restart = restart or dev.pending_restart
+        dev.pending_gap, dev.pending_restart = 0, False
         dev.queue.append(Sample(values, seq, when, t_recv, gap, restart))
 
     def pending(self) -> bool:
@@ -400,14 +424,10 @@ class Fleet:
 
     def _before_step(self, dev: Device, s: Sample) -> bool:
         """Restart and gap handling; True if the state was reset."""
-        reset = False
-        if s.restart:
+        if s.restart:  # the stream starts over: what was missed before does not matter
             dev.monitor.reset()
-            dev.pending_gap = 0
-            reset = True
-        if s.gap:
-            reset = self._on_gap(dev, s.gap) or reset
-        return reset
+            return True
+        return self._on_gap(dev, s.gap) if s.gap else False
 
     def _on_gap(self, dev: Device, gap: int) -> bool:
         c, m = dev.counters, dev.monitor
@@ -433,7 +453,7 @@ class Fleet:
         dev.counters.processed += 1
         record: dict[str, Any] = {"device": dev.name, "seq": s.seq}
         if s.time is not None:
-            record["time"] = _exact_time(s.time)
+            record[self.time_key] = _exact_time(s.time)
         record.update(zip(self.channels, s.values.tolist()))
         record["forecast"] = dict(zip(self.channels, np.asarray(result.pop("forecast")).tolist()))
         record.update(result)
