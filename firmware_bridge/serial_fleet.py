@@ -333,6 +333,10 @@ def run_serial_fleet(args, model, detector_factory=None,
         raise InputError("--live shows one board; with several --port read the status lines")
     if args.queue_size < 1:
         raise InputError("--queue-size must be at least 1")
+    for flag, value in (("--metrics-port", args.metrics_port), ("--device-name", args.device_name)):
+        if value is not None:  # not silently ignored
+            raise InputError(f"{flag} serves one board (or --mqtt); several --port runs "
+                             "name their boards by port and have no metrics endpoint yet")  # fmt: skip
     for flag, path in (("--summary-json", args.summary_json), ("--state-file", args.state_file)):
         if path:
             check_writable(path, flag)

@@ -101,3 +101,6 @@ def test_same_port_twice_and_live_view_refused(model):
         run_serial_fleet(run_args(model, "--port", "loop://", "--port", "loop://"), model)
     with pytest.raises(InputError, match="--live"):
         run_serial_fleet(run_args(model, "--port", "a", "--port", "b", "--live"), model)
+    with pytest.raises(InputError, match="--metrics-port serves one board"):
+        run_serial_fleet(run_args(model, "--port", "a", "--port", "b", "--metrics-port", "0"),
+                         model)  # fmt: skip
