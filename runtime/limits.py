@@ -77,11 +77,17 @@ class _Node:
 
 def _check_model(buf: memoryview, source: str) -> None:
     walk = _Walk(source)
+    sizes: dict[str, int] = {}
     for number, wire, value in nb._fields(buf):
         if number == 7 and wire == nb._LEN:
             _check_graph(value, walk, depth=0)
         elif number == 14 and wire == nb._LEN:
-            _check_metadata_entry(value, source)
+            _check_metadata_entry(value, source, sizes)
+    if sizes.get("layers", 1) * sizes.get("hidden", 1) > MAX_TENSOR_ELEMENTS:
+        raise ModelFormatError(
+            f"{source}: metadata layers x hidden ({sizes['layers']} x {sizes['hidden']}) "
+            "is over the size limit of a state"
+        )
 
 
 def _check_graph(buf, walk: _Walk, depth: int) -> None:
@@ -214,7 +220,7 @@ def _check_dim_names(buf, source: str) -> None:
 # metadata: sizes a runtime allocates from (hidden, layers, state shapes)
 
 
-def _check_metadata_entry(buf, source: str) -> None:
+def _check_metadata_entry(buf, source: str, sizes: dict[str, int]) -> None:
     entry = {n: v for n, w, v in nb._fields(buf) if w == nb._LEN}
     try:  # onnxruntime fails on (or crashes decoding) metadata that is not UTF-8
         key = bytes(entry.get(1, b"")).decode("utf-8")
@@ -228,8 +234,10 @@ def _check_metadata_entry(buf, source: str) -> None:
         value = json.loads(raw)
     except (ValueError, RecursionError):
         return
-    if key in ("layers", "hidden") and type(value) is int and value > MAX_TENSOR_ELEMENTS:
-        raise ModelFormatError(f"{source}: metadata {key} {value} is over the size limit")
+    if key in ("layers", "hidden") and type(value) is int:
+        if value > MAX_TENSOR_ELEMENTS:
+            raise ModelFormatError(f"{source}: metadata {key} {value} is over the size limit")
+        sizes[key] = max(value, 1)
     if key == "state" and isinstance(value, list):
         for spec in value[:1024]:
             shape = spec.get("shape") if isinstance(spec, dict) else None

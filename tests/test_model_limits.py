@@ -130,3 +130,15 @@ def test_every_real_model_passes(exported_models, tmp_path):
         unrolled = str(tmp_path / f"unrolled{static}.onnx")
         export_unrolled(exported_models[("lstm", 2)][0], unrolled, static_batch=static)
         check_graph_limits(unrolled)
+
+
+def test_metadata_state_sizes_are_bounded(exported_models, tmp_path):
+    model = onnx.load(exported_models[("gru", 1)][1])
+    for key, value in (("hidden", "100000"), ("layers", "100000")):
+        for p in model.metadata_props:
+            if p.key == key:
+                p.value = value
+    path = str(tmp_path / "huge-state.onnx")
+    onnx.save(model, path)
+    with pytest.raises(ModelFormatError, match="layers x hidden .* over the size limit"):
+        check_graph_limits(path)
