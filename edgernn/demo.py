@@ -64,8 +64,9 @@ def add_commands(sub) -> None:
     p.add_argument("--rate", type=positive_float, default=250.0,
                    help="emulated samples per second")  # fmt: skip
     p.add_argument(
-        "--threshold", choices=["dynamic", "gaussian", "fixed"], default="fixed",
-        help="detector threshold strategy (default: fixed, calibrated on validation errors)",
+        "--alarm-every", metavar="N",
+        help="the detector's false-alarm budget: about one per N samples (default: the "
+        "detector's, 10000)",
     )  # fmt: skip
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -172,8 +173,8 @@ def _live(args, model_path: str, log: PumpLog, out: str):
     closer.start()
     argv = [
         "run", model_path, "--port", emu.path, "--no-reconnect", "-o", jsonl,
-        "--summary-json", summary_path, "--threshold", args.threshold, "--live",
-    ]  # fmt: skip
+        "--summary-json", summary_path, "--live",
+    ] + (["--alarm-every", args.alarm_every] if args.alarm_every else [])  # fmt: skip
     try:
         code = cli_main(argv)
     finally:

@@ -70,7 +70,7 @@ def run_csv(
         return _run_graph(model, table, out_path)
     monitor = Monitor(model, detector=detector)
     leading = [table.time_column] if table.time_column is not None else []
-    trailing = ["score", "anomaly"] if detector is not None else []
+    trailing = ["score", "anomaly", "onset"] if detector is not None else []
     bad = set(table.skipped_rows)
     summary = RunSummary(rows=len(table) + len(bad), skipped=len(bad), skipped_lines=sorted(bad))
     # Kept and skipped rows in file order, so the output stays one row per input row.
@@ -81,8 +81,9 @@ def run_csv(
             if i < 0:
                 out.write({"skipped": True, "line": line})
                 continue
-            record = _record(table, i, monitor.process(table.values[i]), model.channels)
-            _report_event(record, line)
+            when = table.time[i] if table.time is not None else None
+            record = _record(table, i, monitor.process(table.values[i], time=when), model.channels)
+            _report_event(record, f"line {line}" if when is None else when)
             out.write(record)
             summary.forecasts += 1
             summary.anomalies += int(record.get("anomaly") or 0)
@@ -120,15 +121,16 @@ def _run_graph(model: Model, table, out_path: Optional[str]) -> RunSummary:
     return summary
 
 
-def _report_event(record: dict, line: int) -> None:
-    """Alert events go to stderr as they open and close (the rows carry the flags)."""
+def _report_event(record: dict, line: str) -> None:
+    """Alert events go to stderr as they open and close (the rows carry the flags);
+    `line` says where: "line N", or the row's timestamp when the input has a time column."""
     opened, closed = record.get("event_opened"), record.get("event_closed")
     if opened:
         top = ", ".join(opened.get("top_channels", []))
-        print(f"edgernn: alert #{opened['id']} opened at line {line} ({top})", file=sys.stderr)
+        print(f"edgernn: alert #{opened['id']} opened at {line} ({top})", file=sys.stderr)
     if closed:
         print(
-            f"edgernn: alert #{closed['id']} closed at line {line}: {closed['flagged']} flagged "
+            f"edgernn: alert #{closed['id']} closed at {line}: {closed['flagged']} flagged "
             f"samples, peak score {closed['peak_score']:.2f} "
             f"({', '.join(closed.get('top_channels', []))})",
             file=sys.stderr,

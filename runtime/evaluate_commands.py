@@ -1,10 +1,17 @@
-"""`edgernn evaluate`: train on the head of each labelled file, stream the rest live.
+"""`edgernn evaluate`: score the detector on labelled CSV files, streamed as live.
 
 For each labelled CSV: fit a forecaster on its first N rows (plus any extra normal
-files), export it through the same gate as `edgernn export`, then stream the whole file
-sample by sample through the runtime (Model + Monitor + Detector), exactly as a device
-would: causal, one sample at a time, no look-ahead. The first N rows only warm the
-stream up; the rows after them are scored against the labels.
+files) and export it through the same gate as `edgernn export`, or take an existing
+model (--model MODEL.onnx, no training); then stream the whole file sample by sample
+through the runtime (Model + Monitor + Detector), exactly as a device would: causal,
+one sample at a time, no look-ahead. The first N rows only warm the stream up; the
+rows after them are scored against the labels: a 0/1 column, or labelled windows of
+timestamps per file in a JSON file (--labels), the format public benchmarks use:
+
+    {"machine_temperature.csv": [["2013-12-10 06:25:00", "2013-12-12 05:35:00"], ...]}
+
+(a window may also be one timestamp: that row). Files are matched by their path, or
+the end of it (a key "realKnownCause/x.csv" matches data/realKnownCause/x.csv).
 """
 
 from __future__ import annotations
@@ -21,10 +28,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from edgernn.argtypes import csv_list, nonempty_csv_list, positive_int
+from edgernn.argtypes import csv_list, non_negative_int, positive_int
 from edgernn.errors import DataError, EdgernnError
 from edgernn.runtime.csvdata import Table, read_csv
-from edgernn.runtime.detector import COMBINES, NOVELTY_MODES, STRATEGIES, Detector
+from edgernn.runtime.detector import Detector, load_config, make_config, parse_time
 from edgernn.runtime.evaluate import (
     NAB_PROFILES,
     NabScore,
@@ -39,31 +46,6 @@ from edgernn.runtime.evaluate import (
 TRAIN_FLAGS = (
     "cell", "hidden", "layers", "horizon", "residual", "epochs", "seed", "ridge", "spectral_radius",
 )  # fmt: skip
-# Detector flags -> Detector keyword arguments (None: keep the calibrated value).
-DETECTOR_FLAGS = {
-    "threshold": "threshold",
-    "threshold_value": "fixed_threshold",
-    "smoothing": "smoothing",
-    "warmup": "warmup",
-    "holdoff": "holdoff",
-    "min_score": "min_score",
-    "threshold_window": "window",
-    "z": "z",
-    "p": "p",
-    "adapt": "adapt",
-    "baseline": "baseline",
-    "combine": "combine",
-    "forecast_weight": "forecast_weight",
-    "holdout": "holdout",
-    "quantile": "quantile",
-    "margin": "margin",
-    "release": "release",
-    "freeze": "freeze",
-    "novelty": "novelty",
-    "novelty_channels": "novelty_channels",
-}
-
-
 @dataclass
 class FileEvaluation:
     """One file's test part, streamed: labels, flags and scores per test row."""
@@ -74,6 +56,11 @@ class FileEvaluation:
     flags: np.ndarray  # (N,) 0/1
     scores: np.ndarray  # (N,) float, 0 where no verdict (warm-up, first forecast)
     events: list[dict] = field(default_factory=list)
+    onsets: Optional[np.ndarray] = None  # (N,) 0/1: the sample opens an alert
+    forecasts: Optional[np.ndarray] = None  # (N, C) the forecast made for each row
+    times: Optional[list[str]] = None  # (N,) the time column, if any
+    channels: list[str] = field(default_factory=list)
+    time_column: Optional[str] = None
 
     def metrics(self, profile: str = "standard") -> dict[str, Any]:
         result: dict[str, Any] = dict(point_metrics(self.labels, self.flags))
@@ -94,13 +81,55 @@ def write_table_head(table: Table, rows: int, path: str) -> None:
 
 
 def read_labelled(
-    path: str, label: str, channels: Optional[Sequence[str]] = None, ignore: Sequence[str] = ()
+    path: str,
+    label: str,
+    channels: Optional[Sequence[str]] = None,
+    ignore: Sequence[str] = (),
+    windows: Optional[dict] = None,
 ) -> Table:
-    table = read_csv(path, channels=channels, ignore=ignore, keep=[label])
-    labels = table.extra[label]
-    if not np.isin(labels, (0, 1)).all():
-        raise DataError(f"{path}: label column {label!r} must hold only 0 and 1")
+    """The file with its 0/1 labels in table.extra[label]: its label column, or, with
+    `windows` (a --labels JSON), rows whose timestamp falls in one of the file's windows."""
+    if windows is None:
+        table = read_csv(path, channels=channels, ignore=ignore, keep=[label])
+        labels = table.extra[label]
+        if not np.isin(labels, (0, 1)).all():
+            raise DataError(f"{path}: label column {label!r} must hold only 0 and 1")
+        return table
+    table = read_csv(path, channels=channels, ignore=ignore)
+    table.extra[label] = labels_from_windows(path, table, windows_for(path, windows))
     return table
+
+
+def windows_for(path: str, windows: dict) -> list:
+    """The file's entry in a --labels JSON: by its path or the end of it."""
+    norm = os.path.normpath(path).replace(os.sep, "/")
+    matches = [k for k in windows if norm == k or norm.endswith("/" + k.lstrip("/"))]
+    if not matches:
+        raise DataError(f"{path}: no entry in the labels JSON (keys name files by path)")
+    return windows[max(matches, key=len)]
+
+
+def labels_from_windows(path: str, table: Table, windows) -> np.ndarray:
+    """(N,) 0/1: rows whose timestamp lies in a window [t0, t1] (or equals a point)."""
+    if table.time is None:
+        raise DataError(f"{path}: labelled windows need a time column, and it has none")
+    times = np.array([_stamp(path, t) for t in table.time])
+    labels = np.zeros(len(table), dtype=np.int8)
+    if not isinstance(windows, list):
+        raise DataError(f"{path}: its labels must be a list of [start, end] windows")
+    for w in windows:
+        start, end = (w, w) if isinstance(w, (str, int, float)) else (w[0], w[-1]) if w else (None, None)
+        if start is None:
+            raise DataError(f"{path}: an empty window in the labels JSON")
+        labels[(times >= _stamp(path, start)) & (times <= _stamp(path, end))] = 1
+    return labels
+
+
+def _stamp(path: str, value) -> float:
+    seconds = parse_time(value)
+    if seconds is None:
+        raise DataError(f"{path}: {value!r} is not a timestamp")
+    return seconds
 
 
 def train_and_export(
@@ -121,24 +150,49 @@ def train_and_export(
     return model_path
 
 
-def stream_file(model_path: str, table: Table, detector_kwargs: dict[str, Any]):
-    """Stream every row of `table` through Model + Monitor + Detector, one at a time.
-    Returns (flags, scores, events) over all rows."""
+@dataclass
+class Streamed:
+    """Every row of a file streamed through Model + Monitor + Detector."""
+
+    flags: np.ndarray  # (N,) 0/1
+    scores: np.ndarray  # (N,)
+    onsets: np.ndarray  # (N,) 0/1
+    forecasts: np.ndarray  # (N, C) the forecast made for each row (NaN before the first)
+    events: list[dict]
+    channels: list[str]  # the model's channels (the forecasts' columns)
+
+
+def stream_file(model_path: str, table: Table, detector_options: dict[str, Any]) -> Streamed:
+    """Stream every row of `table` through Model + Monitor + Detector, one at a time,
+    with the row's timestamp when the file has a time column."""
     from edgernn.runtime.model import Model
     from edgernn.runtime.monitor import Monitor
 
     model = Model(model_path)
-    detector = Detector.from_meta(model.meta, **detector_kwargs)
+    if not model.meta.is_forecaster:
+        raise EdgernnError(f"{model_path}: the detector scores forecasts; this is task {model.meta.task}")
+    missing = [c for c in model.channels if c not in table.channels]
+    if missing:
+        raise DataError(f"the model's channel(s) {', '.join(missing)} are not in the file")
+    values = table.values[:, [table.channels.index(c) for c in model.channels]]
+    detector = Detector.from_meta(model.meta, **detector_options)
     monitor = Monitor(model, detector=detector)
     n = len(table)
     flags = np.zeros(n, dtype=np.int8)
+    onsets = np.zeros(n, dtype=np.int8)
     scores = np.zeros(n, dtype=np.float64)
+    forecasts = np.full((n, len(model.channels)), np.nan)
     for i in range(n):
-        record = monitor.process(table.values[i])
+        due = monitor.last_forecast
+        if due is not None:
+            forecasts[i] = due
+        record = monitor.process(values[i], time=None if table.time is None else table.time[i])
         flags[i] = int(record.get("anomaly") or 0)
+        onsets[i] = int(record.get("onset") or 0)
         scores[i] = float(record.get("score") or 0.0)
     detector.close_event()
-    return flags, scores, [e.to_dict() for e in detector.events]
+    events = [e.to_dict() for e in detector.events]
+    return Streamed(flags, scores, onsets, forecasts, events, list(model.channels))
 
 
 def evaluate_file(
@@ -152,26 +206,37 @@ def evaluate_file(
     ignore: Sequence[str] = (),
     work_dir: Optional[str] = None,
     log: Callable[[str], None] = lambda msg: None,
+    model_path: Optional[str] = None,
+    windows: Optional[dict] = None,
 ) -> FileEvaluation:
-    """Fit on the first `train_rows` rows (+ normal_files), stream the file, score the rest."""
-    table = read_labelled(path, label, channels, ignore)
-    if not 0 < train_rows < len(table):
+    """Fit on the first `train_rows` rows (+ normal_files) unless `model_path` names a
+    model to use as it is; stream the file; score the rows from `train_rows` on."""
+    table = read_labelled(path, label, channels, ignore, windows)
+    if not 0 <= train_rows < len(table) or (model_path is None and train_rows == 0):
         raise DataError(
-            f"{path}: has {len(table)} rows; --train-rows {train_rows} leaves nothing to test"
+            f"{path}: has {len(table)} rows; --train-rows {train_rows} leaves nothing to "
+            + ("test" if train_rows else "train on")
         )
-    with tempfile.TemporaryDirectory(prefix="edgernn-eval-") as tmp:
-        work = work_dir or tmp
-        os.makedirs(work, exist_ok=True)
-        head = os.path.join(tmp, "train_head.csv")
-        write_table_head(table, train_rows, head)
-        model_path = train_and_export(
-            [head, *normal_files], train_config, work, table.channels, log
-        )
-        flags, scores, events = stream_file(model_path, table, dict(detector_kwargs or {}))
+    options = dict(detector_kwargs or {})
+    if model_path is not None:
+        streamed = stream_file(model_path, table, options)
+    else:
+        with tempfile.TemporaryDirectory(prefix="edgernn-eval-") as tmp:
+            work = work_dir or tmp
+            os.makedirs(work, exist_ok=True)
+            head = os.path.join(tmp, "train_head.csv")
+            write_table_head(table, train_rows, head)
+            trained = train_and_export([head, *normal_files], train_config, work, table.channels, log)
+            streamed = stream_file(trained, table, options)
     labels = table.extra[label].astype(np.int8)
     test = slice(train_rows, None)
-    events = [e for e in events if e["end"] >= train_rows]
-    return FileEvaluation(path, train_rows, labels[test], flags[test], scores[test], events)
+    events = [e for e in streamed.events if e["end"] >= train_rows]
+    return FileEvaluation(
+        path, train_rows, labels[test], streamed.flags[test], streamed.scores[test], events,
+        onsets=streamed.onsets[test], forecasts=streamed.forecasts[test],
+        times=None if table.time is None else table.time[train_rows:],
+        channels=streamed.channels, time_column=table.time_column,
+    )  # fmt: skip
 
 
 def pooled_metrics(results: Sequence[FileEvaluation], profile: str = "standard") -> dict:
@@ -210,15 +275,26 @@ def add_commands(subparsers) -> None:
         "evaluate",
         help="score the anomaly detector on labelled CSV files",
         description="For each labelled CSV: train on its first N rows (plus any --normal "
-        "files), then stream the rest through the runtime's detector exactly as live and "
-        "report point-wise precision/recall/F1/FAR/MAR, event detection rate and delay, "
-        "and a NAB-style score.",
+        "files), or take --model as it is, then stream the file through the runtime's "
+        "detector exactly as live and report point-wise precision/recall/F1/FAR/MAR, "
+        "event detection rate and delay, and a NAB-style score.",
     )
     p.add_argument("data", nargs="+", help="labelled CSV file(s)")
     p.add_argument("--label", default="anomaly", help="the 0/1 label column (default anomaly)")
     p.add_argument(
-        "--train-rows", type=positive_int, required=True, metavar="N",
-        help="fit on each file's first N rows; the rest is the test part",
+        "--labels", metavar="JSON",
+        help="labelled windows per file instead of a label column: "
+        '{"file.csv": [["t0", "t1"], ...]} (timestamps of the time column)',
+    )  # fmt: skip
+    p.add_argument(
+        "--model", metavar="MODEL.onnx",
+        help="evaluate this model as it is (no training); --train-rows then only skips "
+        "rows from scoring (default 0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--train-rows", type=non_negative_int, metavar="N",
+        help="fit on each file's first N rows; the rest is the test part (required "
+        "without --model)",
     )  # fmt: skip
     p.add_argument(
         "--normal", nargs="+", default=[], metavar="CSV",
@@ -245,86 +321,47 @@ def add_commands(subparsers) -> None:
 
 
 def add_detector_arguments(parser) -> None:
-    """The detector flags (shared with `edgernn run` if the lead wires them there)."""
-    g = parser.add_argument_group("anomaly detector (default: the model's calibration)")
-    g.add_argument("--threshold", choices=STRATEGIES, help="threshold strategy")
-    g.add_argument("--threshold-value", type=float, help="the fixed threshold's value")
-    g.add_argument("--smoothing", type=float, help="EWMA span of the error, samples")
-    g.add_argument("--warmup", type=int, help="samples with a neutral score at the start")
-    g.add_argument("--holdoff", type=int, help="quiet samples that close an alert event")
-    g.add_argument("--min-score", type=float, help="never flag a score below this")
-    g.add_argument("--threshold-window", type=positive_int, help="trailing window, samples")
-    g.add_argument("--z", type=float, help="gaussian threshold: mean + z * std")
-    g.add_argument("--p", type=float, help="dynamic threshold: pruning ratio")
-    g.add_argument("--adapt", type=float, help="online scale tracking rate (0 = frozen)")
+    """The detector's flags, shared by `edgernn run` and `edgernn evaluate`."""
+    g = parser.add_argument_group("anomaly detector")
     g.add_argument(
-        "--combine", choices=COMBINES,
-        help="channels -> score: RMS over all ('mean'), the worst ('max'), or the 2 or 3 "
-        "worst ('top2', 'top3')",
+        "--alarm-every", metavar="N|DURATION",
+        help="the sensitivity: about one false alarm per N samples of normal operation "
+        "(10000), or per DURATION when the input has a time column (7d, 12h, 30min); "
+        "default: 7 days with timestamps, else 10000 samples",
     )  # fmt: skip
     g.add_argument(
-        "--baseline", type=float, metavar="SPAN",
-        help="add a novelty term: each sample against a slow EWMA baseline of the stream "
-        "(span in samples; frozen while flagged, so a sustained shift keeps alarming)",
-    )  # fmt: skip
-    g.add_argument(
-        "--forecast-weight", type=float,
-        help="weight of the forecast error beside the baseline term (0 = novelty only)",
-    )  # fmt: skip
-    g.add_argument(
-        "--holdout", type=float, metavar="FRAC",
-        help="last fraction of the warm-up that learns the baseline scale and the "
-        "holdout threshold",
-    )  # fmt: skip
-    g.add_argument("--quantile", type=float, help="holdout threshold: this quantile of the scores")
-    g.add_argument("--margin", type=float, help="holdout threshold: times this margin")
-    g.add_argument(
-        "--freeze", type=float, metavar="Z",
-        help="on flagged samples only channels with baseline |z| above Z freeze their "
-        "baseline; the others keep tracking (0 = all freeze)",
-    )  # fmt: skip
-    g.add_argument(
-        "--novelty", choices=NOVELTY_MODES,
-        help="novelty term: 'tracking' (a slow baseline that follows normal samples) or "
-        "'reference' (a short EWMA of the samples, span --baseline, against a reference "
-        "fixed at the end of the warm-up)",
-    )  # fmt: skip
-    g.add_argument(
-        "--novelty-channels", type=nonempty_csv_list, metavar="NAMES",
-        help="comma-separated channels in the novelty term (default: all); leave out "
-        "sensors that drift in normal operation",
-    )  # fmt: skip
-    g.add_argument(
-        "--release", type=float, metavar="RATIO",
-        help="hysteresis: an alarm holds while the score stays above RATIO x the threshold "
-        "(1 = none)",
+        "--detector-config", metavar="FILE",
+        help="expert detector options, JSON or TOML (see the README's detector section)",
     )  # fmt: skip
 
 
 def detector_kwargs_from(args: argparse.Namespace) -> dict[str, Any]:
-    kwargs = {dst: getattr(args, src, None) for src, dst in DETECTOR_FLAGS.items()}
-    if kwargs.get("fixed_threshold") is not None and kwargs.get("threshold") is None:
-        kwargs["threshold"] = "fixed"  # --threshold-value alone means a fixed threshold
-    return {k: v for k, v in kwargs.items() if v is not None}
-
-
-def check_detector_flags(det_kwargs: dict[str, Any]) -> None:
-    """Bad detector flags fail before any training. Channel names in --novelty-channels
-    are checked later, against each file's columns, once they are known."""
-    named = [c for c in det_kwargs.get("novelty_channels") or [] if isinstance(c, str)]
-    Detector(**{"fixed_threshold": 1.0, "channels": named or None, **det_kwargs})
+    """Detector options from --detector-config, with --alarm-every on top."""
+    options: dict[str, Any] = {}
+    if getattr(args, "detector_config", None):
+        options.update(load_config(args.detector_config))
+    if getattr(args, "alarm_every", None) is not None:
+        options["alarm_every"] = args.alarm_every
+    make_config(options)  # a bad value fails here, before any training or streaming
+    return options
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from edgernn.errors import require
     from edgernn.train.config import TrainConfig
 
-    require("torch")  # export runs the ONNX exporter and its parity gate
-    require("onnx")
-    cfg = TrainConfig(**{k: getattr(args, k) for k in TRAIN_FLAGS}, progress=False)
     det_kwargs = detector_kwargs_from(args)
-    check_detector_flags(det_kwargs)
+    if args.model is None:
+        if args.train_rows is None:
+            raise EdgernnError("give --train-rows N (the rows each file trains on), or --model")
+        require("torch")  # export runs the ONNX exporter and its parity gate
+        require("onnx")
+    elif args.normal:
+        raise EdgernnError("--normal trains a model; with --model nothing is trained")
+    train_rows = args.train_rows or 0
+    cfg = TrainConfig(**{k: getattr(args, k) for k in TRAIN_FLAGS}, progress=False)
     check_files(args)
+    windows = read_windows(args.labels) if args.labels else None
     log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else (lambda msg: None)
     results = []
     for path in args.data:
@@ -332,9 +369,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         try:
             results.append(
                 evaluate_file(
-                    path, args.train_rows, cfg, det_kwargs, label=args.label,
+                    path, train_rows, cfg, det_kwargs, label=args.label,
                     normal_files=args.normal, channels=args.channels, ignore=args.ignore,
-                    log=log,
+                    log=log, model_path=args.model, windows=windows,
                 )
             )  # fmt: skip
         except ValueError as e:  # a training setting the data cannot satisfy
@@ -344,13 +381,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary = {
         "files": {r.path: r.metrics(args.profile) for r in results},
         "pooled": pooled_metrics(results, args.profile),
-        "train_rows": args.train_rows,
+        "train_rows": train_rows,
+        "model": args.model,
         "detector": det_kwargs,
     }
     if args.out:
         write_outputs(args.out, results, summary)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
+
+
+def read_windows(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            windows = json.load(fh)
+    except OSError as e:
+        raise EdgernnError(f"{path}: cannot read ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise EdgernnError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(windows, dict):
+        raise EdgernnError(f'{path}: labels must be an object {{"file.csv": [[t0, t1], ...]}}')
+    return windows
 
 
 def prediction_name(path: str) -> str:
@@ -392,14 +443,27 @@ def write_outputs(out_dir: str, results: Sequence[FileEvaluation], summary: dict
         os.makedirs(out_dir, exist_ok=True)
         for r in results:
             with open(os.path.join(out_dir, prediction_name(r.path)), "w", newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["row", "label", "score", "anomaly"])
-                for i, (y, s, f) in enumerate(zip(r.labels, r.scores, r.flags)):
-                    writer.writerow([r.train_rows + i, int(y), f"{s:.6g}", int(f)])
+                write_predictions(fh, r)
         with open(os.path.join(out_dir, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=2)
     except OSError as e:
         raise EdgernnError(f"{out_dir}: cannot write ({e.strerror})") from e
+
+
+def write_predictions(fh, r: FileEvaluation) -> None:
+    """One row per test row: row, the time column, label, forecasts, score, flag, onset."""
+    writer = csv.writer(fh)
+    head = ["row"] + ([r.time_column or "time"] if r.times is not None else [])
+    writer.writerow(
+        head + ["label"] + [f"{c}_forecast" for c in r.channels] + ["score", "anomaly", "onset"]
+    )
+    onsets = r.onsets if r.onsets is not None else np.zeros(len(r.flags), dtype=np.int8)
+    for i in range(len(r.labels)):
+        row: list[Any] = [r.train_rows + i] + ([r.times[i]] if r.times is not None else [])
+        forecast = r.forecasts[i] if r.forecasts is not None else []
+        row += [int(r.labels[i])] + ["" if v != v else f"{v:.7g}" for v in forecast]
+        row += [f"{r.scores[i]:.6g}", int(r.flags[i]), int(onsets[i])]
+        writer.writerow(row)
 
 
 def format_summary(summary: dict) -> str:

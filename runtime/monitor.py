@@ -36,11 +36,13 @@ class Monitor:
             return None
         return self._pending[0].copy()
 
-    def process(self, x, imputed: bool = False) -> dict[str, Any]:
+    def process(self, x, imputed: bool = False, time=None) -> dict[str, Any]:
         """Score sample x [channels] against its forecast, then forecast ahead.
 
         Imputed samples (gap fill) advance the model but are not scored and do not
-        teach the detector anything.
+        teach the detector anything. `time`: the sample's timestamp (a time column's
+        text, or epoch seconds) when the source has one; the detector uses it for
+        time-of-day baselines, budgets in days and event times.
         """
         x = np.asarray(x, dtype=np.float32)
         due = self._pending[0] if len(self._pending) == self.model.horizon else None
@@ -53,9 +55,12 @@ class Monitor:
             self.samples += 1
         if self.detector is not None:
             if imputed or due is None:
-                record.update(score=None, anomaly=0 if due is None else None)
+                record.update(score=None, anomaly=0 if due is None else None, onset=0)
             else:
-                self.last_output = self.detector.score_one(x, due)
+                if time is None:
+                    self.last_output = self.detector.score_one(x, due)
+                else:
+                    self.last_output = self.detector.score_one(x, due, time=time)
                 record.update(_detector_fields(self.last_output))
         return record
 

@@ -42,7 +42,7 @@ def test_run_csv_one_row_per_input_row(trained, tmp_path):
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 200
     forecast_cols = ["timestamp", "a", "b", "c", "a_forecast", "b_forecast", "c_forecast"]
-    assert list(rows[0]) == forecast_cols + ["score", "anomaly"]  # calibrated at export
+    assert list(rows[0]) == forecast_cols + ["score", "anomaly", "onset"]  # calibrated at export
     assert {r["anomaly"] for r in rows} <= {"0", "1"}
     # the same numbers as the Python API streaming the same file
     from edgernn.runtime import Model, read_csv

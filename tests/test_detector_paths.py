@@ -35,7 +35,7 @@ def test_csv_and_serial_paths_give_identical_scores(tmp_path):
         writer.writerows([[repr(float(v)) for v in row] for row in x])  # exact float32 values
 
     def detector():
-        return Detector(channels=model.channels, threshold="gaussian", warmup=30)
+        return Detector(channels=model.channels, warmup=30, alarm_every=200)
 
     out_path = str(tmp_path / "out.csv")
     run_csv(model, str(csv_path), out_path, detector=detector())

@@ -437,11 +437,13 @@ def test_output_topics_ha_discovery_alerts_availability_and_last_will(broker, mo
     avail = "edgernn/gw1/availability"
     sub = Client(broker, "edgernn/#", "homeassistant/#")
     env = dict(os.environ, NOTIFY_SOCKET=os.path.join(folder, "s"), WATCHDOG_USEC="200000")
+    config = os.path.join(folder, "detector.json")  # a short warm-up: 80 samples in all
+    with open(config, "w") as fh:
+        json.dump({"warmup": 20, "holdoff": 3, "alarm_every": 100}, fh)
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgernn", "run", model_path, "--mqtt",
          broker.url("sensors/+/data"), "--availability-topic", avail, "--ha-discovery",
-         "--threshold", "fixed", "--threshold-value", "5", "--warmup", "20", "--holdoff", "3",
-         "--smoothing", "1", "--status-interval", "0"],
+         "--detector-config", config, "--status-interval", "0"],
         stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:

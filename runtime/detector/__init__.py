@@ -1,0 +1,49 @@
+"""Streaming anomaly detection on forecast errors (numpy only; runs on the Pi).
+
+    from edgernn.runtime.detector import Detector
+    det = Detector.from_meta(model)                  # or Detector(channels=[...])
+    out = det.score_one(sample, forecast, time=ts)   # one sample at a time
+    out.score      # -log10 P(a normal sample scores this high): 3 = a 1-in-1,000 sample
+    out.anomaly    # score >= det.threshold = log10(samples per false alarm)
+    out.onset      # this sample opens an alert event (det.events: the closed ones)
+
+Modules, by responsibility: normalise.py (per-channel robust error scale with floors,
+seasonal baseline), tails.py (online tail probabilities), alerts.py (events),
+config.py (options, the false-alarm budget, JSON/TOML config files), timeparse.py
+(timestamps), core.py (the Detector that ties them together, calibrate()).
+"""
+
+from edgernn.runtime.detector.alerts import Event
+from edgernn.runtime.detector.config import (
+    CONFIG_KEYS,
+    Budget,
+    DetectorConfig,
+    load_config,
+    make_config,
+    parse_budget,
+)
+from edgernn.runtime.detector.core import (
+    CALIBRATION_FORMAT,
+    Detector,
+    DetectorOutput,
+    calibrate,
+)
+from edgernn.runtime.detector.normalise import robust_center_scale
+from edgernn.runtime.detector.timeparse import format_time, parse_time
+
+__all__ = [
+    "Budget",
+    "CALIBRATION_FORMAT",
+    "CONFIG_KEYS",
+    "Detector",
+    "DetectorConfig",
+    "DetectorOutput",
+    "Event",
+    "calibrate",
+    "format_time",
+    "load_config",
+    "make_config",
+    "parse_budget",
+    "parse_time",
+    "robust_center_scale",
+]

@@ -1,0 +1,558 @@
+"""The detector: forecast errors in, a calibrated surprisal and alert events out.
+
+Per sample (x, the forecast made for it, optionally its timestamp):
+
+1. normalise   z = per-channel error in robust units (normalise.py), and optionally the
+               sample's distance from its own slow average (`level_span`) too; with
+               timestamps, each minus its usual value at this time of day is tried
+               too, and the smaller kept (a daily pattern the forecaster misses, such
+               as a nightly batch job, is normal).
+2. statistics  per channel: |z| (spikes), |EWMA(clip z)| (level shifts), EWMA(min(z^2,
+               9)) and its inverse (variance up, stuck / frozen values), over a window
+               of `span` samples (the clip keeps one spike from smearing), and, when
+               enabled, the distance from the slow average (drifts a forecaster follows).
+3. surprisal   each statistic's tail probability under what the stream has shown to be
+               normal (tails.py, flagged samples excluded); the smallest gives
+               T = -log10(min p), whose own tail probability P gives the score:
+               score = -log10 P. A score of 3 is a 1-in-1,000 sample on this stream.
+4. verdict     flag when score >= log10(samples per false alarm): the false-alarm
+               budget (`alarm_every`, "about one alarm per N samples / N days").
+5. events      flags grouped into alerts with onset, end, peak, channels, times.
+
+Everything is deterministic; `state_dict()` is JSON-able and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from edgernn.errors import InputError, ModelFormatError
+from edgernn.runtime.detector.alerts import Event, EventTracker
+from edgernn.runtime.detector.config import (
+    CONFIG_KEYS,
+    DEFAULT_ALARM_EVERY_DAYS,
+    DEFAULT_ALARM_EVERY_SAMPLES,
+    make_config,
+)
+from edgernn.runtime.detector.normalise import (
+    CLIP,
+    ErrorNormaliser,
+    SampleFloors,
+    SeasonalProfile,
+    robust_center_scale,
+)
+from edgernn.runtime.detector.tails import TailTable
+from edgernn.runtime.detector.timeparse import format_time, parse_time
+
+CALIBRATION_FORMAT = 2  # 1: the old detector's (center/scale are read, the rest ignored)
+MAX_SCORE = 50.0
+PRIOR_WEIGHT = 10.0  # samples' worth of the prior tails
+MIN_SECOND_STAGE = 30.0  # first-stage samples before the second stage learns
+MIN_ENERGY = 0.01  # stuck-value statistic 1 / EWMA(z^2) tops out at 100 (a flat channel)
+N_INIT = 20  # errors whose median / MAD start an uncalibrated normaliser
+N_STEPS = 50  # time steps whose median is the sampling interval
+PERIODS = {"day": (86400.0, 1440), "week": (604800.0, 2016)}  # seconds, most bins
+ANCHOR_RATE = 3.0  # tails below this many times the false-alarm rate are extrapolated
+MAX_USUAL = 1000.0  # |z| learnt by the time-of-day baseline at most
+STAT_GRID = (-2.0, 4.0, 72)  # statistics: log10 from 0.01 to 10,000, 12 cells a decade
+TOP_GRID = (0.0, 30.0, 240)  # T = -log10 p_min: 0 to 30 in steps of 0.125
+N_STATS = 5  # statistics per channel (see _statistics)
+
+
+@dataclass
+class DetectorOutput:
+    """The verdict on one sample (JSON-friendly fields)."""
+
+    score: float  # -log10 of the tail probability; 0.0 while warming up
+    anomaly: bool  # this sample is flagged (score >= threshold)
+    threshold: Optional[float]  # None while warming up
+    warming_up: bool
+    contributions: np.ndarray  # (C,) each channel's share of the surprisal, sums to 1 or 0
+    onset: bool = False  # this sample opens an alert (the first flag of an event)
+    event: Optional[int] = None  # id of the open event
+    event_opened: Optional[dict] = None
+    event_closed: Optional[dict] = None
+
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "score": self.score,
+            "anomaly": int(self.anomaly),
+            "onset": int(self.onset),
+        }
+        for key in ("event", "event_opened", "event_closed"):
+            if getattr(self, key) is not None:
+                record[key] = getattr(self, key)
+        return record
+
+
+class Detector:
+    """One stream's anomaly detector (see the module docstring).
+
+    >>> det = Detector(channels=["cpu", "mem"])           # or Detector.from_meta(model)
+    >>> out = det.score_one(sample, forecast, time="2024-05-01 10:00:00")
+    >>> out.score, out.anomaly, out.onset, det.events
+
+    channels: channel names (events name them). error_center, error_scale: the forecast
+    error's per-channel center / scale from validation (calibrate(); None: learnt from
+    the first errors). Every other keyword is a DetectorConfig option (config.py).
+    """
+
+    def __init__(
+        self,
+        channels: Optional[list[str]] = None,
+        error_center=None,
+        error_scale=None,
+        **options,
+    ):
+        self.channels = None if channels is None else [str(c) for c in channels]
+        self.error_center = _vector(error_center, "error_center")
+        self.error_scale = _vector(error_scale, "error_scale")
+        self.config = make_config(options)
+        self.options = self.config.to_dict()
+        self._n = self._known_channels()
+        self.reset()
+
+    def _known_channels(self) -> Optional[int]:
+        sizes = {len(v) for v in (self.channels, self.error_center, self.error_scale) if v}
+        if len(sizes) > 1:
+            raise InputError("channels, error_center and error_scale differ in length")
+        if self.error_scale is not None and not all(s > 0 for s in self.error_scale):
+            raise InputError("error_scale must be > 0 for every channel")
+        ref = self.config.reference_channels
+        if ref is not None and (self.channels is None or not set(ref) <= set(self.channels)):
+            missing = sorted(set(ref) - set(self.channels or []))
+            raise InputError(f"reference channel(s) {', '.join(missing)} are not channels")
+        return sizes.pop() if sizes else None
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments, JSON-able: Detector(**det.get_params()) is a fresh twin."""
+        return {
+            "channels": self.channels,
+            "error_center": self.error_center,
+            "error_scale": self.error_scale,
+            **self.options,
+        }
+
+    @classmethod
+    def from_meta(cls, meta, **options) -> Detector:
+        """From a model (or its ModelMeta): its calibration's center / scale if any, else
+        its error scale, else learnt from the stream. None-valued options are ignored."""
+        meta = getattr(meta, "meta", meta)
+        kwargs: dict[str, Any] = {"channels": list(meta.channels)}
+        calibration = meta.extra.get("detector")
+        if isinstance(calibration, dict):
+            kwargs.update(_from_calibration(calibration, meta.n_channels))
+        elif meta.error_scale is not None:
+            kwargs["error_scale"] = list(meta.error_scale)
+        kwargs.update({k: v for k, v in options.items() if v is not None})
+        return cls(**kwargs)
+
+    # -- state -------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Back to the state right after construction: warm-up again, no events."""
+        self.t = 0
+        self._floors: Optional[SampleFloors] = None
+        self._model: Optional[ErrorNormaliser] = None
+        self._level_norm: Optional[ErrorNormaliser] = None
+        self._profile: Optional[SeasonalProfile] = None
+        self._level: Optional[np.ndarray] = None  # slow EWMA of the samples
+        self._first: Optional[TailTable] = None
+        self._second: Optional[TailTable] = None
+        self._ref_table: Optional[TailTable] = None
+        self._mean: Optional[np.ndarray] = None  # EWMA of clipped z
+        self._energy: Optional[np.ndarray] = None  # EWMA of min(z^2, CLIP^2)
+        self._smooth: Optional[np.ndarray] = None  # reference term: EWMA of the samples
+        self._ref_seen: list[list[float]] = []  # ... its smoothed and raw samples to fix it
+        self._ref: Optional[np.ndarray] = None  # (2, R) reference center and scale
+        self._steps: list[float] = []
+        self._step: Optional[float] = None  # the sampling interval, seconds
+        self._last_time: Optional[float] = None
+        self._events = EventTracker(self.channels, self.config.holdoff)
+        if self._n is not None:
+            self._build(self._n)
+
+    def _build(self, n: int) -> None:
+        cfg = self.config
+        self._n = n
+        self._floors = SampleFloors(n, cfg.level_floor, cfg.memory)
+        self._model = ErrorNormaliser(
+            n, cfg.scale_span, N_INIT, self.error_center, self.error_scale
+        )
+        self._level_norm = ErrorNormaliser(n, cfg.scale_span, N_INIT, centered=True)
+        self._first = TailTable(N_STATS * n, *STAT_GRID, log=True, memory=cfg.memory)
+        self._second = TailTable(1, *TOP_GRID, log=False, memory=cfg.memory)
+        if cfg.reference > 0:
+            self._ref_table = TailTable(len(self._ref_index()), *STAT_GRID, True, cfg.memory)
+
+    def _ref_index(self) -> list[int]:
+        chosen = self.config.reference_channels
+        if chosen is None:
+            return list(range(self._n))
+        return [self.channels.index(c) for c in chosen]
+
+    @property
+    def n_channels(self) -> Optional[int]:
+        return self._n
+
+    @property
+    def events(self) -> list[Event]:
+        """Closed events, oldest first (the last 100)."""
+        return self._events.closed
+
+    @property
+    def open_event(self) -> Optional[Event]:
+        return self._events.open
+
+    @property
+    def threshold(self) -> float:
+        """The score a sample must reach to be flagged: log10(samples per false alarm)."""
+        budget = self.config.budget
+        if budget.samples is not None:
+            samples = budget.samples
+        elif budget.seconds is not None and self._step:
+            samples = budget.seconds / self._step
+        elif self._step:  # "auto" with timestamps
+            samples = DEFAULT_ALARM_EVERY_DAYS * 86400.0 / self._step
+        else:  # "auto" without, or a duration before the interval is known
+            samples = DEFAULT_ALARM_EVERY_SAMPLES
+        return math.log10(max(samples, 2.0))
+
+    def close_event(self) -> Optional[Event]:
+        """Close the open event now (e.g. at the end of a file); returns it, or None."""
+        return self._events.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly, as JSON-able values."""
+        parts = {
+            name: None if part is None else part.state_dict()
+            for name, part in self._parts().items()
+        }
+        return {
+            "params": self.get_params(),
+            "t": self.t,
+            "n_channels": self._n,
+            "parts": parts,
+            "mean": _list(self._mean),
+            "energy": _list(self._energy),
+            "smooth": _list(self._smooth),
+            "level": _list(self._level),
+            "ref_seen": self._ref_seen,
+            "ref": None if self._ref is None else self._ref.tolist(),
+            "steps": self._steps,
+            "step": self._step,
+            "last_time": self._last_time,
+            "events": self._events.state_dict(),
+        }
+
+    def _parts(self) -> dict[str, Any]:
+        return {
+            "floors": self._floors, "model": self._model, "level_norm": self._level_norm,
+            "profile": self._profile, "first": self._first, "second": self._second,
+            "ref_table": self._ref_table,
+        }  # fmt: skip
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Resume from state_dict(); the saved detector must have had the same settings."""
+        try:
+            if {k: d["params"].get(k) for k in CONFIG_KEYS} != self.options:
+                raise InputError("saved detector state was made with other detector settings")
+            n = d["n_channels"]
+            if n is not None and self._n is not None and n != self._n:
+                raise InputError(f"saved detector state has {n} channels, this detector {self._n}")
+            self.reset()
+            if n is not None:
+                self._build(int(n))
+            self.t = int(d["t"])
+            self._step = None if d["step"] is None else float(d["step"])
+            if d["parts"]["profile"] is not None:
+                self._make_season()
+            for name, part in self._parts().items():
+                saved = d["parts"][name]
+                if (saved is None) != (part is None):
+                    raise ValueError(f"{name} present in one of the states only")
+                if part is not None:
+                    part.load_state_dict(saved)
+            self._mean, self._energy = _array(d["mean"]), _array(d["energy"])
+            self._smooth = _array(d["smooth"])
+            self._level = _array(d["level"])
+            self._ref_seen = [list(map(float, r)) for r in d["ref_seen"]]
+            self._ref = None if d["ref"] is None else np.asarray(d["ref"], dtype=np.float64)
+            self._steps = [float(s) for s in d["steps"]]
+            self._last_time = None if d["last_time"] is None else float(d["last_time"])
+            self._events.load_state_dict(d["events"])
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise InputError(f"damaged detector state ({e!r})") from None
+
+    # -- scoring -----------------------------------------------------------------------
+    def score_one(self, x, forecast, time: Union[str, float, None] = None) -> DetectorOutput:
+        """Score sample x [C] against the forecast made for it [C] (raw units); `time`:
+        its timestamp (text from a time column, or epoch seconds), if the input has one."""
+        x = self._check(x, "sample")
+        forecast = self._check(forecast, "forecast")
+        when = parse_time(time) if isinstance(time, str) else time
+        self._track_time(when)
+        t = self.t
+        self.t += 1
+        learning = t < self.config.warmup
+        e = forecast - x
+        self._floors.observe(x)
+        floor = self._floors.floor()
+        d = self._level_deviation(x)
+        if not self._model.ready or not self._level_norm.ready:
+            self._model.update(e, floor, learning)
+            self._level_norm.update(d, floor, learning)
+            return self._neutral()
+        z = np.concatenate([self._model.normalise(e, floor), self._level_norm.normalise(d, floor)])
+        usual = self._seasonal_center(when)
+        if self._profile is not None and when is not None:
+            self._profile.update(np.clip(z, -MAX_USUAL, MAX_USUAL), when)
+        if usual is not None:  # what is usual at this time of day is normal
+            z = np.where(np.abs(z - usual) < np.abs(z), z - usual, z)
+        stats = self._statistics(z[: self._n], z[self._n :])
+        threshold = self.threshold
+        self._set_anchors(threshold)
+        p_first = self._first.probability(stats, np.exp(-stats), PRIOR_WEIGHT)
+        p_ref = self._reference_p(x, t, floor)
+        score, top = self._surprisal(p_first if p_ref is None else np.concatenate([p_first, p_ref]))
+        flagged = not learning and score >= threshold
+        # What normal looks like is learnt from unflagged samples and from each alert's
+        # onset: a pattern that keeps coming back (normal spikes the warm-up did not
+        # show) becomes normal at its true rate, while the rest of a sustained fault
+        # teaches nothing and keeps scoring. The trackers (scale, slow average) follow
+        # flagged samples at `flagged_weight`, so a lasting change of regime is absorbed.
+        onset = flagged and self._events.open is None
+        self._learn(stats, top, 1.0 if onset or not flagged else 0.0)
+        weight = self.config.flagged_weight if flagged else 1.0
+        if weight > 0:
+            self._model.update(e, floor, learning, weight)
+            self._level_norm.update(d, floor, learning, weight)
+            if self.config.level_span > 0:
+                self._level += weight * (2.0 / (self.config.level_span + 1.0)) * (x - self._level)
+        contributions = self._contributions(p_first, p_ref)
+        if learning:
+            return DetectorOutput(score, False, None, True, contributions)
+        stamp = time if isinstance(time, str) else format_time(when)
+        opened, closed = self._events.update(t, flagged, score, contributions, stamp)
+        out = DetectorOutput(
+            score, flagged, threshold, False, contributions, onset=opened is not None,
+            event_opened=opened, event_closed=closed,
+        )  # fmt: skip
+        if self._events.open is not None:
+            out.event = self._events.open.id
+        return out
+
+    def _surprisal(self, p: np.ndarray) -> tuple[float, float]:
+        """(score, T): T = -log10 of the smallest tail probability, the score -log10 of
+        T's own tail probability (prior: K independent statistics, P = K 10^-T)."""
+        smallest = max(float(p.min()), 1e-300)
+        top = -math.log10(smallest)
+        prior = np.array([min(1.0, len(p) * smallest)])
+        tail = self._second.probability(np.array([top]), prior, PRIOR_WEIGHT)[0]
+        return min(-math.log10(max(float(tail), 1e-300)), MAX_SCORE), top
+
+    def _set_anchors(self, threshold: float) -> None:
+        """Tails rarer than a few times the budget's rate are extrapolated (tails.py)."""
+        fraction = ANCHOR_RATE * 10.0**-threshold
+        for table in (self._first, self._second, self._ref_table):
+            if table is not None:
+                table.extrapolate_below = fraction
+
+    def _level_deviation(self, x: np.ndarray) -> np.ndarray:
+        """x minus its slow average (which moves on normal samples, see score_one);
+        zeros when the statistic is off (level_span 0: its tail probability is then 1)."""
+        if self._level is None:
+            self._level = x.copy()
+        if self.config.level_span <= 0:
+            return np.zeros_like(x)
+        return x - self._level
+
+    def _statistics(self, z: np.ndarray, z_level: np.ndarray) -> np.ndarray:
+        """(5C,): |z|, |EWMA(clip z)| in its own std units, EWMA(min(z^2, 9)), its
+        inverse, and |z_level|, the sample's distance from its slow average."""
+        alpha = 2.0 / (self.config.span + 1.0)
+        clipped = np.clip(z, -CLIP, CLIP)
+        if self._mean is None:
+            self._mean, self._energy = np.zeros_like(z), np.ones_like(z)
+        self._mean = self._mean + alpha * (clipped - self._mean)
+        self._energy = self._energy + alpha * (clipped * clipped - self._energy)
+        drift = np.abs(self._mean) / math.sqrt(alpha / (2.0 - alpha))
+        return np.concatenate(
+            [np.abs(z), drift, self._energy, 1.0 / np.maximum(self._energy, MIN_ENERGY),
+             np.abs(z_level)]
+        )  # fmt: skip
+
+    def _learn(self, stats: np.ndarray, top: float, weight: float) -> None:
+        if weight <= 0:
+            return
+        if self._first.total >= MIN_SECOND_STAGE:
+            self._second.add(np.array([top]), weight)
+        self._first.add(stats, weight)
+        if self._ref_table is not None and self._ref is not None:
+            self._ref_table.add(self._ref_stat, weight)
+
+    def _contributions(self, p_first: np.ndarray, p_ref: Optional[np.ndarray]) -> np.ndarray:
+        surprise = (-np.log10(np.maximum(p_first, 1e-300))).reshape(N_STATS, self._n).max(axis=0)
+        if p_ref is not None:
+            idx = self._ref_index()
+            surprise[idx] = np.maximum(surprise[idx], -np.log10(np.maximum(p_ref, 1e-300)))
+        total = float(surprise.sum())
+        return surprise / total if total > 0 else np.zeros(self._n)
+
+    # -- time and seasons --------------------------------------------------------------
+    def _track_time(self, when: Optional[float]) -> None:
+        if when is None:
+            return
+        if self._last_time is not None and self._step is None:
+            gap = when - self._last_time
+            if gap > 0:
+                self._steps.append(gap)
+            if len(self._steps) >= N_STEPS:
+                self._step = float(np.median(self._steps))
+                self._steps = []
+        self._last_time = when
+
+    def _season(self) -> Optional[str]:
+        season = self.config.season
+        return "day" if season == "auto" else (None if season == "none" else season)
+
+    def _make_season(self) -> None:
+        period, max_bins = PERIODS[self._season()]
+        self._profile = SeasonalProfile(2 * self._n, period, self._step, max_bins)
+
+    def _seasonal_center(self, when: Optional[float]) -> Optional[np.ndarray]:
+        """The usual error at this time of day, once known (None without timestamps)."""
+        if when is None or self._step is None or self._season() is None:
+            return None
+        if self._profile is None:
+            period, _ = PERIODS[self._season()]
+            if period / self._step < 4:  # sampled too coarsely for the season
+                return None
+            self._make_season()
+        usual = self._profile.center(when)
+        return None if usual is None else usual.copy()
+
+    # -- the reference term (expert option) --------------------------------------------
+    def _reference_p(self, x: np.ndarray, t: int, floor: np.ndarray) -> Optional[np.ndarray]:
+        """Tail probabilities of |EWMA(x) - reference| / spread on the reference channels:
+        the reference is fixed on the first half of the warm-up, the second half learns
+        how far normal operation strays from it."""
+        span = self.config.reference
+        if span <= 0:
+            return None
+        idx = self._ref_index()
+        xs = x[idx]
+        alpha = 2.0 / (span + 1.0)
+        self._smooth = xs.copy() if self._smooth is None else self._smooth + alpha * (xs - self._smooth)
+        half = self.config.warmup // 2
+        if self._ref is None:
+            if t >= N_INIT:
+                self._ref_seen.append(self._smooth.tolist() + xs.tolist())
+            if t + 1 < half or len(self._ref_seen) < 2:
+                return np.ones(len(idx))
+            seen = np.array(self._ref_seen)
+            center, spread = robust_center_scale(seen[:, : len(idx)])
+            _, raw = robust_center_scale(seen[:, len(idx) :])
+            spread = np.maximum.reduce([spread, raw / math.sqrt(span), floor[idx]])
+            self._ref, self._ref_seen = np.stack([center, spread]), []
+        self._ref_stat = np.abs(self._smooth - self._ref[0]) / self._ref[1]
+        return self._ref_table.probability(self._ref_stat, np.exp(-self._ref_stat), PRIOR_WEIGHT)
+
+    # -- helpers -----------------------------------------------------------------------
+    def _neutral(self) -> DetectorOutput:
+        return DetectorOutput(0.0, False, None, True, np.zeros(self._n))
+
+    def _check(self, v, what: str) -> np.ndarray:
+        try:
+            arr = np.asarray(v, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{what} is not numeric: {e}") from None
+        if arr.ndim != 1:
+            raise InputError(f"{what} must be a vector [channels], got shape {arr.shape}")
+        if self._n is None:
+            self._build(len(arr))
+        if len(arr) != self._n:
+            raise InputError(f"{what} has {len(arr)} channels, the detector {self._n}")
+        if not np.isfinite(arr).all():
+            raise InputError(f"{what} holds NaN or inf")
+        return arr
+
+
+# ------------------------------------------------------------------------- calibration
+def calibrate(val_errors, **options) -> dict[str, Any]:
+    """The detector calibration export stores in the model ("detector" metadata):
+    robust per-channel center / scale of the validation forecast errors [T, C] (raw
+    units, forecast - sample), the options given, and the validation scores' spread."""
+    errors = np.asarray(val_errors, dtype=np.float64)
+    if errors.ndim != 2 or errors.shape[0] < 2:
+        raise InputError(f"validation errors must be [T >= 2, channels], got {errors.shape}")
+    errors = errors[np.isfinite(errors).all(axis=1)]
+    if len(errors) < 2:
+        raise InputError("validation errors hold fewer than 2 finite rows")
+    make_config(options)
+    center, scale = robust_center_scale(errors)
+    floor = 1e-6 * np.maximum(np.abs(errors).mean(axis=0), 1e-6)
+    scale = np.maximum(scale, floor)
+    probe = Detector(error_center=center, error_scale=scale, **{**options, "warmup": 2})
+    zero = np.zeros(errors.shape[1])
+    scores = np.array([probe.score_one(zero - err, zero).score for err in errors])[1:]
+    return {
+        "format": CALIBRATION_FORMAT,
+        "center": center.tolist(),
+        "scale": scale.tolist(),
+        "threshold": "budget",
+        "params": dict(options),
+        "validation": {
+            "rows": int(len(errors)),
+            "score_p50": float(np.median(scores)),
+            "score_p99": float(np.quantile(scores, 0.99)),
+            "score_max": float(scores.max()),
+        },
+    }
+
+
+def _from_calibration(cal: dict, n_channels: int) -> dict[str, Any]:
+    try:
+        if int(cal.get("format", 1)) > CALIBRATION_FORMAT:
+            raise ModelFormatError(
+                f"detector calibration format {cal['format']} is newer than this edgernn reads"
+            )
+        center = [float(v) for v in cal["center"]]
+        scale = [float(v) for v in cal["scale"]]
+        options = {}
+        if int(cal.get("format", 1)) >= 2:  # format 1's params belong to the old detector
+            options = {k: v for k, v in dict(cal.get("params", {})).items() if k in CONFIG_KEYS}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFormatError(f"damaged detector calibration in the model metadata ({e!r})") from None
+    if len(center) != n_channels or len(scale) != n_channels:
+        raise ModelFormatError(
+            f"detector calibration has {len(scale)} channels, the model {n_channels}"
+        )
+    if not all(math.isfinite(s) and s > 0 for s in scale):
+        raise ModelFormatError("detector calibration holds a scale that is not > 0")
+    return {"error_center": center, "error_scale": scale, **options}
+
+
+def _vector(v, name: str) -> Optional[list[float]]:
+    if v is None:
+        return None
+    if isinstance(v, str) or not hasattr(v, "__len__"):
+        raise InputError(f"{name} must be a list (one entry per channel), got {v!r}")
+    try:
+        out = [float(a) for a in v]
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must hold numbers") from None
+    if not all(math.isfinite(a) for a in out):
+        raise InputError(f"{name} must be finite")
+    return out
+
+
+def _list(v: Optional[np.ndarray]) -> Optional[list]:
+    return None if v is None else v.tolist()
+
+
+def _array(v) -> Optional[np.ndarray]:
+    return None if v is None else np.asarray(v, dtype=np.float64)

@@ -1,0 +1,204 @@
+"""Per-channel online normalisers: an error in units of what is usual for this channel.
+
+`ErrorNormaliser` turns a forecast error e (C,) into z = (e - center) / scale with a
+center and scale tracked online (Huber-clipped exponential averages: a spike moves
+them no more than 3 scales' worth, so one outlier barely registers). Its scale never
+collapses: it is floored by
+
+  * a quarter of the data's resolution (the decimal quantum of the samples: integer
+    counts, values logged with two decimals), so a flat quantised channel's one-step
+    change is about 4 units, not infinity;
+  * `level_floor` x the mean absolute sample-to-sample change, so a smooth signal the
+    model forecasts almost perfectly does not turn rounding noise into alarms;
+  * a tiny fraction of the signal's level (float32 rounding).
+
+`SeasonalProfile` is the seasonal baseline used when the input has timestamps: per
+time-of-day (or time-of-week) bin, the usual normalised error at that time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+CLIP = 3.0  # Huber clip of the center/scale updates, in scales
+CENTER_SLOWER = 10.0  # the center's span is this many times the scale's
+MEAN_ABS_TO_STD = math.sqrt(math.pi / 2)  # mean |x| of a Gaussian times this is its std
+MAD_TO_STD = 1.4826
+MAX_DECIMALS = 6  # resolutions finer than 1e-6 count as continuous
+_POWERS = 10.0 ** np.arange(MAX_DECIMALS + 1)
+_FLOAT32_TOL = 4.0 * 2.0**-24  # relative rounding of a float32 sample
+
+
+def robust_center_scale(errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and robust std per channel (1.4826 MAD, else 1.2533 mean |dev| when most
+    errors are identical); 0 where a channel never varies (the floors take over)."""
+    errors = np.asarray(errors, dtype=np.float64)
+    center = np.median(errors, axis=0)
+    dev = np.abs(errors - center)
+    scale = MAD_TO_STD * np.median(dev, axis=0)
+    return center, np.where(scale > 0, scale, MEAN_ABS_TO_STD * dev.mean(axis=0))
+
+
+class SampleFloors:
+    """What the samples themselves say about the smallest meaningful error scale."""
+
+    def __init__(self, n: int, level_floor: float, memory: float):
+        self.level_floor, self.memory = level_floor, memory
+        self.decimals = np.zeros(n, dtype=np.int64)
+        self.prev: Optional[np.ndarray] = None
+        self.mean_change = np.zeros(n)
+        self.mean_level = np.zeros(n)
+        self.n = 0
+
+    def observe(self, x: np.ndarray) -> None:
+        if self.decimals.min() <= MAX_DECIMALS:  # some channel still looks quantised
+            y = x[None, :] * _POWERS[:, None]  # (decimals, C)
+            exact = np.abs(y - np.round(y)) <= _FLOAT32_TOL * np.abs(y) + 1e-9
+            exact[-1] = True  # past MAX_DECIMALS: continuous
+            needed = np.argmax(exact, axis=0)
+            needed[~exact[:-1].any(axis=0)] = MAX_DECIMALS + 1
+            np.maximum(self.decimals, needed, out=self.decimals)
+        self.n += 1
+        rate = max(1.0 / self.n, 1.0 / self.memory)
+        self.mean_level += rate * (np.abs(x) - self.mean_level)
+        if self.prev is not None:
+            change = np.abs(x - self.prev)
+            self.mean_change += max(1.0 / (self.n - 1), 1.0 / self.memory) * (
+                change - self.mean_change
+            )
+        self.prev = x.copy()
+
+    def floor(self) -> np.ndarray:
+        resolution = np.where(self.decimals <= MAX_DECIMALS, 10.0 ** -self.decimals.astype(float), 0.0)
+        return np.maximum.reduce(
+            [0.25 * resolution, self.level_floor * self.mean_change, 1e-6 * self.mean_level + 1e-12]
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "decimals": self.decimals.tolist(),
+            "prev": None if self.prev is None else self.prev.tolist(),
+            "mean_change": self.mean_change.tolist(),
+            "mean_level": self.mean_level.tolist(),
+            "n": self.n,
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        self.decimals = np.asarray(d["decimals"], dtype=np.int64)
+        self.prev = None if d["prev"] is None else np.asarray(d["prev"], dtype=np.float64)
+        self.mean_change = np.asarray(d["mean_change"], dtype=np.float64)
+        self.mean_level = np.asarray(d["mean_level"], dtype=np.float64)
+        self.n = int(d["n"])
+
+
+class ErrorNormaliser:
+    """z = (e - center) / max(scale, floor), center and scale tracked online.
+
+    span: EWMA span of the trackers (0: they only learn while `learning` is passed, i.e.
+    during warm-up, as running averages). n_init: errors whose median / MAD start the
+    trackers when no calibration gives them.
+    """
+
+    def __init__(
+        self, n: int, span: float, n_init: int, center=None, scale=None, centered: bool = False
+    ):
+        self.span, self.n_init, self.centered = span, n_init, centered
+        self.center = None if center is None else np.asarray(center, dtype=np.float64).copy()
+        self.scale = None if scale is None else np.asarray(scale, dtype=np.float64).copy()
+        if self.scale is not None and self.center is None:
+            self.center = np.zeros(n)
+        self.pending: list[list[float]] = []  # the first errors, until the trackers start
+        self.n = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.scale is not None
+
+    def normalise(self, e: np.ndarray, floor: np.ndarray) -> np.ndarray:
+        return (e - self.center) / np.maximum(self.scale, floor)
+
+    def update(self, e: np.ndarray, floor: np.ndarray, learning: bool, weight: float = 1.0) -> None:
+        """Learn from one error worth `weight` samples. The center moves CENTER_SLOWER
+        times slower than the scale: a slow drift must not become the new center."""
+        if self.scale is None:
+            self.pending.append(e.tolist())
+            if len(self.pending) >= self.n_init:
+                self.center, self.scale = robust_center_scale(np.array(self.pending))
+                if self.centered:
+                    self.center = np.zeros_like(self.center)
+                self.n, self.pending = len(self.pending), []
+            return
+        self.n += 1
+        if self.span > 0:
+            rate = weight * max(1.0 / self.n, 2.0 / (self.span + 1.0))
+        elif learning:
+            rate = 1.0 / self.n
+        else:
+            return
+        limit = CLIP * np.maximum(self.scale, floor)
+        d = e - self.center
+        if not self.centered:
+            slow = max(1.0 / self.n, rate / CENTER_SLOWER) if self.span > 0 else rate
+            self.center = self.center + slow * np.clip(d, -limit, limit)
+        self.scale = self.scale + rate * (MEAN_ABS_TO_STD * np.minimum(np.abs(d), limit) - self.scale)
+
+    def state_dict(self) -> dict:
+        return {
+            "center": None if self.center is None else self.center.tolist(),
+            "scale": None if self.scale is None else self.scale.tolist(),
+            "pending": self.pending,
+            "n": self.n,
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        self.center = None if d["center"] is None else np.asarray(d["center"], dtype=np.float64)
+        self.scale = None if d["scale"] is None else np.asarray(d["scale"], dtype=np.float64)
+        self.pending = [list(map(float, e)) for e in d["pending"]]
+        self.n = int(d["n"])
+
+
+class SeasonalProfile:
+    """The usual normalised error at each time of day (or week): a forecaster that
+    misses a daily pattern (a nightly batch job, the morning ramp) errs the same way
+    at the same time every day, and that error is normal.
+
+    One bin per sample interval (at most `max_bins`); a bin's value follows a running
+    average over its first days, then an exponential one over `periods` periods. A bin
+    answers once a whole period has been seen and it holds at least one sample.
+    """
+
+    def __init__(self, n: int, period: float, step: float, max_bins: int, periods: float = 7.0):
+        self.period, self.periods = period, periods
+        self.bins = int(max(1, min(max_bins, round(period / step))))
+        self.mean = np.zeros((self.bins, n))
+        self.count = np.zeros(self.bins)
+        self.first: Optional[float] = None
+
+    def _bin(self, when: float) -> int:
+        return int((when % self.period) / self.period * self.bins) % self.bins
+
+    def center(self, when: float) -> Optional[np.ndarray]:
+        """The usual error in this sample's bin, or None while it is not known."""
+        if self.first is None:
+            self.first = when
+        b = self._bin(when)
+        if when - self.first < self.period or self.count[b] < 1:
+            return None
+        return self.mean[b]
+
+    def update(self, z: np.ndarray, when: float) -> None:
+        b = self._bin(when)
+        self.count[b] += 1
+        rate = max(1.0 / self.count[b], 1.0 / self.periods)
+        self.mean[b] += rate * (z - self.mean[b])
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "count": self.count.tolist(), "first": self.first}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.mean = np.asarray(d["mean"], dtype=np.float64).reshape(self.mean.shape)
+        self.count = np.asarray(d["count"], dtype=np.float64)
+        self.first = None if d["first"] is None else float(d["first"])

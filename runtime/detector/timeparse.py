@@ -1,0 +1,69 @@
+"""Timestamps from a time column, as seconds of wall-clock time.
+
+The detector needs two things from a time column: durations (a false-alarm budget in
+days, event lengths) and the time of day / week (seasonal baselines). Wall-clock time
+as written is what matters for both (a shop opens at 9 local time), so a UTC offset, if
+any, is dropped rather than applied.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from typing import Optional, Union
+
+EPOCH = datetime(1970, 1, 1)
+# Numbers this large are epoch seconds (from 1973 on); larger still, milliseconds.
+EPOCH_SECONDS_MIN, EPOCH_MS_MIN = 1e8, 1e11
+_FORMATS = (
+    "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d",
+    "%d/%m/%Y %H:%M:%S", "%d/%m/%Y", "%d.%m.%Y %H:%M:%S", "%d.%m.%Y",
+)  # fmt: skip
+
+
+def parse_time(value: Union[str, float, int, None]) -> Optional[float]:
+    """Seconds since 1970-01-01 (wall clock as written), or None if it is not a date.
+    Plain numbers count as epoch seconds (or milliseconds) only when they are that big:
+    a row counter is not a calendar."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return _epoch_number(float(value))
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        return _epoch_number(float(text))
+    except ValueError:
+        pass
+    if text.endswith(("Z", "z")):
+        text = text[:-1]
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        stamp = _strptime(text)
+        if stamp is None:
+            return None
+    return (stamp.replace(tzinfo=None) - EPOCH).total_seconds()
+
+
+def _epoch_number(v: float) -> Optional[float]:
+    if not math.isfinite(v) or v < EPOCH_SECONDS_MIN:
+        return None
+    return v / 1000.0 if v >= EPOCH_MS_MIN else v
+
+
+def _strptime(text: str) -> Optional[datetime]:
+    for fmt in _FORMATS:
+        try:
+            return datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+    return None
+
+
+def format_time(seconds: Optional[float]) -> Optional[str]:
+    """ISO text of a parse_time() value (None stays None)."""
+    if seconds is None:
+        return None
+    return (EPOCH + timedelta(seconds=seconds)).isoformat(timespec="seconds")
