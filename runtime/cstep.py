@@ -131,6 +131,8 @@ def _make_private(path: str) -> Optional[str]:
                 os.chmod(path, stat.S_IMODE(st.st_mode) & ~_GROUP_OTHER)
     except OSError as e:
         return f"cannot create {path} ({e.strerror})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable"
     return private_dir_problem(path)
 
 
@@ -307,11 +309,14 @@ def compile_library(source: str, rebuild: bool = False) -> str:
         raise CStepUnavailable("no C compiler found (install gcc or set CC)")
     directory, _ = library_dir()
     lib = os.path.join(directory, f"step_{library_key(cc, source)}.so")
-    with _Locked(lib + ".lock"):
-        if not rebuild and library_problem(lib) is None:
-            return lib
-        remove_library(lib)
-        _build(cc, source, directory, lib)
+    try:
+        with _Locked(lib + ".lock"):
+            if not rebuild and library_problem(lib) is None:
+                return lib
+            remove_library(lib)
+            _build(cc, source, directory, lib)
+    except OSError as e:  # the folder filled up or went away mid-build
+        raise CStepUnavailable(f"building the C step in {directory} failed ({e.strerror})") from e
     return lib
 
 

@@ -200,3 +200,15 @@ def test_key_covers_cpu_and_compiler_not_hostname(monkeypatch):
     assert len({base, pi3, cstep.library_key(cc, "int x;")}) == 3
     monkeypatch.setattr(cstep, "compiler_identity", lambda cc: "gcc 99")
     assert cstep.library_key(cc, "int x;") not in (base, pi3)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a 0500 folder")
+def test_a_read_only_cache_folder_is_not_used(exported_models, cache):
+    os.makedirs(cache, mode=0o700)
+    os.chmod(cache, 0o500)
+    try:
+        directory, why = cstep.library_dir()
+        assert directory != str(cache) and "not writable" in why
+        assert Model(exported_models[("gru", 1)][1], backend="c").backend == "c"
+    finally:
+        os.chmod(cache, 0o700)
