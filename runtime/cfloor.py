@@ -227,10 +227,16 @@ def measure_floor(
 # the `edgernn bench` section
 
 
-def bench_entry(model, stream_step_p50_us: Optional[float], rounds: int) -> dict:
+def bench_entry(model, stream_step_p50_us: Optional[float], rounds: int) -> Optional[dict]:
     """The floor figures for one loaded c-backend Model, plus how much Stream.step (its
-    measured p50) adds over the bare C step."""
-    result = measure_floor(model._engine.net, rounds=rounds)
+    measured p50) adds over the bare C step; None when the timing library does not build
+    (the report then has no floor section rather than no report)."""
+    from edgernn.runtime.cstep import CStepUnavailable
+
+    try:
+        result = measure_floor(model._engine.net, rounds=rounds)
+    except CStepUnavailable:
+        return None
     entry = result.as_dict()
     if stream_step_p50_us is not None:
         entry["stream_overhead_us"] = stream_step_p50_us - result.step_us

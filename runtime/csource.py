@@ -174,7 +174,11 @@ typedef float vf __attribute__((vector_size(VW * 4), aligned(4)));
 typedef int vi __attribute__((vector_size(VW * 4), aligned(4)));
 #define LD(p) (*(const vf *)(p))
 #define ST(p, v) (*(vf *)(p) = (v))
+#if defined(__clang__)
+#define UNROLL _Pragma("unroll")  /* fully, the trip counts are constants */
+#else
 #define UNROLL _Pragma("GCC unroll 16")
+#endif
 
 static inline vf vselect(vi mask, vf a, vf b) {  /* mask ? a : b, lane by lane */
     return (vf)(((vi)a & mask) | ((vi)b & ~mask));

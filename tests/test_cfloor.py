@@ -54,3 +54,9 @@ def test_bench_section_from_a_c_model(exported_models):
     assert len(lines) == 4 and lines[3].startswith("m-lstm")
     assert f"{entry['ratio']:.2f}" in lines[3]
     assert cfloor.format_section([{"model": "x", "c_floor": None}]) == []
+
+
+def test_bench_entry_without_a_working_compiler_is_none(exported_models, monkeypatch):
+    model = Model(exported_models[("gru", 1)][1], backend="c")
+    monkeypatch.setattr(cstep, "_compiler", lambda: None)
+    assert cfloor.bench_entry(model, 3.0, rounds=2) is None
