@@ -386,7 +386,7 @@ class MqttRun:
         self.parser = PayloadParser(self.channels)
         has_detector = detector_factory is not None
         self.fleet = Fleet(model, detector_factory, on_gap=args.on_gap, gap_fill=args.gap_fill,
-                           max_devices=args.max_devices)  # fmt: skip
+                           max_devices=args.max_devices, note=note)  # fmt: skip
         self.latency = LatencyHistogram()
         self.window = LatencyHistogram()
         self.notifier = Notifier()

@@ -109,8 +109,10 @@ class SerialFleetRun:
         ports = [args.port] + list(args.more_ports)
         if len(set(ports)) != len(ports):
             raise InputError("the same --port is given twice")
+        # time_us is the board's microsecond counter: recorded, but no clock for the detector.
         self.fleet = Fleet(model, detector_factory, on_gap=args.on_gap, gap_fill=args.gap_fill,
-                           max_devices=len(ports), time_key="time_us")  # fmt: skip
+                           max_devices=len(ports), time_key="time_us",
+                           wall_clock=False)  # fmt: skip
         self.wake = threading.Event()
         self.boards: list[Board] = []
         for port, name in zip(ports, board_names(ports)):

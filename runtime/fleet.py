@@ -24,6 +24,7 @@ lost on the way (broker away, payloads dropped by overflow or rejected) is a gap
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,7 @@ from edgernn.runtime.model import STATE_BATCH_AXIS, Model
 
 GAP_POLICIES = ("fill", "reset", "continue")
 DUPLICATE_WINDOW = 8  # a sequence number this close behind the expected one is a redelivery
+EPOCH_S_MAX = 4102444800.0  # 2100-01-01: a larger number is not epoch seconds
 
 
 @dataclass
@@ -290,6 +292,8 @@ class Fleet:
         max_devices: int = 1024,
         monitor_class=None,
         time_key: str = "time",
+        wall_clock: bool = True,
+        note: Optional[Callable[[str], None]] = None,
     ):
         if on_gap not in GAP_POLICIES:
             raise InputError(f"on_gap must be one of {', '.join(GAP_POLICIES)}, got {on_gap!r}")
@@ -302,6 +306,8 @@ class Fleet:
         self.gap_fill = gap_fill
         self.max_devices = max_devices
         self.time_key = time_key  # the record field of a sample's timestamp
+        self.wall_clock = wall_clock  # timestamps are wall-clock time (not a device counter)
+        self.note = note
         self.devices: dict[str, Device] = {}
         self.refused: dict[str, int] = {}  # devices beyond max_devices: payloads ignored
         self.ticks = 0
@@ -446,8 +452,9 @@ class Fleet:
 
     def _process(self, dev: Device, s: Sample, forecast: np.ndarray, reset: bool) -> dict:
         dev.stream.prime(forecast)
-        if s.time is not None and self._monitor_takes_time:
-            result = dev.monitor.process(s.values, time=s.time)  # the detector's clock
+        clock = self._clock(dev, s.time) if self._monitor_takes_time else None
+        if clock is not None:
+            result = dev.monitor.process(s.values, time=clock)  # the detector's clock
         else:
             result = dev.monitor.process(s.values)
         dev.counters.processed += 1
@@ -463,6 +470,27 @@ class Fleet:
             record["reset"] = 1
         self._track_alert(dev, record)
         return record
+
+    def _clock(self, dev: Device, t: Any) -> Any:
+        """A sample's timestamp as the detector takes it (text, or epoch seconds), or None.
+        Devices often send epoch milliseconds: taken as such, said once; a number that is
+        neither is not used (said once), so one device's odd clock cannot stop the run."""
+        if t is None or not self.wall_clock or isinstance(t, str):
+            return t if self.wall_clock else None
+        try:
+            v = float(t)
+        except OverflowError:
+            v = math.inf
+        if 0 <= v <= EPOCH_S_MAX:
+            return t
+        if 1e11 <= v <= EPOCH_S_MAX * 1000:
+            if dev.once("clock ms") and self.note is not None:
+                self.note(f"device {dev.name!r}: timestamps like {t} taken as epoch milliseconds")
+            return v / 1000
+        if dev.once("clock bad") and self.note is not None:
+            self.note(f"device {dev.name!r}: timestamp {t!r} is neither epoch seconds nor "
+                      "milliseconds: passed through, not used by the detector")  # fmt: skip
+        return None
 
     def _track_alert(self, dev: Device, record: dict) -> None:
         dev.counters.anomalies += int(record.get("anomaly") or 0)
