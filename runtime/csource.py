@@ -1,26 +1,33 @@
 """C source for a recognised cell stack: the parameter layout and the generated step.
 
 runtime/cstep.py compiles, caches and loads what this module writes. What the step is
-built around (each point measured: benchmarks/cstep_floor.py):
+built around (each point measured: benchmarks/cstep_floor.py, runtime/cfloor.py):
 
 - A batch-1 step has to stream every weight once, from L2 for these model sizes, so it
   is as fast as that stream when the multiply-adds keep up with it. The GEMV therefore
-  keeps up to 8 independent vector accumulators over 64 columns (a long chain of
-  dependent FMAs on 16 columns was latency-bound), and the weights are packed as one
-  contiguous panel per block of hidden units, read front to back.
+  keeps independent vector accumulators over 64 columns in registers (8 with AVX2 and
+  SSE2, 4 of 16 floats with AVX-512, 16 on AArch64; one chain of dependent FMAs on 16
+  columns was latency-bound), and the weights are packed as one contiguous panel per
+  block of hidden units, read front to back.
 - Each panel holds every gate of its units (LSTM i, o, f, c of 16 units = 64 columns),
-  so the gates are computed while they are still in L1, and the next panel's loads
-  overlap this panel's nonlinearities.
+  so a block's gates are computed from L1 right after its GEMV; the next block's GEMV
+  is issued before them, so its loads overlap their arithmetic.
 - GRU runs 3H gate columns: z and r over [x, h], the candidate's input part over the x
   rows only and its recurrent part over the h rows only (no zero blocks).
-- The nonlinearities are written on the vector type (branch-free clamp by bit-select),
-  so they are SIMD on every target without relying on the auto-vectoriser (which will
-  not if-convert a trapping division, and does not vectorise float code for ARMv7 NEON
-  at all without -funsafe-math-optimizations).
-- The vector width comes from the target's predefined macros: 8 floats with AVX, else
-  4 (SSE2, NEON; plain scalar code where there is no SIMD). A 32-byte type on SSE2 is
-  two registers per value and spilled every accumulator.
+- The nonlinearities are written on the vector type, branch-free (the clamp is one
+  min and one max instruction, the division runs on every lane), so they are SIMD on
+  every target without relying on the auto-vectoriser (which will not if-convert a
+  trapping division, and does not vectorise float code for ARMv7 NEON at all without
+  -funsafe-math-optimizations; there the arithmetic goes through NEON intrinsics).
+- The vector width comes from the target's predefined macros: 16 floats with AVX-512, 8
+  with AVX, else 4 (SSE2, NEON; plain scalar code where there is no SIMD). A 32-byte
+  type on SSE2 is two registers per value and spilled every accumulator.
+- Larger batches run GEMM tiles of 6 rows x 4 vectors (32-register targets) or x 2, in
+  chunks of ROWS rows whose gates stay in L1.
 - Sigmoid gates are packed pre-halved, as in the numpy step: sigmoid(g) = tanh(g/2)/2 + 1/2.
+- Vector loads and stores are unaligned-safe (the vector type is declared 4-byte
+  aligned), so no buffer has to be aligned; the packed parameters and scratch are
+  64-byte aligned anyway, which the panel layout keeps for every panel row.
 """
 
 from __future__ import annotations
