@@ -532,10 +532,11 @@ static void layer{index}(const float *P, long B, long r0, int m, const float *xn
     }}
     if (m == 1) {{
         /* software-pipelined: block b + 1's GEMV is issued before block b's gates, so
-           the gates' arithmetic fills the gaps while the next panel streams in */
+           the gates' arithmetic fills the gaps while the next panel streams in
+           (unrolled for up to 8 blocks: straight-line code schedules better) */
         float *G2 = G + {gate_w};
         {one("0", "G")}
-        for (int b = 0; b < {blocks}; b++) {{
+        {"UNROLL " if blocks <= 8 else ""}for (int b = 0; b < {blocks}; b++) {{
             float *g_now = (b & 1) ? G2 : G, *g_next = (b & 1) ? G : G2;
             if (b + 1 < {blocks}) {{
                 {one("b + 1", "g_next")}
