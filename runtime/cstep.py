@@ -350,14 +350,20 @@ def _build(cc: list[str], source: str, directory: str, lib: str) -> None:
 
 
 def _dlopen_fresh(lib: str) -> ctypes.CDLL:
-    """dlopen a library through a name never loaded before: a second dlopen of a path
-    returns the handle already loaded under it, even after the file was replaced."""
+    """dlopen a private copy of `lib` under a name never loaded before. A copy, not the
+    file itself: pages of a loaded library are read from its file on demand, so a cache
+    file damaged in place later (disk trouble, a stray write) would SIGBUS this process;
+    a new name, because a second dlopen of a path returns the handle already loaded."""
     alias = os.path.join(os.path.dirname(lib), f".load{os.getpid()}_{next(_aliases)}.so")
+    fd = os.open(alias, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.link(lib, alias)
-    except OSError:
-        shutil.copyfile(lib, alias)
-    try:
+        with os.fdopen(fd, "wb") as f, open(lib, "rb") as src:
+            data = src.read()
+            f.write(data)
+        with open(lib + ".sha256") as f:
+            recorded = f.read().split()[:1]
+        if [hashlib.sha256(data).hexdigest()] != recorded:
+            raise OSError(f"{os.path.basename(lib)} changed while it was loaded")
         return ctypes.CDLL(alias)
     finally:
         os.unlink(alias)  # the mapping stays; the name is not needed any more

@@ -212,3 +212,18 @@ def test_a_read_only_cache_folder_is_not_used(exported_models, cache):
         assert Model(exported_models[("gru", 1)][1], backend="c").backend == "c"
     finally:
         os.chmod(cache, 0o700)
+
+
+def test_a_loaded_library_survives_its_cache_file_damaged_in_place(exported_models, cache):
+    """Pages of a loaded library are read from its file on demand: the process runs
+    from a private copy, so truncating the cache file cannot SIGBUS it."""
+    code = (
+        "import os, sys, numpy as np; from edgernn.runtime.model import Model;"
+        "from edgernn.runtime import cstep; m = Model(sys.argv[1], backend='c');"
+        "lib = [os.path.join(cstep.cache_dir(), n) for n in os.listdir(cstep.cache_dir())"
+        " if n.endswith('.so')][0]; os.truncate(lib, 1000);"
+        "s = m.stream(); [s.step(np.ones(3, np.float32)) for _ in range(100)]; print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, exported_models[("lstm", 2)][1]],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr)
