@@ -6,7 +6,7 @@ and otherwise expands it piecewise into scalar code, saying so under
 -Wvector-operation-performance. So for x86 (SSE2, AVX2), AArch64 and ARMv7 NEON: no
 operation expanded piecewise, and the assembly holds the vector instructions the GEMV
 and the gates are made of (FMAs on vector registers in the gemv kernels; vector
-min/max and divide or reciprocal in the gates). ARMv6 (VFP, no SIMD) must report the
+min/max (AArch64: compare and select) and divide or reciprocal in the gates). ARMv6 (VFP, no SIMD) must report the
 expansion, which shows the report is read. -fopt-info-vec is asked for too: it reports
 the loops the compiler vectorised by itself (the [x, h] copies), alongside.
 
@@ -36,7 +36,7 @@ TARGETS = {
         r"vdivps\s.*%ymm",
     ),
     "aarch64": (
-        "aarch64-linux-gnu-gcc", ["-march=armv8-a"], r"fmla\s+v\d+\.4s", r"fmin\s+v\d+\.4s",
+        "aarch64-linux-gnu-gcc", ["-march=armv8-a"], r"fmla\s+v\d+\.4s", r"fcmgt\s+v\d+\.4s",
         r"fdiv\s+v\d+\.4s",
     ),
     "armv7-neon": (
