@@ -215,6 +215,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="an exported 8-channel model (default: train an ESN)")
     ap.add_argument("--publish-every", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1, help="samples per device message")
+    ap.add_argument("--run-args", default="", metavar="ARGS",
+                    help="more arguments for the run, e.g. '--no-detector'")
     ap.add_argument("--json", metavar="PATH", help="also write the results here")
     a = ap.parse_args(argv)
 
@@ -229,7 +231,7 @@ def main(argv=None) -> int:
         [sys.executable, "-m", "edgernn", "run", model, "--mqtt",
          f"mqtt://127.0.0.1:{broker.port}/fleet/+/data", "--summary-json", summary,
          "--status-interval", "5", "--publish-every", str(a.publish_every),
-         "--queue-size", "100000", "--mqtt-buffer", "200000"],
+         "--queue-size", "100000", "--mqtt-buffer", "200000", *a.run_args.split()],
         stderr=err,
     )  # fmt: skip
     watcher = None
@@ -288,6 +290,7 @@ def main(argv=None) -> int:
     out = {
         "devices": a.devices, "rate_hz": a.rate, "channels": a.channels,
         "samples_per_message": a.batch, "publish_every": a.publish_every,
+        "run_args": a.run_args,
         "seconds": round(published["seconds"], 2),
         "samples_published": n * a.devices,
         "not_sent_by_publisher_broker_away": published["not_sent"],
