@@ -64,9 +64,8 @@ def add_commands(sub) -> None:
     p.add_argument("--rate", type=positive_float, default=250.0,
                    help="emulated samples per second")  # fmt: skip
     p.add_argument(
-        "--alarm-every", metavar="N",
-        help="the detector's false-alarm budget: about one per N samples (default: the "
-        "detector's, 10000)",
+        "--alarm-every", metavar="N", default="300",
+        help="the detector's false-alarm budget: about one per N samples (default 300)",
     )  # fmt: skip
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -173,8 +172,9 @@ def _live(args, model_path: str, log: PumpLog, out: str):
     closer.start()
     argv = [
         "run", model_path, "--port", emu.path, "--no-reconnect", "-o", jsonl,
-        "--summary-json", summary_path, "--live",
-    ] + (["--alarm-every", args.alarm_every] if args.alarm_every else [])  # fmt: skip
+        "--summary-json", summary_path, "--live", "--detector-config",
+        _detector_config(out, args.alarm_every),
+    ]  # fmt: skip
     try:
         code = cli_main(argv)
     finally:
@@ -186,6 +186,17 @@ def _live(args, model_path: str, log: PumpLog, out: str):
     with open(jsonl) as fh:
         records = [json.loads(line) for line in fh]
     return summary, records
+
+
+def _detector_config(out: str, alarm_every: str) -> str:
+    """The demo's detector options, written as a config file the live run reads. The
+    pump's healthy training log covers its normal operation (duty cycles, heating), so
+    the validation errors' scale stays fixed (scale_span 0): a fault that lasts minutes
+    is not absorbed into the scale while it lasts."""
+    path = os.path.join(out, "detector.json")
+    with open(path, "w") as fh:
+        json.dump({"alarm_every": alarm_every, "scale_span": 0}, fh)
+    return path
 
 
 # -- results -------------------------------------------------------------------------

@@ -111,7 +111,7 @@ class ErrorNormaliser:
         if self.scale is not None and self.center is None:
             self.center = np.zeros(n)
         self.pending: list[list[float]] = []  # the first errors, until the trackers start
-        self.n = 0
+        self.n = 0 if self.scale is None else n_init  # a calibration counts as n_init errors
 
     @property
     def ready(self) -> bool:

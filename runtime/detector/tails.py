@@ -4,9 +4,9 @@
 the values seen on normal samples and answers P(V >= v) for each:
 
   * inside the data: the histogram's upper tail (linear inside a bin);
-  * beyond its last `TAIL_COUNT` values: an exponential tail (a GPD of shape 0, as in
-    peaks-over-threshold; on a log axis a Pareto tail) through that point, its slope
-    from the quantiles at TAIL_COUNT and 4 x TAIL_COUNT samples from the top, so a value a
+  * beyond its last `TAIL_COUNT` values: an exponential tail in the value (a GPD of
+    shape 0, as in peaks-over-threshold) through that point, its scale from the
+    quantiles at TAIL_COUNT and 4 x TAIL_COUNT samples from the top, so a value a
     little past the largest one seen is a little more surprising, not infinitely so;
   * a prior tail, worth `prior_weight` samples, keeps the answer sane before there is
     data and bounds how certain a short history can make it.
@@ -25,8 +25,7 @@ import numpy as np
 
 TAIL_COUNT = 25.0  # effective samples above which the tail is extrapolated, not counted
 FIT_RATIO = 4.0  # ... with the slope between its quantile and 4x as many samples' one
-MIN_DECAY = 0.05  # the extrapolated tail falls at least this steeply (grid units)
-MAX_DECAY = 3.0  # ... and at most this slowly: one record does not make a fat tail
+MIN_DECAY = 0.05  # the tail's scale is at least this fraction of its anchor value
 
 
 class TailTable:
@@ -98,8 +97,13 @@ class TailTable:
         survival = self.survival[rows]
         fit = FIT_RATIO * anchor
         g_tail, g_fit = self._quantile(survival, anchor), self._quantile(survival, fit)
-        decay = np.clip((g_tail - g_fit) / math.log(FIT_RATIO), MIN_DECAY, MAX_DECAY)
-        tail = anchor * np.exp(-np.maximum(g - g_tail, 0.0) / decay)
+        if self.log:  # the tail is exponential in the value itself, not in its log
+            v, v_tail, v_fit = 10.0**g, 10.0**g_tail, 10.0**g_fit
+        else:
+            v, v_tail, v_fit = g, g_tail, g_fit
+        decay = (v_tail - v_fit) / math.log(FIT_RATIO)
+        decay = np.maximum(decay, MIN_DECAY * np.maximum(np.abs(v_tail), self.width))
+        tail = anchor * np.exp(-np.maximum(v - v_tail, 0.0) / decay)
         # too few samples for a tail fit, or not past the anchor: the counts as they are
         use = (survival[:, 0] >= fit) & (g > g_tail)
         return np.where(use, tail, counted)
