@@ -355,6 +355,8 @@ def _dlopen_fresh(lib: str) -> ctypes.CDLL:
     file damaged in place later (disk trouble, a stray write) would SIGBUS this process;
     a new name, because a second dlopen of a path returns the handle already loaded."""
     alias = os.path.join(os.path.dirname(lib), f".load{os.getpid()}_{next(_aliases)}.so")
+    if os.path.lexists(alias):
+        os.unlink(alias)  # left by a killed process of the same pid (a private folder)
     fd = os.open(alias, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f, open(lib, "rb") as src:
