@@ -186,7 +186,8 @@ def test_contract_warmup_is_neutral_and_bad_samples_raise(name):
     det = Detector(channels=["a", "b"], **settings)
     x, f = gaussian_stream(100)
     outs = [det.score_one(x[t], f[t]) for t in range(100)]
-    assert all(o.warming_up and not o.anomaly and o.threshold is None for o in outs)
+    assert all(o.warming_up and not o.anomaly and o.threshold is None and o.score == 0.0
+               for o in outs)  # fmt: skip
     for bad in ([1.0], [1.0, float("nan")], [[1.0, 2.0]], ["a", "b"]):
         with pytest.raises(InputError):
             det.score_one(bad, [0.0, 0.0])

@@ -168,6 +168,7 @@ class Detector:
         self._smooth: Optional[np.ndarray] = None  # reference term: EWMA of the samples
         self._ref_seen: list[list[float]] = []  # ... its smoothed and raw samples to fix it
         self._ref: Optional[np.ndarray] = None  # (2, R) reference center and scale
+        self._ref_stat: Optional[np.ndarray] = None  # this sample's reference statistic
         self._steps: list[float] = []
         self._step: Optional[float] = None  # the sampling interval, seconds
         self._last_time: Optional[float] = None
@@ -333,8 +334,8 @@ class Detector:
             if self.config.level_span > 0:
                 self._level += weight * (2.0 / (self.config.level_span + 1.0)) * (x - self._level)
         contributions = self._contributions(p_first, p_ref)
-        if learning:
-            return DetectorOutput(score, False, None, True, contributions)
+        if learning:  # no verdict yet: a neutral score, the stream is still being learnt
+            return DetectorOutput(0.0, False, None, True, contributions)
         stamp = time if isinstance(time, str) else format_time(when)
         opened, closed = self._events.update(t, flagged, score, contributions, stamp)
         out = DetectorOutput(
