@@ -30,6 +30,7 @@ forecast, and a rejected sample (NaN/inf) leaves the state untouched.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import sys
@@ -171,6 +172,10 @@ class _InterpreterKernel(_Kernel):
         return True
 
 
+# The two values of `cur` as ready-made C ints (Stream.step's direct call converts nothing).
+_C_CUR = (ctypes.c_int(0), ctypes.c_int(1))
+
+
 class _CKernel(_Kernel):
     def __init__(self, engine: _CEngine, batch: int):
         super().__init__(engine.meta, batch)
@@ -178,6 +183,12 @@ class _CKernel(_Kernel):
         self._step = engine.cstep.lib.edgernn_step
         self._run = engine.cstep.lib.edgernn_run
         self._address = address
+        # The same C function without argtypes, called with a ready c_void_p and c_int:
+        # ctypes then converts no argument (about 0.1 us of each Stream.step).
+        lib = engine.cstep.lib
+        self.direct_step = type(lib.edgernn_step)(("edgernn_step", lib))
+        self.direct_step.restype = ctypes.c_int
+        self.direct_ctx = ctypes.c_void_p(address)
 
     def step(self, cur: int) -> bool:
         return self._step(self._address, cur) == 0
@@ -610,7 +621,13 @@ class Stream:
             )
         self._kernel = model._engine.kernel(self._n)
         self._cur = 0  # which of the two state buffers holds the state now
+        # step's C fast path: the kernel's function called directly (no method layer)
+        self._c_step = getattr(self._kernel, "direct_step", None)
+        self._c_ctx = getattr(self._kernel, "direct_ctx", None)
         self._x_shape = concrete(model.input_shape, batch)
+        # the input buffer in the sample's own shape: step's copy needs no broadcasting
+        x_buf = self._kernel.x
+        self._x_in = x_buf.reshape(self._x_shape) if x_buf.size == _size(self._x_shape) else x_buf
         if model.generic:
             meta = model.meta
             # views of the output buffers as the user sees them (no batch axis for batch=None)
@@ -717,12 +734,17 @@ class Stream:
         same shape, in raw units, `horizon` steps ahead of this sample."""
         kernel = self._kernel
         if type(x) is np.ndarray and x.shape == self._x_shape and x.dtype.kind in "fiu":
-            kernel.x[...] = x  # the fast path: one copy into the bound input buffer
+            self._x_in[...] = x  # the fast path: one copy into the bound input buffer
         else:
             kernel.x[...] = self._check_x(x)
-        if not kernel.step(self._cur):
+        cur = self._cur
+        c_step = self._c_step
+        if c_step is not None:  # the C step refuses NaN/inf itself, state untouched
+            if c_step(self._c_ctx, _C_CUR[cur]) != 0:
+                raise InputError("sample holds NaN or inf")
+        elif not kernel.step(cur):
             raise InputError("sample holds NaN or inf")
-        self._cur ^= 1
+        self._cur = cur ^ 1
         return self._y_view.copy()
 
     def run(self, X) -> np.ndarray:
@@ -759,6 +781,13 @@ class Stream:
                 f"got {arr.shape}"
             )
         return arr
+
+
+def _size(shape: tuple) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 __all__ = ["BACKENDS", "Model", "Stream", "STATE_BATCH_AXIS"]
