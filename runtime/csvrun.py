@@ -9,6 +9,7 @@ forecast cells, counted, and do not advance the model. A graph that is not a for
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -17,10 +18,10 @@ from typing import Optional
 
 import numpy as np
 
-from edgernn.errors import EdgernnError
-from edgernn.runtime.csvdata import read_csv
+from edgernn.errors import DataError, EdgernnError
+from edgernn.runtime.csvdata import iter_csv
 from edgernn.runtime.model import Model
-from edgernn.runtime.monitor import Monitor
+from edgernn.runtime.monitor import _detector_fields
 from edgernn.runtime.output import RecordWriter
 
 
@@ -47,14 +48,34 @@ class RunSummary:
         return text
 
 
+# Rows per chunk: Stream.run's call costs nothing at this size, and a chunk's Python rows
+# (cells, formatted floats) stay a few MB.
+RUN_CHUNK_ROWS = 4096
+# skipped_lines keeps the first few only: the summary line shows five (memory stays flat
+# whatever the file holds)
+SHOWN_SKIPPED = 6
+
+
 def run_csv(
     model: Model,
     in_path: str,
     out_path: Optional[str],
     skip_bad: bool = False,
     detector=None,
+    chunk_rows: int = RUN_CHUNK_ROWS,
 ) -> RunSummary:
-    table = read_csv(in_path, channels=model.channels, on_bad="skip" if skip_bad else "error")
+    """The file in chunks of rows (bounded memory, whatever its length): each chunk read
+    and checked, stepped through the model in one Stream.run, scored sample by sample
+    and written in one block; the output holds the same values as stepping row by row.
+    A bad row (without skip_bad) past the first chunk ends the run with the rows before
+    its chunk written."""
+    chunks = iter_csv(
+        in_path, channels=model.channels, on_bad="skip" if skip_bad else "error",
+        chunk_rows=chunk_rows,
+    )  # fmt: skip
+    first = next(chunks)  # the header, the layout and the first rows checked before writing
+    if not len(first):  # only the last chunk can be short of kept rows: there are none
+        raise DataError(f"{first.path}: no valid data rows")
     # Opening the output truncates it: never the input itself (samefile follows links).
     if (
         out_path not in (None, "-")
@@ -62,61 +83,147 @@ def run_csv(
         and os.path.samefile(in_path, out_path)
     ):
         raise EdgernnError(f"{out_path}: is the input file; write the output somewhere else")
+    tables = itertools.chain([first], chunks)
     if not model.meta.is_forecaster:
         if detector is not None:
             raise EdgernnError(
                 f"the anomaly detector scores forecasts; {model.path} is task {model.meta.task}"
             )
-        return _run_graph(model, table, out_path)
-    monitor = Monitor(model, detector=detector)
-    leading = [table.time_column] if table.time_column is not None else []
+        return _run_graph(model, first, tables, out_path)
+    leading = [first.time_column] if first.time_column is not None else []
     trailing = ["score", "anomaly", "onset"] if detector is not None else []
-    bad = set(table.skipped_rows)
-    summary = RunSummary(rows=len(table) + len(bad), skipped=len(bad), skipped_lines=sorted(bad))
-    # Kept and skipped rows in file order, so the output stays one row per input row.
-    order = sorted([(line, i) for i, line in enumerate(table.lines)] + [(line, -1) for line in bad])
+    summary = RunSummary()
+    forecasts = _Forecasts(model)
     start = time.perf_counter()
     with RecordWriter(out_path, model.channels, leading=leading, trailing=trailing) as out:
-        for line, i in order:
-            if i < 0:
-                out.write({"skipped": True, "line": line})
-                continue
-            when = table.time[i] if table.time is not None else None
-            record = _record(table, i, monitor.process(table.values[i], time=when), model.channels)
-            _report_event(record, f"line {line}" if when is None else when)
-            out.write(record)
-            summary.forecasts += 1
-            summary.anomalies += int(record.get("anomaly") or 0)
+        for table in tables:
+            _count(summary, table)
+            Y = forecasts.run(table.values)
+            verdicts = (
+                forecasts.score(detector, table, Y) if detector is not None else None
+            )
+            if out.fmt == "csv":
+                _write_csv_block(out, table, Y, verdicts)
+            else:
+                _write_records(out, table, Y, verdicts, model.channels)
+            if verdicts is not None:
+                summary.anomalies += sum(int(r.get("anomaly") or 0) for r in verdicts)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _run_graph(model: Model, table, out_path: Optional[str]) -> RunSummary:
+def _count(summary: RunSummary, table) -> None:
+    summary.rows += len(table) + len(table.skipped_rows)
+    summary.forecasts += len(table)
+    summary.skipped += len(table.skipped_rows)
+    room = SHOWN_SKIPPED - len(summary.skipped_lines)
+    summary.skipped_lines.extend(sorted(table.skipped_rows)[: max(room, 0)])
+
+
+class _Forecasts:
+    """The stream's forecasts, a chunk at a time, and the forecast each sample is due
+    to be scored against (the one made `horizon` samples before it, across chunks)."""
+
+    def __init__(self, model: Model):
+        self.stream = model.stream()
+        self.horizon = model.horizon
+        self.seen = 0  # samples stepped so far
+        self._tail = np.zeros((0, model.n_channels), dtype=np.float32)  # the last `horizon`
+
+    def run(self, X: np.ndarray) -> np.ndarray:
+        return self.stream.run(X) if len(X) else np.zeros_like(X)
+
+    def score(self, detector, table, Y: np.ndarray) -> list[dict]:
+        """The detector's fields for every row of the chunk, as Monitor.process makes
+        them; alert events reported on stderr in row order."""
+        made = np.concatenate([self._tail, Y])  # made[i + len(tail) - horizon] is row i's
+        lag = len(self._tail) - self.horizon
+        verdicts = []
+        for i in range(len(Y)):
+            when = table.time[i] if table.time is not None else None
+            if self.seen + i < self.horizon:
+                record = {"score": None, "anomaly": 0, "onset": 0}
+            else:
+                due, x = made[i + lag], table.values[i]
+                out = (
+                    detector.score_one(x, due) if when is None
+                    else detector.score_one(x, due, time=when)
+                )  # fmt: skip
+                record = _detector_fields(out)
+            _report_event(record, f"line {table.lines[i]}" if when is None else when)
+            verdicts.append(record)
+        self.seen += len(Y)
+        self._tail = made[len(made) - min(self.horizon, len(made)) :].copy()
+        return verdicts
+
+
+def _gaps(table) -> np.ndarray:
+    """Output positions of the chunk's skipped rows among its rows in file order."""
+    skipped = np.asarray(sorted(table.skipped_rows), dtype=np.int64)
+    return np.searchsorted(np.asarray(table.lines, dtype=np.int64), skipped) + np.arange(
+        len(skipped)
+    )
+
+
+def _write_csv_block(out: RecordWriter, table, Y: np.ndarray, verdicts) -> None:
+    floats = [table.values, Y]
+    trailing = None
+    if verdicts is not None:
+        scores = [np.nan if r.get("score") is None else r["score"] for r in verdicts]
+        floats.append(np.asarray(scores, dtype=np.float64).astype(np.float32)[:, None])
+        trailing = [(_int_cell(r.get("anomaly")), _int_cell(r.get("onset"))) for r in verdicts]
+    out.write_block(np.hstack(floats), leading=table.time, trailing=trailing, gaps=_gaps(table))
+
+
+def _int_cell(v) -> Optional[int]:
+    return None if v is None else int(v)
+
+
+def _write_records(out: RecordWriter, table, Y: np.ndarray, verdicts, channels) -> None:
+    """JSON lines: one record per row, skipped rows in their place."""
+    skipped = sorted(table.skipped_rows)
+    rows = sorted([(line, i) for i, line in enumerate(table.lines)] + [(n, -1) for n in skipped])
+    for line, i in rows:
+        if i < 0:
+            out.write({"skipped": True, "line": line})
+            continue
+        record: dict = {}
+        if table.time_column is not None:
+            record[table.time_column] = table.time[i]
+        record.update({c: float(v) for c, v in zip(channels, table.values[i])})
+        record["forecast"] = dict(zip(channels, Y[i].tolist()))
+        if verdicts is not None:
+            record.update(verdicts[i])
+        out.write(record)
+
+
+def _run_graph(model: Model, first, tables, out_path: Optional[str]) -> RunSummary:
     """Any other graph: every named output of each step, as flat columns."""
     from edgernn.runtime.columns import OutputColumns
 
-    leading = [table.time_column] if table.time_column is not None else []
+    leading = [first.time_column] if first.time_column is not None else []
     columns = OutputColumns(model.meta, taken=leading + model.channels)
-    bad = set(table.skipped_rows)
-    summary = RunSummary(
-        rows=len(table) + len(bad), skipped=len(bad), skipped_lines=sorted(bad), noun="steps"
-    )
-    order = sorted([(line, i) for i, line in enumerate(table.lines)] + [(line, -1) for line in bad])
+    summary = RunSummary(noun="steps")
     stream = model.stream()
     start = time.perf_counter()
     with RecordWriter(out_path, model.channels, leading=leading, values=columns.names) as out:
-        for line, i in order:
-            if i < 0:
-                out.write({"skipped": True, "line": line})
-                continue
-            stream.step(table.values[i])
-            record: dict = {}
-            if table.time_column is not None:
-                record[table.time_column] = table.time[i]
-            record.update({c: float(v) for c, v in zip(model.channels, table.values[i])})
-            record.update(columns.values(stream.outputs))
-            out.write(record)
-            summary.forecasts += 1
+        for table in tables:
+            _count(summary, table)
+            skipped = sorted(table.skipped_rows)
+            order = sorted(
+                [(line, i) for i, line in enumerate(table.lines)] + [(n, -1) for n in skipped]
+            )
+            for line, i in order:
+                if i < 0:
+                    out.write({"skipped": True, "line": line})
+                    continue
+                stream.step(table.values[i])
+                record: dict = {}
+                if table.time_column is not None:
+                    record[table.time_column] = table.time[i]
+                record.update({c: float(v) for c, v in zip(model.channels, table.values[i])})
+                record.update(columns.values(stream.outputs))
+                out.write(record)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -135,13 +242,3 @@ def _report_event(record: dict, line: str) -> None:
             f"({', '.join(closed.get('top_channels', []))})",
             file=sys.stderr,
         )
-
-
-def _record(table, i: int, result: dict, channels: list[str]) -> dict:
-    record: dict = {}
-    if table.time_column is not None:
-        record[table.time_column] = table.time[i]
-    record.update({c: float(v) for c, v in zip(channels, table.values[i])})
-    record["forecast"] = dict(zip(channels, np.asarray(result.pop("forecast")).tolist()))
-    record.update(result)
-    return record

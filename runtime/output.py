@@ -10,6 +10,7 @@ back as the same float32 (the runtime computes in float32): exact, and no longer
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -53,6 +54,72 @@ def _jsonable(v: Any) -> Any:
     if hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0:
         return [_jsonable(x) for x in v.tolist()]
     return _num(v.item() if hasattr(v, "item") else v)
+
+
+_POW10 = 10.0 ** np.arange(23)  # exact in float64
+
+
+def _exponent_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per float32 exponent field e: the scaling 10**k0 that leaves 9 or 10 significant
+    digits above the point (as a multiplier and a divisor, one of them 1.0, both exact),
+    half an ulp in those units, and whether every grid 10**(k0 + j), j <= 10, is exact."""
+    e = np.arange(256)
+    k0 = np.floor((e - 127) * np.log10(2.0)).astype(np.int64) - 8  # <= floor(log10 |v|) - 8
+    usable = (k0 >= -22) & (k0 <= 12) & (e > 0) & (e < 255)
+    k0 = np.where(usable, k0, 0)
+    mul = np.where(k0 < 0, _POW10[np.abs(k0)], 1.0)
+    div = np.where(k0 < 0, 1.0, _POW10[np.abs(k0)])
+    half = np.ldexp(1.0, e - 151) * mul / div
+    return mul, div, half, usable
+
+
+_MUL, _DIV, _HALF, _USABLE = _exponent_tables()
+_SURE = 1e-5  # relative margin within which float64 does not decide a comparison for sure
+
+
+def float32_decimals(values) -> np.ndarray:
+    """float(str(np.float32(v))) for every value, vectorised: the float64 nearest the
+    shortest decimal that reads back as the same float32 (NaN where v is not finite).
+
+    s = |v| scaled to 9 or 10 digits above the point; the shortest digits lie on the
+    coarsest grid 10**j whose point nearest s is within v's half-ulp (then so is every
+    finer grid's, so j counts up until one fails; numpy's Dragon4 also takes the nearest
+    point). Exact where v's rounding interval is symmetric and float64 decides every
+    comparison beyond doubt; the rest (powers of two, subnormals, huge or tiny values,
+    near ties: a few in 100,000) go through numpy's scalar str, so every value equals
+    the scalar formula's."""
+    v = np.ascontiguousarray(values, dtype=np.float32).ravel()
+    bits = v.view(np.uint32)
+    expo = (bits >> 23) & 0xFF
+    with np.errstate(all="ignore"):  # signalling NaNs, inf: left to the scalar formula
+        out = v.astype(np.float64)  # zeros stay as they are (-0.0 too)
+        s = np.abs(out) * _MUL[expo] / _DIV[expo]  # one of the two is 1.0: one rounding
+        half = _HALF[expo]
+        sure = _USABLE[expo] & ((bits & 0x7FFFFF) != 0)
+        digits = np.zeros_like(s)  # |v|'s shortest decimal, in units of 10**k0
+        found = np.zeros(s.shape, dtype=bool)
+        live = np.flatnonzero(sure)
+        for j in range(11):
+            p = _POW10[j]
+            sl, hl = s[live], half[live]
+            scaled = sl / p
+            point = np.rint(scaled) * p
+            dist = np.abs(point - sl)
+            sure[live[np.abs(dist - hl) < _SURE * hl]] = False
+            ok = dist < hl
+            live = live[ok]
+            if not live.size:
+                break
+            digits[live] = point[ok]
+            found[live] = True
+            near_tie = np.abs(scaled[ok] - np.floor(scaled[ok]) - 0.5) < _SURE
+            sure[live[near_tie]] = False  # which grid point is nearer: not sure
+        sure &= found
+        out = np.where(sure, np.copysign(digits * _DIV[expo] / _MUL[expo], out), out)
+    for i in np.flatnonzero(~sure & (out != 0)).tolist():
+        x = v[i]
+        out[i] = float(str(x)) if np.isfinite(x) else np.nan
+    return out.reshape(np.shape(values))
 
 
 class RecordWriter:
@@ -128,6 +195,40 @@ class RecordWriter:
         if self.flush:
             self._fh.flush()
 
+    def write_block(
+        self,
+        floats: np.ndarray,
+        leading: Optional[Sequence[Any]] = None,
+        trailing: Optional[Sequence[Sequence[Any]]] = None,
+        gaps: Sequence[int] = (),
+    ) -> None:
+        """CSV rows in one call, every cell as write() formats it: row i is leading[i]
+        (one cell, e.g. the time), floats[i] (the numeric cells: inputs, then forecasts
+        or outputs, then any float trailing cells, as float32 shortest decimals; NaN and
+        inf empty), then trailing[i] (str, int or None cells). `gaps`: positions in the
+        block's output where an empty row goes (a skipped input row keeps its place)."""
+        if self.fmt != "csv":
+            raise ValueError("write_block writes CSV; JSON lines go through write()")
+        rows = float32_decimals(floats).tolist()
+        if rows and not np.isfinite(floats).all():
+            rows = [[x if math.isfinite(x) else None for x in row] for row in rows]
+        if leading is not None:
+            rows = [[first, *row] for first, row in zip(leading, rows)]
+        if trailing is not None:
+            rows = [row + list(rest) for row, rest in zip(rows, trailing)]
+        width = len(self.leading) + len(self.channels) + len(self.trailing) + (
+            len(self.channels) if self.values is None else len(self.values)
+        )
+        if len(gaps):
+            rows = _with_gaps(rows, gaps, [None] * width)
+        try:
+            self._csv.writerows(rows)
+            if self.flush:
+                self._fh.flush()
+        except OSError as e:
+            self._raise_naming_output(e)
+        self.count += len(rows)
+
     def close(self) -> None:
         try:
             try:
@@ -150,6 +251,17 @@ class RecordWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _with_gaps(rows: list, gaps: Sequence[int], empty: list) -> list:
+    """rows with `empty` placed at the ascending output positions `gaps`."""
+    merged: list = []
+    kept = iter(rows)
+    for at in gaps:
+        merged.extend(itertools.islice(kept, at - len(merged)))
+        merged.append(empty)
+    merged.extend(kept)
+    return merged
 
 
 def _cell(v: Any) -> str:
