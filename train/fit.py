@@ -63,8 +63,13 @@ def train_files(
 
     ctx = distributed.setup(cfg.device)
     try:
-        return _train_bptt(paths, cfg, out_dir, channels, ignore, log if ctx.is_main else _quiet,
-                           resume, ctx)  # fmt: skip
+        result = _train_bptt(paths, cfg, out_dir, channels, ignore,
+                             log if ctx.is_main else _quiet, resume, ctx)  # fmt: skip
+        # Every rank waits here for rank 0's checkpoint: a rank that tears its process
+        # group down and exits while another still uses it dies in gloo's threads
+        # ("terminate called without an active exception"), and torchrun kills the rest.
+        ctx.barrier()
+        return result
     finally:
         ctx.close()
 
