@@ -371,3 +371,21 @@ def test_from_meta_reads_calibrations_old_and_new():
 def test_from_meta_rejects_damaged_calibration(cal):
     with pytest.raises(ModelFormatError):
         Detector.from_meta(_meta(extra={"detector": cal}))
+
+
+@pytest.mark.parametrize(
+    "stamp", [1733040000250, 1733040000.25, float("nan"), float("inf"), 1e30, -1e30, "garbage", 7]
+)
+def test_odd_timestamps_never_end_a_run(stamp):
+    # A device clock in epoch milliseconds, NaN, inf or out of the calendar is no
+    # clock (or a converted one), never an exception after the warm-up.
+    from edgernn.runtime.detector import Detector
+
+    det = Detector(channels=["a", "b"])
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        x = rng.standard_normal(2)
+        step = 1000 * i if isinstance(stamp, int) and stamp > 1e11 else 0
+        out = det.score_one(x, x + 0.1 * rng.standard_normal(2), time=stamp + step
+                            if isinstance(stamp, (int, float)) and np.isfinite(stamp) else stamp)  # fmt: skip
+    assert np.isfinite(out.score)

@@ -46,7 +46,7 @@ from edgernn.runtime.detector.normalise import (
     robust_center_scale,
 )
 from edgernn.runtime.detector.tails import TailTable
-from edgernn.runtime.detector.timeparse import format_time, parse_time
+from edgernn.runtime.detector.timeparse import as_seconds, format_time
 
 CALIBRATION_FORMAT = 2  # 1: the old detector's (center/scale are read, the rest ignored)
 MAX_SCORE = 50.0
@@ -294,7 +294,7 @@ class Detector:
         its timestamp (text from a time column, or epoch seconds), if the input has one."""
         x = self._check(x, "sample")
         forecast = self._check(forecast, "forecast")
-        when = parse_time(time) if isinstance(time, str) else time
+        when = as_seconds(time)
         self._track_time(when)
         t = self.t
         self.t += 1

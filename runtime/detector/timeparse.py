@@ -47,6 +47,28 @@ def parse_time(value: Union[str, float, int, None]) -> Optional[float]:
     return (stamp.replace(tzinfo=None) - EPOCH).total_seconds()
 
 
+MAX_SECONDS = 253402300799.0  # 9999-12-31T23:59:59, the last second datetime can show
+
+
+def as_seconds(value: Union[str, float, int, None]) -> Optional[float]:
+    """A timestamp handed to the detector as seconds, or None if it cannot be one.
+    Text is parsed as a time column's cell; a number is taken as seconds (epoch
+    seconds, or seconds since any start), epoch milliseconds are converted, and NaN,
+    inf, out-of-calendar and non-numeric values are no clock at all (never an error:
+    one odd timestamp from a device must not end a run)."""
+    if value is None or isinstance(value, str):
+        return parse_time(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(v):
+        return None
+    if v >= EPOCH_MS_MIN:
+        v /= 1000.0
+    return v if abs(v) <= MAX_SECONDS else None
+
+
 def _epoch_number(v: float) -> Optional[float]:
     if not math.isfinite(v) or v < EPOCH_SECONDS_MIN:
         return None
