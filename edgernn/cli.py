@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgernn.runtime.bench_commands",
     "edgernn.runtime.wrap_commands",
     "edgernn.firmware_bridge.commands",
+    "edgernn.deployfiles",
 )
 
 

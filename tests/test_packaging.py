@@ -33,6 +33,8 @@ def test_wheel_maps_folders_into_the_edgernn_namespace(tmp_path):
     for data in ("PROTOCOL.md", "firmware/edgernn_frame.c", "firmware/edgernn_frame.h",
                  "firmware/edgernn_sensor/edgernn_sensor.ino"):  # fmt: skip
         assert f"edgernn/firmware_bridge/{data}" in names
+    for unit in ("edgernn.service", "edgernn@.service", "edgernn.env", "edgernn.logrotate"):
+        assert f"edgernn/deploy/{unit}" in names  # `edgernn deploy` finds them after pip
     assert not any(n.startswith("edgernn/tests") for n in names)
     meta = next(n for n in names if n.endswith("METADATA"))
     text = zipfile.ZipFile(tmp_path / wheel).read(meta).decode()
@@ -87,3 +89,17 @@ def test_checkout_package_finds_its_mapped_folders_without_the_install_mapping()
     proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == os.path.join(str(ROOT), "runtime", "__init__.py")
+
+
+def test_deploy_lists_and_copies_the_units_never_over_existing_files(tmp_path):
+    listed = run_cli("deploy")
+    assert listed.returncode == 0, listed.stderr
+    names = {os.path.basename(p) for p in listed.stdout.split()}
+    assert {"edgernn.service", "edgernn@.service", "edgernn.env"} <= names
+    copied = run_cli("deploy", "--to", str(tmp_path / "d"))
+    assert copied.returncode == 0, copied.stderr
+    assert sorted(os.listdir(tmp_path / "d")) == sorted(names)
+    (tmp_path / "d" / "edgernn.env").write_text("MODEL=mine\n")
+    again = run_cli("deploy", "--to", str(tmp_path / "d"))
+    assert again.returncode == 1 and "nothing copied" in again.stderr
+    assert (tmp_path / "d" / "edgernn.env").read_text() == "MODEL=mine\n"
