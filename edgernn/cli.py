@@ -285,6 +285,13 @@ def add_run(sub) -> None:
         help="forecasts only: no anomaly score even when the model carries a calibration",
     )  # fmt: skip
     add_detector_arguments(p)
+    p.add_argument(
+        "--events", metavar="SETTINGS",
+        help="classifiers: the decision layer's settings, e.g. 'enter=0.6,exit=0.4,"
+        "min-samples=3,background=idle' (these are the defaults, no background): an event "
+        "opens when a class reaches enter, holds while it stays >= exit, counts after "
+        "min-samples steps; the `event` column holds the decided class",
+    )  # fmt: skip
     add_serial_arguments(p, src)
     from edgernn.firmware_bridge.mqtt_run import add_mqtt_arguments
 
@@ -313,6 +320,21 @@ def make_detector(model, args):
         raise EdgernnError(f"detector: {e}") from None
 
 
+def make_decider(model, args):
+    """A classifier's decision layer (runtime/decision.py) with --events settings, or None."""
+    from edgernn.runtime.decision import ClassEvents, parse_settings
+
+    if model.meta.task != "classify":
+        if args.events is not None:
+            raise EdgernnError(f"--events is for classifiers; {model.path} is task "
+                               f"{model.meta.task}")  # fmt: skip
+        return None
+    try:
+        return ClassEvents.from_meta(model.meta, **parse_settings(args.events or ""))
+    except ValueError as e:
+        raise EdgernnError(f"--events: {e}") from None
+
+
 def cmd_run(args) -> int:
     from edgernn.runtime import Model
 
@@ -339,7 +361,8 @@ def cmd_run(args) -> int:
         return run_serial(args, model, detector=detector)
     from edgernn.runtime.csvrun import run_csv
 
-    summary = run_csv(model, args.csv, args.out, skip_bad=args.skip_bad_rows, detector=detector)
+    summary = run_csv(model, args.csv, args.out, skip_bad=args.skip_bad_rows, detector=detector,
+                      decider=make_decider(model, args))  # fmt: skip
     print(summary.line(), file=sys.stderr)
     return 0
 

@@ -63,6 +63,7 @@ def run_csv(
     skip_bad: bool = False,
     detector=None,
     chunk_rows: int = RUN_CHUNK_ROWS,
+    decider=None,
 ) -> RunSummary:
     """The file in chunks of rows (bounded memory, whatever its length): each chunk read
     and checked, stepped through the model in one Stream.run, scored sample by sample
@@ -89,7 +90,7 @@ def run_csv(
             raise EdgernnError(
                 f"the anomaly detector scores forecasts; {model.path} is task {model.meta.task}"
             )
-        return _run_graph(model, first, tables, out_path)
+        return _run_graph(model, first, tables, out_path, decider)
     leading = [first.time_column] if first.time_column is not None else []
     trailing = ["score", "anomaly", "onset"] if detector is not None else []
     summary = RunSummary()
@@ -197,16 +198,19 @@ def _write_records(out: RecordWriter, table, Y: np.ndarray, verdicts, channels) 
         out.write(record)
 
 
-def _run_graph(model: Model, first, tables, out_path: Optional[str]) -> RunSummary:
-    """Any other graph: every named output of each step, as flat columns."""
+def _run_graph(model: Model, first, tables, out_path: Optional[str], decider=None) -> RunSummary:
+    """Any other graph: every named output of each step, as flat columns; a classifier's
+    decision layer (`decider`, runtime/decision.py) adds the decided class (`event`) and
+    reports each event on stderr as it ends."""
     from edgernn.runtime.columns import OutputColumns
 
     leading = [first.time_column] if first.time_column is not None else []
     columns = OutputColumns(model.meta, taken=leading + model.channels)
+    names = columns.names + (["event"] if decider is not None else [])
     summary = RunSummary(noun="steps")
     stream = model.stream()
     start = time.perf_counter()
-    with RecordWriter(out_path, model.channels, leading=leading, values=columns.names) as out:
+    with RecordWriter(out_path, model.channels, leading=leading, values=names) as out:
         for table in tables:
             _count(summary, table)
             skipped = sorted(table.skipped_rows)
@@ -223,9 +227,26 @@ def _run_graph(model: Model, first, tables, out_path: Optional[str]) -> RunSumma
                     record[table.time_column] = table.time[i]
                 record.update({c: float(v) for c, v in zip(model.channels, table.values[i])})
                 record.update(columns.values(stream.outputs))
+                if decider is not None:
+                    when = table.time[i] if table.time_column is not None else None
+                    decision = decider.step(stream.outputs[model.meta.output], when)
+                    record["event"] = decision.label
+                    _report_class_event(decision.event)
                 out.write(record)
+    if decider is not None:
+        _report_class_event(decider.flush())
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _report_class_event(event) -> None:
+    """A classifier's event, on stderr as it ends (start/end: time values or row indices)."""
+    if event is not None:
+        print(
+            f"edgernn: event {event.label} from {event.start} to {event.end}: "
+            f"{event.samples} samples, peak p {event.peak:.2f}",
+            file=sys.stderr,
+        )
 
 
 def _report_event(record: dict, line: str) -> None:

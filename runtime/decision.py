@@ -187,3 +187,24 @@ class ClassEvents:
         if isinstance(time, np.generic):  # a numpy scalar from an array of times
             time = time.item()
         return time if timed else index
+
+
+SETTING_KEYS = {"enter": float, "exit": float, "min-samples": int, "background": str}
+
+
+def parse_settings(text: str) -> dict:
+    """`enter=0.7,exit=0.3,min-samples=5,background=idle` -> ClassEvents keyword arguments
+    (what `edgernn run --events` takes); unknown keys and bad values raise ValueError."""
+    settings: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in SETTING_KEYS:
+            raise ValueError(
+                f"{part!r}: expected KEY=VALUE with KEY one of {', '.join(SETTING_KEYS)}"
+            )
+        try:
+            settings[key.replace("-", "_")] = SETTING_KEYS[key](value.strip())
+        except ValueError:
+            raise ValueError(f"{key}: not a {SETTING_KEYS[key].__name__}: {value!r}") from None
+    return settings

@@ -640,11 +640,14 @@ def test_cli_run_classifier_probabilities_and_label(graphs, tmp_path, capsys):
     data = _csv(tmp_path / "in.csv", names=("ch0", "ch1", "ch2"), time_col=False)
     code, out, _ = cli(capsys, "run", dst, "--csv", data)
     lines = out.splitlines()
-    assert lines[0] == "ch0,ch1,ch2,p_rest,p_wave,p_tilt,label"
+    # label: the most probable class; event: the decision layer's class (hysteresis,
+    # minimum duration: runtime/decision.py), empty while no event counts.
+    assert lines[0] == "ch0,ch1,ch2,p_rest,p_wave,p_tilt,label,event"
     for line in lines[1:]:
         cells = line.split(",")
         p = np.array(cells[3:6], dtype=float)
         assert abs(p.sum() - 1) < 1e-5 and cells[6] == ["rest", "wave", "tilt"][int(p.argmax())]
+        assert cells[7] in ("", "rest", "wave", "tilt")
     code, _, err = cli(capsys, "run", dst, "--csv", data, "--alarm-every", "100")
     assert code == 1 and "anomaly detector scores forecasts" in err
 

@@ -355,3 +355,38 @@ def test_export_refuses_unrolled_for_a_classifier(gesture_run, tmp_path):
     run, _, _ = gesture_run
     with pytest.raises(ExportError, match="forecasters only"):
         export_run(run.out_dir, str(tmp_path / "u.onnx"), unrolled=True)
+
+
+def test_edgernn_run_decides_gesture_events_with_the_decision_layer(gesture_run, tmp_path,
+                                                                    capsys):  # fmt: skip
+    from edgernn.cli import main
+
+    _, _, path = gesture_run
+    x, labels = gesture_stream(30, seed=99)
+    held = write_labelled(tmp_path / "held.csv", x, labels)
+    out = str(tmp_path / "out.csv")
+    argv = ["run", path, "--csv", held, "-o", out, "--events", "min-samples=5,background=idle"]
+    assert main(argv) == 0
+    rows = read_rows(out)
+    err = capsys.readouterr().err
+    events = [ln for ln in err.splitlines() if ln.startswith("edgernn: event ")]
+    gestures = sum(1 for i in range(len(labels)) if labels[i] != "idle"
+                   and (i == 0 or labels[i - 1] != labels[i]))  # fmt: skip
+    assert 0.8 * gestures <= len(events) <= 2 * gestures, (len(events), gestures)
+    assert "from 0." in events[0] or "from 1." in events[0]  # times from the time column
+    assert {r["event"] for r in rows} <= set(GESTURES)
+    # The decided class agrees with the truth at least as often as the raw argmax label.
+    decided = np.mean([r["event"] == v for r, v in zip(rows, labels)])
+    assert decided >= np.mean([r["label"] == v for r, v in zip(rows, labels)]) - 0.05
+
+
+def test_run_events_settings_are_checked(gesture_run, tmp_path, capsys):
+    from edgernn.cli import main
+
+    _, _, path = gesture_run
+    x, labels = gesture_stream(4, seed=5)
+    held = write_labelled(tmp_path / "held.csv", x, labels)
+    for bad in ("bogus=1", "enter=high", "enter=0.3,exit=0.5", "background=nothing"):
+        assert main(["run", path, "--csv", held, "--events", bad]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("edgernn: error: --events:"), err
