@@ -187,6 +187,30 @@ def check_writable(path: str, flag: str) -> None:
         raise InputError(f"{flag} {path}: folder {folder} is not writable")
 
 
+def check_output_paths(args) -> None:
+    """--summary-json and --state-file, checked before a run starts."""
+    for flag, path in (("--summary-json", args.summary_json), ("--state-file", args.state_file)):
+        if path:
+            check_writable(path, flag)
+
+
+def write_summary_json(path: str, counters: dict[str, Any]) -> None:
+    """--summary-json: the run's counters, written atomically."""
+    try:
+        write_atomic(path, json.dumps(counters, indent=2))
+    except OSError as e:
+        raise EdgernnError(f"cannot write --summary-json {path}: {e.strerror or e}") from e
+
+
+def latency_fields(hist: LatencyHistogram) -> dict[str, Optional[float]]:
+    """latency_p50_ms and latency_p99_ms of a histogram (None before any sample)."""
+    fields: dict[str, Optional[float]] = {}
+    for name, q in (("p50", 50), ("p99", 99)):
+        v = hist.percentile(q)
+        fields[f"latency_{name}_ms"] = None if v is None else round(v * 1e3, 3)
+    return fields
+
+
 class StateFile:
     """The stream state on disk. Saving happens off the inference thread (fsync on an
     SD card can take tens of milliseconds); the final save at exit is synchronous.
@@ -760,9 +784,7 @@ class LiveRun:
         d["port"] = self.reader.device or self.args.port
         d["seconds"] = round(time.perf_counter() - self._started, 3)
         d["state_saves"] = self.state_file.saves if self.state_file is not None else 0
-        for name, hist in (("p50", 50), ("p99", 99)):
-            v = self.latency.percentile(hist)
-            d[f"latency_{name}_ms"] = None if v is None else round(v * 1e3, 3)
+        d.update(latency_fields(self.latency))
         return d
 
     def print_status(self) -> None:
@@ -816,12 +838,7 @@ class LiveRun:
             lines.append(state + ")")
         self.note("\n".join(lines))
         if self.args.summary_json:
-            try:
-                write_atomic(self.args.summary_json, json.dumps(c, indent=2))
-            except OSError as e:
-                raise EdgernnError(
-                    f"cannot write --summary-json {self.args.summary_json}: {e.strerror or e}"
-                ) from e
+            write_summary_json(self.args.summary_json, c)
 
 
 def run_serial(args, model, detector=None, stop: Optional[threading.Event] = None) -> int:
@@ -829,9 +846,7 @@ def run_serial(args, model, detector=None, stop: Optional[threading.Event] = Non
     disconnect (--no-reconnect); raises EdgernnError for user errors."""
     if args.queue_size < 1:
         raise InputError("--queue-size must be at least 1")
-    for flag, path in (("--summary-json", args.summary_json), ("--state-file", args.state_file)):
-        if path:
-            check_writable(path, flag)
+    check_output_paths(args)
     if getattr(args, "realtime", False):
         print(f"edgernn: {request_realtime()}", file=sys.stderr)
     run = LiveRun(args, model, detector, stop)

@@ -343,6 +343,18 @@ class FleetStateFile:
         n = len(data["fleet"].get("devices", {}))
         return data["fleet"], f"resumed the stream states of {n} devices from {self.path}"
 
+    def resume(self, fleet) -> str:
+        """Lock the file and load its states into `fleet`; a line saying what happened
+        (an unusable or foreign file: every device starts cold)."""
+        self.acquire()
+        state, line = self.load()
+        if state is not None:
+            try:
+                fleet.load_state_dict(state)
+            except ValueError as e:
+                line = f"state file {self.path} unusable ({e}): starting cold"
+        return line
+
     def save_async(self, fleet_state: dict) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
@@ -438,14 +450,7 @@ class MqttRun:
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
         if self.state_file is not None:
-            self.state_file.acquire()
-            state, line = self.state_file.load()
-            if state is not None:
-                try:
-                    self.fleet.load_state_dict(state)
-                except ValueError as e:
-                    line = f"state file {self.state_file.path} unusable ({e}): starting cold"
-            note(line)
+            note(self.state_file.resume(self.fleet))
         try:
             self._start()
             self._loop()
@@ -605,6 +610,8 @@ class MqttRun:
 
     # -- reporting -------------------------------------------------------------------
     def counters(self) -> dict[str, Any]:
+        from edgernn.firmware_bridge.live import latency_fields
+
         totals = self.fleet.totals()
         d: dict[str, Any] = {"broker": self.url.address, "topic": self.url.topic}
         d["seconds"] = round(time.perf_counter() - self._started, 3)
@@ -619,9 +626,7 @@ class MqttRun:
         if self.publisher is not None:
             d["published_forecasts"] = self.publisher.forecasts
             d["published_alerts"] = self.publisher.alerts
-        for name, q in (("p50", 50), ("p99", 99)):
-            v = self.latency.percentile(q)
-            d[f"latency_{name}_ms"] = None if v is None else round(v * 1e3, 3)
+        d.update(latency_fields(self.latency))
         d["devices"] = {name: dev.summary() for name, dev in sorted(self.fleet.devices.items())}
         return d
 
@@ -686,14 +691,9 @@ class MqttRun:
                          + (f", {sf.failures} failed; last: {sf.last_error})" if sf.failures else ")"))
         note("\n".join(lines))
         if self.args.summary_json:
-            from edgernn.firmware_bridge.live import write_atomic
+            from edgernn.firmware_bridge.live import write_summary_json
 
-            try:
-                write_atomic(self.args.summary_json, json.dumps(c, indent=2))
-            except OSError as e:
-                raise EdgernnError(
-                    f"cannot write --summary-json {self.args.summary_json}: {e.strerror or e}"
-                ) from e
+            write_summary_json(self.args.summary_json, c)
 
 
 def _device_line(name: str, d: dict) -> str:
@@ -708,7 +708,7 @@ def _device_line(name: str, d: dict) -> str:
 
 def run_mqtt(args, model, detector_factory=None, stop: Optional[threading.Event] = None) -> int:
     """`edgernn run --mqtt`. Exit 0 on Ctrl-C / SIGTERM; EdgernnError for user errors."""
-    from edgernn.firmware_bridge.live import _graceful_signals, check_writable, request_realtime
+    from edgernn.firmware_bridge.live import _graceful_signals, check_output_paths, request_realtime
 
     if getattr(args, "live", False):
         raise InputError("--live shows one board; with --mqtt read the status lines or "
@@ -723,9 +723,7 @@ def run_mqtt(args, model, detector_factory=None, stop: Optional[threading.Event]
     for flag, template in (("--publish-topic", args.publish_topic),
                            ("--alert-topic", args.alert_topic)):  # fmt: skip
         _check_template(template, flag)
-    for flag, path in (("--summary-json", args.summary_json), ("--state-file", args.state_file)):
-        if path:
-            check_writable(path, flag)
+    check_output_paths(args)
     if getattr(args, "realtime", False):
         note(request_realtime())  # this thread and paho's, started later, inherit it
     run = MqttRun(args, model, detector_factory, stop)

@@ -16,7 +16,6 @@ the others carry on. The run ends on Ctrl-C / SIGTERM, or when every port has cl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import threading
 import time
@@ -164,14 +163,7 @@ class SerialFleetRun:
 
     def _start(self) -> None:
         if self.state_file is not None:
-            self.state_file.acquire()
-            state, line = self.state_file.load()
-            if state is not None:
-                try:
-                    self.fleet.load_state_dict(state)
-                except ValueError as e:
-                    line = f"state file {self.state_file.path} unusable ({e}): starting cold"
-            self.note(line)
+            self.note(self.state_file.resume(self.fleet))
         for board in self.boards:
             board.reader.start()  # PortError (one line) if a port cannot be opened
         if self.link is not None:
@@ -273,6 +265,8 @@ class SerialFleetRun:
 
     # -- reporting -------------------------------------------------------------------
     def counters(self) -> dict[str, Any]:
+        from edgernn.firmware_bridge.live import latency_fields
+
         boards = {}
         for b in self.boards:
             d = b.decoder.counters.snapshot()
@@ -287,9 +281,7 @@ class SerialFleetRun:
         c: dict[str, Any] = {"boards": boards, "ticks": self.fleet.ticks}
         c["mean_batch"] = round(self.fleet.batched_samples / max(1, self.fleet.ticks), 2)
         c["seconds"] = round(time.perf_counter() - self._started, 3)
-        for name, q in (("p50", 50), ("p99", 99)):
-            v = self.latency.percentile(q)
-            c[f"latency_{name}_ms"] = None if v is None else round(v * 1e3, 3)
+        c.update(latency_fields(self.latency))
         return c
 
     def print_status(self) -> None:
@@ -317,19 +309,15 @@ class SerialFleetRun:
                          f"p99 {c['latency_p99_ms']:.2f} ms")  # fmt: skip
         self.note("\n".join(lines))
         if self.args.summary_json:
-            from edgernn.firmware_bridge.live import write_atomic
+            from edgernn.firmware_bridge.live import write_summary_json
 
-            try:
-                write_atomic(self.args.summary_json, json.dumps(c, indent=2))
-            except OSError as e:
-                raise EdgernnError(f"cannot write --summary-json {self.args.summary_json}: "
-                                   f"{e.strerror or e}") from e  # fmt: skip
+            write_summary_json(self.args.summary_json, c)
 
 
 def run_serial_fleet(args, model, detector_factory=None,
                      stop: Optional[threading.Event] = None) -> int:  # fmt: skip
     """`edgernn run --port A --port B ...`."""
-    from edgernn.firmware_bridge.live import _graceful_signals, check_writable
+    from edgernn.firmware_bridge.live import _graceful_signals, check_output_paths
 
     if getattr(args, "live", False):
         raise InputError("--live shows one board; with several --port read the status lines")
@@ -339,9 +327,7 @@ def run_serial_fleet(args, model, detector_factory=None,
         if value is not None:  # not silently ignored
             raise InputError(f"{flag} serves one board (or --mqtt); several --port runs "
                              "name their boards by port and have no metrics endpoint yet")  # fmt: skip
-    for flag, path in (("--summary-json", args.summary_json), ("--state-file", args.state_file)):
-        if path:
-            check_writable(path, flag)
+    check_output_paths(args)
     run = SerialFleetRun(args, model, detector_factory, stop)
     with _graceful_signals(run.stop):
         return run.run()
