@@ -41,6 +41,7 @@ from edgernn.runtime.detector.config import (
 from edgernn.runtime.detector.normalise import (
     CLIP,
     ErrorNormaliser,
+    NormaliserPair,
     SampleFloors,
     SeasonalProfile,
     robust_center_scale,
@@ -56,6 +57,7 @@ MIN_ENERGY = 0.01  # stuck-value statistic 1 / EWMA(z^2) tops out at 100 (a flat
 N_INIT = 20  # errors whose median / MAD start an uncalibrated normaliser
 N_STEPS = 50  # time steps whose median is the sampling interval
 PERIODS = {"day": (86400.0, 1440), "week": (604800.0, 2016)}  # seconds, most bins
+_UNSET = object()
 ANCHOR_RATE = 3.0  # tails below this many times the false-alarm rate are extrapolated
 MAX_USUAL = 1000.0  # |z| learnt by the time-of-day baseline at most
 STAT_GRID = (-2.0, 4.0, 72)  # statistics: log10 from 0.01 to 10,000, 12 cells a decade
@@ -165,6 +167,7 @@ class Detector:
         self._ref_table: Optional[TailTable] = None
         self._mean: Optional[np.ndarray] = None  # EWMA of clipped z
         self._energy: Optional[np.ndarray] = None  # EWMA of min(z^2, CLIP^2)
+        self._moments: Optional[np.ndarray] = None  # (2, C): rows _mean, _energy
         self._smooth: Optional[np.ndarray] = None  # reference term: EWMA of the samples
         self._ref_seen: list[list[float]] = []  # ... its smoothed and raw samples to fix it
         self._ref: Optional[np.ndarray] = None  # (2, R) reference center and scale
@@ -173,6 +176,12 @@ class Detector:
         self._step: Optional[float] = None  # the sampling interval, seconds
         self._last_time: Optional[float] = None
         self._events = EventTracker(self.channels, self.config.holdoff)
+        # constants of the per-sample path (the config does not change)
+        self._threshold_step: Any = _UNSET  # the _step the cached threshold is for
+        self._threshold = self._anchor_fraction = 0.0
+        self._alpha = 2.0 / (self.config.span + 1.0)
+        self._drift_unit = math.sqrt(self._alpha / (2.0 - self._alpha))
+        self._pair: Optional[NormaliserPair] = None  # the normalisers, once both ready
         if self._n is not None:
             self._build(self._n)
 
@@ -221,6 +230,19 @@ class Detector:
         else:  # "auto" without, or a duration before the interval is known
             samples = DEFAULT_ALARM_EVERY_SAMPLES
         return math.log10(max(samples, 2.0))
+
+    def _current_threshold(self) -> float:
+        """The threshold, recomputed only when the sampling interval it depends on
+        changes; the tails' anchors follow it (set every sample: the tables may have
+        been rebuilt)."""
+        if self._threshold_step is not self._step:
+            self._threshold_step = self._step
+            self._threshold = self.threshold
+            self._anchor_fraction = ANCHOR_RATE * 10.0**-self._threshold
+        for table in (self._first, self._second, self._ref_table):
+            if table is not None:
+                table.extrapolate_below = self._anchor_fraction
+        return self._threshold
 
     def close_event(self) -> Optional[Event]:
         """Close the open event now (e.g. at the end of a file); returns it, or None."""
@@ -278,8 +300,10 @@ class Detector:
                 if part is not None:
                     part.load_state_dict(saved)
             self._mean, self._energy = _array(d["mean"]), _array(d["energy"])
+            self._moments = None  # rebuilt from them
             self._smooth = _array(d["smooth"])
             self._level = _array(d["level"])
+            self._pair = None  # the normalisers' arrays were replaced
             self._ref_seen = [list(map(float, r)) for r in d["ref_seen"]]
             self._ref = None if d["ref"] is None else np.asarray(d["ref"], dtype=np.float64)
             self._steps = [float(s) for s in d["steps"]]
@@ -299,26 +323,30 @@ class Detector:
         t = self.t
         self.t += 1
         learning = t < self.config.warmup
-        e = forecast - x
+        errors = self._errors(x, forecast)  # (2, C): the forecast error, the level's
         self._floors.observe(x)
         floor = self._floors.floor()
-        d = self._level_deviation(x)
-        if not self._model.ready or not self._level_norm.ready:
-            self._model.update(e, floor, learning)
-            self._level_norm.update(d, floor, learning)
-            return self._neutral()
-        z = np.concatenate([self._model.normalise(e, floor), self._level_norm.normalise(d, floor)])
+        if self._pair is None:
+            if not self._model.ready or not self._level_norm.ready:
+                self._model.update(errors[0], floor, learning)
+                self._level_norm.update(errors[1], floor, learning)
+                return self._neutral()
+            self._pair = NormaliserPair(self._model, self._level_norm)
+        deviation = self._pair.deviation(errors, floor)
+        z = (deviation[0] / deviation[1]).reshape(-1)
         usual = self._seasonal_center(when)
         if self._profile is not None and when is not None:
             self._profile.update(np.clip(z, -MAX_USUAL, MAX_USUAL), when)
         if usual is not None:  # what is usual at this time of day is normal
             z = np.where(np.abs(z - usual) < np.abs(z), z - usual, z)
-        stats = self._statistics(z[: self._n], z[self._n :])
-        threshold = self.threshold
-        self._set_anchors(threshold)
-        p_first = self._first.probability(stats, np.exp(-stats), PRIOR_WEIGHT)
+        stats = self._statistics(z)
+        threshold = self._current_threshold()
+        at_first = self._first.locate(stats)
+        p_first = self._first.probability_at(at_first, np.exp(-stats), PRIOR_WEIGHT)
         p_ref = self._reference_p(x, t, floor)
-        score, top = self._surprisal(p_first if p_ref is None else np.concatenate([p_first, p_ref]))
+        score, top, top_bin = self._surprisal(
+            p_first if p_ref is None else np.concatenate([p_first, p_ref])
+        )
         flagged = not learning and score >= threshold
         # What normal looks like is learnt from unflagged samples and from each alert's
         # onset: a pattern that keeps coming back (normal spikes the warm-up did not
@@ -326,11 +354,10 @@ class Detector:
         # teaches nothing and keeps scoring. The trackers (scale, slow average) follow
         # flagged samples at `flagged_weight`, so a lasting change of regime is absorbed.
         onset = flagged and self._events.open is None
-        self._learn(stats, top, 1.0 if onset or not flagged else 0.0)
+        self._learn(at_first[1], top_bin, 1.0 if onset or not flagged else 0.0)
         weight = self.config.flagged_weight if flagged else 1.0
         if weight > 0:
-            self._model.update(e, floor, learning, weight)
-            self._level_norm.update(d, floor, learning, weight)
+            self._pair.update(deviation, learning, weight)
             if self.config.level_span > 0:
                 self._level += weight * (2.0 / (self.config.level_span + 1.0)) * (x - self._level)
         contributions = self._contributions(p_first, p_ref)
@@ -346,61 +373,76 @@ class Detector:
             out.event = self._events.open.id
         return out
 
-    def _surprisal(self, p: np.ndarray) -> tuple[float, float]:
-        """(score, T): T = -log10 of the smallest tail probability, the score -log10 of
-        T's own tail probability (prior: K independent statistics, P = K 10^-T)."""
+    def _surprisal(self, p: np.ndarray) -> tuple[float, float, int]:
+        """(score, T, T's bin in the second stage): T = -log10 of the smallest tail
+        probability, the score -log10 of T's own tail probability (prior: K independent
+        statistics, P = K 10^-T)."""
         smallest = max(float(p.min()), 1e-300)
         top = -math.log10(smallest)
-        prior = np.array([min(1.0, len(p) * smallest)])
-        tail = self._second.probability(np.array([top]), prior, PRIOR_WEIGHT)[0]
-        return min(-math.log10(max(float(tail), 1e-300)), MAX_SCORE), top
+        prior = min(1.0, len(p) * smallest)
+        tail, top_bin = self._second.scalar_probability(top, prior, PRIOR_WEIGHT)
+        return min(-math.log10(max(float(tail), 1e-300)), MAX_SCORE), top, top_bin
 
-    def _set_anchors(self, threshold: float) -> None:
-        """Tails rarer than a few times the budget's rate are extrapolated (tails.py)."""
-        fraction = ANCHOR_RATE * 10.0**-threshold
-        for table in (self._first, self._second, self._ref_table):
-            if table is not None:
-                table.extrapolate_below = fraction
-
-    def _level_deviation(self, x: np.ndarray) -> np.ndarray:
-        """x minus its slow average (which moves on normal samples, see score_one);
-        zeros when the statistic is off (level_span 0: its tail probability is then 1)."""
+    def _errors(self, x: np.ndarray, forecast: np.ndarray) -> np.ndarray:
+        """(2, C): the forecast error and x minus its slow average (which moves on
+        normal samples, see score_one); the latter zeros when the statistic is off
+        (level_span 0: its tail probability is then 1)."""
         if self._level is None:
             self._level = x.copy()
+        errors = np.empty((2, len(x)))
+        np.subtract(forecast, x, out=errors[0])
         if self.config.level_span <= 0:
-            return np.zeros_like(x)
-        return x - self._level
+            errors[1] = 0.0
+        else:
+            np.subtract(x, self._level, out=errors[1])
+        return errors
 
-    def _statistics(self, z: np.ndarray, z_level: np.ndarray) -> np.ndarray:
-        """(5C,): |z|, |EWMA(clip z)| in its own std units, EWMA(min(z^2, 9)), its
-        inverse, and |z_level|, the sample's distance from its slow average."""
-        alpha = 2.0 / (self.config.span + 1.0)
-        clipped = np.clip(z, -CLIP, CLIP)
-        if self._mean is None:
-            self._mean, self._energy = np.zeros_like(z), np.ones_like(z)
-        self._mean = self._mean + alpha * (clipped - self._mean)
-        self._energy = self._energy + alpha * (clipped * clipped - self._energy)
-        drift = np.abs(self._mean) / math.sqrt(alpha / (2.0 - alpha))
-        return np.concatenate(
-            [np.abs(z), drift, self._energy, 1.0 / np.maximum(self._energy, MIN_ENERGY),
-             np.abs(z_level)]
-        )  # fmt: skip
+    def _statistics(self, z_both: np.ndarray) -> np.ndarray:
+        """(5C,) from z_both = [z, z_level] (2C,): |z|, |EWMA(clip z)| in its own std
+        units, EWMA(min(z^2, 9)), its inverse, and |z_level|, the sample's distance from
+        its slow average. Written in place into one fresh array (fewer small calls)."""
+        n = self._n
+        z = z_both[:n]
+        if self._moments is None:  # mean and energy as the rows of one array
+            if self._mean is None:
+                self._mean, self._energy = np.zeros_like(z), np.ones_like(z)
+            self._moments = np.stack([self._mean, self._energy])
+            self._mean, self._energy = self._moments
+        step = np.empty((2, n))  # clip(z), then its square: both EWMAs in one update
+        clipped = np.maximum(z, -CLIP, out=step[0])
+        np.minimum(clipped, CLIP, out=clipped)
+        np.multiply(clipped, clipped, out=step[1])
+        step -= self._moments
+        step *= self._alpha
+        self._moments += step
+        mean, energy = self._mean, self._energy
+        stats = np.empty(N_STATS * n)
+        drift = np.abs(mean, out=stats[n : 2 * n])
+        drift /= self._drift_unit
+        stats[2 * n : 3 * n] = energy
+        inverse = np.maximum(energy, MIN_ENERGY, out=stats[3 * n : 4 * n])
+        np.divide(1.0, inverse, out=inverse)
+        np.abs(z, out=stats[:n])
+        np.abs(z_both[n:], out=stats[4 * n :])
+        return stats
 
-    def _learn(self, stats: np.ndarray, top: float, weight: float) -> None:
+    def _learn(self, stat_bins: np.ndarray, top_bin: int, weight: float) -> None:
+        """Learn this sample's statistics (their first-stage bins) and T (its bin)."""
         if weight <= 0:
             return
         if self._first.total >= MIN_SECOND_STAGE:
-            self._second.add(np.array([top]), weight)
-        self._first.add(stats, weight)
+            self._second.add_scalar(top_bin, weight)
+        self._first.add_at(stat_bins, weight)
         if self._ref_table is not None and self._ref is not None:
             self._ref_table.add(self._ref_stat, weight)
 
     def _contributions(self, p_first: np.ndarray, p_ref: Optional[np.ndarray]) -> np.ndarray:
-        surprise = (-np.log10(np.maximum(p_first, 1e-300))).reshape(N_STATS, self._n).max(axis=0)
+        logs = np.log10(np.maximum(p_first, 1e-300))
+        surprise = np.negative(np.minimum.reduce(logs.reshape(N_STATS, self._n), axis=0))
         if p_ref is not None:
             idx = self._ref_index()
             surprise[idx] = np.maximum(surprise[idx], -np.log10(np.maximum(p_ref, 1e-300)))
-        total = float(surprise.sum())
+        total = float(np.add.reduce(surprise))
         return surprise / total if total > 0 else np.zeros(self._n)
 
     # -- time and seasons --------------------------------------------------------------
@@ -477,7 +519,7 @@ class Detector:
             self._build(len(arr))
         if len(arr) != self._n:
             raise InputError(f"{what} has {len(arr)} channels, the detector {self._n}")
-        if not np.isfinite(arr).all():
+        if not all(map(math.isfinite, arr.tolist())):  # cheaper than numpy at this size
             raise InputError(f"{what} holds NaN or inf")
         return arr
 

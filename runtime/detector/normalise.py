@@ -49,33 +49,61 @@ class SampleFloors:
         self.level_floor, self.memory = level_floor, memory
         self.decimals = np.zeros(n, dtype=np.int64)
         self.prev: Optional[np.ndarray] = None
-        self.mean_change = np.zeros(n)
-        self.mean_level = np.zeros(n)
+        self._means = np.zeros((2, n))  # rows: mean_level, mean_change (one update)
+        self.mean_level, self.mean_change = self._means
+        self._rates = np.empty((2, 1))
         self.n = 0
+        self._decimals_changed()
+
+    def _decimals_changed(self) -> None:
+        """Refresh what depends on the decimals only (they change rarely)."""
+        quantised = self.decimals <= MAX_DECIMALS
+        self._quantised = bool(quantised.any())
+        self._continuous = ~quantised
+        self._scales = _POWERS[np.minimum(self.decimals, MAX_DECIMALS)]
+        resolution = np.where(quantised, 10.0 ** -self.decimals.astype(float), 0.0)
+        self._resolution_floor = 0.25 * resolution
+
+    def _still_exact(self, x: np.ndarray) -> bool:
+        """Whether each quantised channel's x is exact at its decimals (then they stay:
+        they grow only when no power up to them is exact): observe()'s test on one
+        power per channel."""
+        y = x * self._scales
+        exact = np.abs(y - np.round(y)) <= _FLOAT32_TOL * np.abs(y) + 1e-9
+        exact |= self._continuous
+        return bool(exact.all())
 
     def observe(self, x: np.ndarray) -> None:
-        if self.decimals.min() <= MAX_DECIMALS:  # some channel still looks quantised
+        if self._quantised and not self._still_exact(x):  # some channel still looks quantised
             y = x[None, :] * _POWERS[:, None]  # (decimals, C)
             exact = np.abs(y - np.round(y)) <= _FLOAT32_TOL * np.abs(y) + 1e-9
             exact[-1] = True  # past MAX_DECIMALS: continuous
             needed = np.argmax(exact, axis=0)
             needed[~exact[:-1].any(axis=0)] = MAX_DECIMALS + 1
             np.maximum(self.decimals, needed, out=self.decimals)
+            self._decimals_changed()
         self.n += 1
         rate = max(1.0 / self.n, 1.0 / self.memory)
-        self.mean_level += rate * (np.abs(x) - self.mean_level)
-        if self.prev is not None:
-            change = np.abs(x - self.prev)
-            self.mean_change += max(1.0 / (self.n - 1), 1.0 / self.memory) * (
-                change - self.mean_change
-            )
-        self.prev = x.copy()
+        if self.prev is None:
+            self.mean_level += rate * (np.abs(x) - self.mean_level)
+            self.prev = x.copy()
+            return
+        # both means in one (2, C) update: |x| and |x - prev|
+        step = np.empty_like(self._means)
+        np.subtract(x, self.prev, out=step[1])
+        step[0] = x
+        np.abs(step, out=step)
+        step -= self._means
+        self._rates[0, 0], self._rates[1, 0] = rate, max(1.0 / (self.n - 1), 1.0 / self.memory)
+        step *= self._rates
+        self._means += step
+        self.prev[:] = x
 
     def floor(self) -> np.ndarray:
-        resolution = np.where(self.decimals <= MAX_DECIMALS, 10.0 ** -self.decimals.astype(float), 0.0)
-        return np.maximum.reduce(
-            [0.25 * resolution, self.level_floor * self.mean_change, 1e-6 * self.mean_level + 1e-12]
-        )
+        floor = np.maximum(self._resolution_floor, self.level_floor * self.mean_change)
+        level = 1e-6 * self.mean_level
+        level += 1e-12
+        return np.maximum(floor, level, out=floor)
 
     def state_dict(self) -> dict:
         return {
@@ -89,9 +117,12 @@ class SampleFloors:
     def load_state_dict(self, d: dict) -> None:
         self.decimals = np.asarray(d["decimals"], dtype=np.int64)
         self.prev = None if d["prev"] is None else np.asarray(d["prev"], dtype=np.float64)
-        self.mean_change = np.asarray(d["mean_change"], dtype=np.float64)
-        self.mean_level = np.asarray(d["mean_level"], dtype=np.float64)
+        self._means = np.stack(
+            [np.asarray(d["mean_level"], dtype=np.float64), np.asarray(d["mean_change"], dtype=np.float64)]
+        )
+        self.mean_level, self.mean_change = self._means
         self.n = int(d["n"])
+        self._decimals_changed()
 
 
 class ErrorNormaliser:
@@ -117,12 +148,21 @@ class ErrorNormaliser:
     def ready(self) -> bool:
         return self.scale is not None
 
-    def normalise(self, e: np.ndarray, floor: np.ndarray) -> np.ndarray:
-        return (e - self.center) / np.maximum(self.scale, floor)
+    def deviation(self, e: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(e - center, the scale floored): what normalise() and update() both use, for
+        a caller that does both on one error before the trackers move."""
+        return e - self.center, np.maximum(self.scale, floor)
 
-    def update(self, e: np.ndarray, floor: np.ndarray, learning: bool, weight: float = 1.0) -> None:
-        """Learn from one error worth `weight` samples. The center moves CENTER_SLOWER
-        times slower than the scale: a slow drift must not become the new center."""
+    def normalise(self, e: np.ndarray, floor: np.ndarray, deviation=None) -> np.ndarray:
+        d, bound = self.deviation(e, floor) if deviation is None else deviation
+        return d / bound
+
+    def update(
+        self, e: np.ndarray, floor: np.ndarray, learning: bool, weight: float = 1.0, deviation=None
+    ) -> None:
+        """Learn from one error worth `weight` samples (`deviation`: deviation(e, floor)
+        if known). The center moves CENTER_SLOWER times slower than the scale: a slow
+        drift must not become the new center."""
         if self.scale is None:
             self.pending.append(e.tolist())
             if len(self.pending) >= self.n_init:
@@ -131,19 +171,33 @@ class ErrorNormaliser:
                     self.center = np.zeros_like(self.center)
                 self.n, self.pending = len(self.pending), []
             return
+        rates = self.advance(learning, weight)
+        if rates is None:
+            return
+        rate, slow = rates
+        d, bound = self.deviation(e, floor) if deviation is None else deviation
+        limit = CLIP * bound
+        size = np.minimum(np.abs(d), limit)  # |the Huber-clipped deviation|
+        if not self.centered:
+            step = np.copysign(size, d)  # clip(d, -limit, limit)
+            step *= slow
+            self.center = self.center + step
+        step = MEAN_ABS_TO_STD * size
+        step -= self.scale
+        step *= rate
+        self.scale = self.scale + step
+
+    def advance(self, learning: bool, weight: float) -> Optional[tuple[float, float]]:
+        """Count one more error (once ready); (the scale's rate, the center's rate), or
+        None when the trackers do not move (span 0 after the warm-up)."""
         self.n += 1
         if self.span > 0:
             rate = weight * max(1.0 / self.n, 2.0 / (self.span + 1.0))
-        elif learning:
+            return rate, max(1.0 / self.n, rate / CENTER_SLOWER)
+        if learning:
             rate = 1.0 / self.n
-        else:
-            return
-        limit = CLIP * np.maximum(self.scale, floor)
-        d = e - self.center
-        if not self.centered:
-            slow = max(1.0 / self.n, rate / CENTER_SLOWER) if self.span > 0 else rate
-            self.center = self.center + slow * np.clip(d, -limit, limit)
-        self.scale = self.scale + rate * (MEAN_ABS_TO_STD * np.minimum(np.abs(d), limit) - self.scale)
+            return rate, rate
+        return None
 
     def state_dict(self) -> dict:
         return {
@@ -158,6 +212,51 @@ class ErrorNormaliser:
         self.scale = None if d["scale"] is None else np.asarray(d["scale"], dtype=np.float64)
         self.pending = [list(map(float, e)) for e in d["pending"]]
         self.n = int(d["n"])
+
+
+class NormaliserPair:
+    """Two ready normalisers of one length and span (the detector's forecast error and
+    level deviation) updated as one (2, C) problem: the same arithmetic per element as
+    ErrorNormaliser, in half the small-array calls. Their center / scale become rows of
+    shared arrays, updated in place; link again after either's arrays are replaced
+    (load_state_dict)."""
+
+    def __init__(self, first: ErrorNormaliser, second: ErrorNormaliser):
+        if first.span != second.span or first.center.shape != second.center.shape:
+            raise ValueError("a normaliser pair needs one span and one length")
+        self.parts = (first, second)
+        self.center = np.stack([first.center, second.center])
+        self.scale = np.stack([first.scale, second.scale])
+        first.center, second.center = self.center[0], self.center[1]
+        first.scale, second.scale = self.scale[0], self.scale[1]
+        self._rates = np.empty((2, 1))
+        self._moving = [row for row, part in enumerate(self.parts) if not part.centered]
+
+    def deviation(self, errors: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """errors (2, C), the floor (C,): (errors - center, the scales floored); errors
+        is overwritten."""
+        d = np.subtract(errors, self.center, out=errors)
+        return d, np.maximum(self.scale, floor)
+
+    def update(self, deviation, learning: bool, weight: float = 1.0) -> None:
+        """Both normalisers' update() from deviation() of this sample."""
+        first, second = self.parts
+        rates = first.advance(learning, weight), second.advance(learning, weight)
+        if rates[0] is None or rates[1] is None:  # one span: both or neither move
+            return
+        d, bound = deviation
+        limit = CLIP * bound
+        size = np.abs(d)
+        np.minimum(size, limit, out=size)  # |the Huber-clipped deviation|
+        for row in self._moving:  # the centers that move (not `centered`)
+            step = np.copysign(size[row], d[row])  # clip(d, -limit, limit)
+            step *= rates[row][1]
+            self.center[row] += step
+        step = MEAN_ABS_TO_STD * size
+        step -= self.scale
+        self._rates[0, 0], self._rates[1, 0] = rates[0][0], rates[1][0]
+        step *= self._rates
+        self.scale += step
 
 
 class SeasonalProfile:

@@ -26,6 +26,7 @@ import numpy as np
 TAIL_COUNT = 25.0  # effective samples above which the tail is extrapolated, not counted
 FIT_RATIO = 4.0  # ... with the slope between its quantile and 4x as many samples' one
 MIN_DECAY = 0.05  # the tail's scale is at least this fraction of its anchor value
+_LOG_FIT_RATIO = math.log(FIT_RATIO)
 
 
 class TailTable:
@@ -39,50 +40,106 @@ class TailTable:
         self.centers = lo + self.width * (np.arange(bins) + 0.5)  # grid units
         self._cells = np.arange(bins)
         self._rows = np.arange(k)
-        self.survival = np.zeros((k, bins))  # weight at or above each bin
+        # The counts live in a (k, bins + 1) buffer whose last column stays 0: the
+        # weight above the last bin, so a lookup needs no bounds mask. `survival` is
+        # its (k, bins) view.
+        self._padded = np.zeros((k, bins + 1))
+        self._flat = self._padded.reshape(-1)
+        self._row_starts = self._rows * (bins + 1)
+        # row i: 1.0 at the bins at or below bin i, else 0.0 (the padding included), the
+        # float form of `cells <= i` (adding a float row costs no cast)
+        self._at_or_below = (np.arange(bins + 1) <= np.arange(bins)[:, None]).astype(np.float64)
         self.total = 0.0
         # Tail fraction always extrapolated (set by the detector: a few times its
         # false-alarm rate, so flagged samples, learnt at a fraction of their weight,
         # never sit below the anchor and bias the fit).
         self.extrapolate_below = 0.0
 
+    @property
+    def survival(self) -> np.ndarray:
+        """(k, bins): the weight at or above each bin."""
+        return self._padded[:, : self.bins]
+
     def _position(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(grid coordinate, bin index, fraction of the bin below the value)."""
-        g = np.log10(np.maximum(values, 1e-300)) if self.log else values
-        g = np.minimum(np.maximum(g, self.lo), self.hi)
+        g = np.log10(np.maximum(values, 1e-300)) if self.log else np.array(values, dtype=np.float64)
+        np.maximum(g, self.lo, out=g)
+        np.minimum(g, self.hi, out=g)
         pos = (g - self.lo) / self.width
-        index = np.minimum(pos.astype(np.int64), self.bins - 1)
+        index = pos.astype(np.int64)
+        np.minimum(index, self.bins - 1, out=index)
         return g, index, pos - index
+
+    def locate(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The values' grid position, for probability_at() and add_at() (one sample's
+        lookup and update share it)."""
+        return self._position(values)
 
     def add(self, values: np.ndarray, weight: float = 1.0) -> None:
         """One sample's K values, worth `weight` samples (older ones fade at the
         memory's rate)."""
-        _, index, _ = self._position(values)
-        survival = self.survival
-        survival *= self.decay
-        if weight == 1.0:
-            survival += self._cells <= index[:, None]
-        else:
-            survival += weight * (self._cells <= index[:, None])
+        self.add_at(self._position(values)[1], weight)
+
+    def add_at(self, index: np.ndarray, weight: float = 1.0) -> None:
+        """add() at bin indices from locate()."""
+        padded = self._padded  # decaying or adding 0 keeps the padding 0
+        padded *= self.decay
+        mask = self._at_or_below[index]
+        if weight != 1.0:
+            mask *= weight
+        padded += mask
         self.total = self.total * self.decay + weight
 
     def probability(self, values: np.ndarray, prior: np.ndarray, prior_weight: float) -> np.ndarray:
         """P(V >= v) per statistic: the data's tail mixed with `prior` (K,) tail
         probabilities worth `prior_weight` samples."""
-        counted = self.counted(values)
+        return self.probability_at(self._position(values), prior, prior_weight)
+
+    def probability_at(self, position, prior: np.ndarray, prior_weight: float) -> np.ndarray:
+        """probability() at a position from locate()."""
+        counted = self._counted_at(position)
         return (counted + prior_weight * prior) / (self.total + prior_weight)
+
+    def scalar_probability(self, value: float, prior: float, prior_weight: float) -> tuple[float, int]:
+        """probability() of a one-statistic linear-grid table for one value, in floats
+        (the same arithmetic, without small-array calls), and the value's bin index for
+        add_scalar()."""
+        g = min(max(value, self.lo), self.hi)
+        pos = (g - self.lo) / self.width
+        index = min(int(pos), self.bins - 1)
+        if self.total <= 0.0:
+            counted = 0.0
+        else:
+            at, above = self._flat[index], self._flat[index + 1]
+            counted = float(at - (pos - index) * (at - above))
+            anchor = max(TAIL_COUNT, self.extrapolate_below * self.total)
+            if counted < anchor:
+                rows = np.zeros(1, dtype=np.int64)
+                g_row, counted_row = np.array([g]), np.array([counted])
+                counted = float(self._extrapolate(rows, g_row, counted_row, anchor)[0])
+        return (counted + prior_weight * prior) / (self.total + prior_weight), index
+
+    def add_scalar(self, index: int, weight: float = 1.0) -> None:
+        """add() of one value to a one-statistic table, at its bin index (adding 0 to
+        the bins above it changes nothing, so only the bins at or below are touched)."""
+        self._padded *= self.decay  # the padding stays 0
+        self._padded[0, : index + 1] += weight
+        self.total = self.total * self.decay + weight
 
     def counted(self, values: np.ndarray) -> np.ndarray:
         """Weight of the normal samples at or above each value (extrapolated in the tail)."""
+        return self._counted_at(self._position(values))
+
+    def _counted_at(self, position) -> np.ndarray:
         if self.total <= 0.0:
             return np.zeros(self.k)
-        g, index, frac = self._position(values)
-        at = self.survival[self._rows, index]
-        last = self.bins - 1  # the weight at or above the next bin (none past the last)
-        above = self.survival[self._rows, np.minimum(index + 1, last)] * (index < last)
+        g, index, frac = position
+        cell = self._row_starts + index
+        at = self._flat[cell]
+        above = self._flat[cell + 1]  # the padding column: nothing above the last bin
         counted = at - frac * (at - above)
         anchor = max(TAIL_COUNT, self.extrapolate_below * self.total)
-        rows = np.flatnonzero(counted < anchor)
+        rows = (counted < anchor).nonzero()[0]
         if len(rows):
             counted[rows] = self._extrapolate(rows, g[rows], counted[rows], anchor)
         return counted
@@ -94,28 +151,49 @@ class TailTable:
         whose slope comes from two quantiles below it (anchor and FIT_RATIO x anchor
         samples from the top), not from the samples above: those include flagged
         samples, never learnt, and a fit on them would steepen with every flag."""
-        survival = self.survival[rows]
+        survival = self._padded[rows]
         fit = FIT_RATIO * anchor
-        g_tail, g_fit = self._quantile(survival, anchor), self._quantile(survival, fit)
+        g_tail, g_fit = self._quantiles(survival, anchor, fit)
         if self.log:  # the tail is exponential in the value itself, not in its log
             v, v_tail, v_fit = 10.0**g, 10.0**g_tail, 10.0**g_fit
         else:
             v, v_tail, v_fit = g, g_tail, g_fit
-        decay = (v_tail - v_fit) / math.log(FIT_RATIO)
-        decay = np.maximum(decay, MIN_DECAY * np.maximum(np.abs(v_tail), self.width))
-        tail = anchor * np.exp(-np.maximum(v - v_tail, 0.0) / decay)
+        decay = v_tail - v_fit
+        decay /= _LOG_FIT_RATIO
+        floor = np.abs(v_tail)
+        np.maximum(floor, self.width, out=floor)
+        floor *= MIN_DECAY
+        np.maximum(decay, floor, out=decay)
+        excess = v - v_tail
+        np.maximum(excess, 0.0, out=excess)
+        np.negative(excess, out=excess)
+        excess /= decay
+        tail = np.exp(excess)
+        tail *= anchor
         # too few samples for a tail fit, or not past the anchor: the counts as they are
-        use = (survival[:, 0] >= fit) & (g > g_tail)
+        use = survival[:, 0] >= fit
+        use &= g > g_tail
         return np.where(use, tail, counted)
 
-    def _quantile(self, survival: np.ndarray, weight: float) -> np.ndarray:
-        """Per row, the grid point with `weight` at or above it (counted()'s inverse)."""
-        j = np.maximum((survival >= weight).sum(axis=1) - 1, 0)  # rows are non-increasing
-        at = survival[np.arange(len(j)), j]
-        nxt = np.where(j + 1 < self.bins, survival[np.arange(len(j)), np.minimum(j + 1, self.bins - 1)], 0.0)
+    def _quantiles(self, padded: np.ndarray, *weights: float) -> list[np.ndarray]:
+        """Per weight, per row of padded survival counts: the grid point with that
+        weight at or above it (counted()'s inverse); all weights in one pass."""
+        w = np.array(weights)[:, None]  # (W, 1) against (W, rows)
+        j = np.add.reduce(padded >= w[:, :, None], axis=2)  # rows are non-increasing
+        j -= 1
+        np.maximum(j, 0, out=j)
+        rows = self._rows[: padded.shape[0]]
+        at = padded[rows, j]
+        nxt = padded[rows, j + 1]  # j + 1 == bins: the padding, 0
         span = at - nxt
-        frac = np.where(span > 0, (at - weight) / np.where(span > 0, span, 1.0), 0.0)
-        return self.lo + self.width * (j + np.clip(frac, 0.0, 1.0))
+        frac = np.zeros_like(span)
+        np.divide(at - w, span, out=frac, where=span > 0)
+        np.maximum(frac, 0.0, out=frac)
+        np.minimum(frac, 1.0, out=frac)
+        grid = j + frac
+        grid *= self.width
+        grid += self.lo
+        return list(grid)
 
     def state_dict(self) -> dict:
         return {"survival": self.survival.tolist(), "total": self.total}
@@ -124,5 +202,5 @@ class TailTable:
         survival = np.asarray(d["survival"], dtype=np.float64)
         if survival.shape != self.survival.shape:
             raise ValueError(f"tail table shape {survival.shape}, expected {self.survival.shape}")
-        self.survival = survival
+        self._padded[:, : self.bins] = survival
         self.total = float(d["total"])
