@@ -40,9 +40,9 @@ from edgernn.export.onnx_export import (
     DEFAULT_OPSET,
     MIN_OPSET,
     _torch_export,
-    ir_version_for,
-    set_metadata,
+    check_graph,
     staged,
+    stamp,
 )
 from edgernn.runtime.metadata import ModelMeta, OutputSpec, StateSpec, shape_json, validate
 
@@ -668,13 +668,8 @@ def write_checked(prep: Prepared, x, path: str, opts: Options) -> ModuleExportRe
     # reference the parity gate runs afterwards.
     wrapper.eval()
     proto = trace(wrapper, prep.states, prep.names, x.shape[-1], opts.opset)
-    proto.ir_version = ir_version_for(opts.opset)
-    proto.producer_name = "edgernn"
-    set_metadata(proto, props)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise ExportError(f"exported graph fails onnx.checker: {str(e).splitlines()[0]}") from e
+    stamp(proto, opts.opset, props)
+    check_graph(proto)
     with staged(path) as tmp:
         onnx.save(proto, tmp)
         try:

@@ -15,25 +15,22 @@ with a part of the tolerance that scales with their magnitude.
 from __future__ import annotations
 
 import os
-import tempfile
-import warnings
 
 import numpy as np
 
 from edgernn import __version__
-from edgernn.errors import ExportError, require
+from edgernn.errors import require
 from edgernn.export.onnx_export import (
     DEFAULT_OPSET,
-    MIN_OPSET,
     PARITY_TOLERANCE,
     STATE_RTOL,
     ParityReport,
-    _torch_export,
     beyond_relative,
-    ir_version_for,
-    set_metadata,
-    staged,
+    check_opset,
+    save_checked,
+    stamp,
     state_names,
+    trace_single_step,
 )
 from edgernn.runtime.metadata import ModelMeta, OutputSpec, StateSpec
 
@@ -77,47 +74,16 @@ def export_task_onnx(
     seed: int = 0,
 ) -> ParityReport:
     """Write `model` (a Forecaster whose task is regress or classify) to `path`, gated."""
-    torch = require("torch")
-    onnx = require("onnx")
-    from edgernn.train.model import SingleStep
-
-    if opset < MIN_OPSET:
-        raise ExportError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    require("torch")
+    require("onnx")
+    check_opset(opset)
     path = os.fspath(path)
     model = model.cpu().eval()
     meta = build_task_meta(model, extra_meta)
-    ins, outs = state_names(model)
-    names = output_names(model)
-    dynamic_axes = {n: {0: "batch"} for n in ["x", *names]}
-    dynamic_axes.update({n: {1: "batch"} for n in ins + outs})
-    with tempfile.TemporaryDirectory() as tmp:
-        raw_path = os.path.join(tmp, "raw.onnx")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # batch_first RNN warnings: parity settles them
-            _torch_export(
-                SingleStep(model), (torch.zeros(1, model.config.n_channels), *model.init_state(1)),
-                raw_path, input_names=["x", *ins], output_names=[*names, *outs],
-                dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
-            )  # fmt: skip
-        proto = onnx.load(raw_path)
-    proto.ir_version = ir_version_for(opset)
-    proto.producer_name = "edgernn"
-    set_metadata(proto, meta.to_props())
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise ExportError(f"exported graph fails onnx.checker: {str(e).splitlines()[0]}") from e
-    with staged(path) as tmp:
-        onnx.save(proto, tmp)
-        report = check_task_parity(model, tmp, seed=seed)
-        if not report.max_abs <= tolerance:
-            os.replace(tmp, path + ".failed")
-            raise ExportError(
-                f"parity check failed: exported graph differs from PyTorch by "
-                f"{report.max_abs:.3g} (tolerance {tolerance:g}); the graph was kept as "
-                f"{path}.failed for inspection"
-            )
-    return report
+    proto = trace_single_step(model, output_names(model), opset)
+    stamp(proto, opset, meta.to_props())
+    return save_checked(proto, model, path, tolerance=tolerance,
+                        parity=lambda tmp: check_task_parity(model, tmp, seed=seed))  # fmt: skip
 
 
 def check_task_parity(
