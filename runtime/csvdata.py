@@ -1,7 +1,10 @@
 """Reading sensor CSVs: header required, `,` `;` or tab separated.
 
 A time/date column (named time/timestamp/datetime/date, or non-numeric in the first
-data row) is skipped. Every other selected cell must be a finite number within float32
+data row) is skipped. So is a row index as pandas writes one (`df.to_csv()`: a first
+header cell that is empty or "Unnamed: 0", integers 0, 1, 2, ... below it), with a note
+on stderr; `Table.index` keeps its cells. `decimal=","` reads European exports (decimal
+comma, `;` or tab between columns). Every other selected cell must be a finite number within float32
 range; a bad one is an error naming the file, the row (1-based line number in the file)
 and the column, or, with on_bad="skip", the row is skipped and counted. So is a line
 that is not a CSV row at all (unterminated quote, invalid UTF-8, a cell over 128 KB,
@@ -16,6 +19,7 @@ import csv
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +32,11 @@ TIME_NAMES = {"time", "timestamp", "datetime", "date", "t", "ts"}
 # clock time (2020-03-09 10:14:33, 10:14:33.5, 09/03/2020); other text is an error.
 TIME_LIKE = re.compile(r"^\d{1,4}[-/.:]\d{1,2}([-/.:T ]\d|$)")
 DELIMITERS = (",", ";", "\t")
+# pandas' name for an index column written without a name: "" or "Unnamed: 0"
+INDEX_NAME = re.compile(r"^(Unnamed: \d+)?$")
+INTEGER = re.compile(r"^[+-]?\d+$")
+DECIMAL_COMMA = re.compile(r"^[+-]?\d*,\d+$")
+DECIMALS = (".", ",")
 
 
 @dataclass
@@ -44,6 +53,8 @@ class Table:
     lines: list[int] = field(default_factory=list)  # line number of every kept row
     skip_reasons: dict[int, str] = field(default_factory=dict)  # line -> why it was skipped
     blank_rows: list[int] = field(default_factory=list)  # blank lines (no data), skipped
+    index: list[str] | None = None  # a skipped row-index column (pandas), row-aligned
+    index_column: str | None = None  # its header cell ("" or "Unnamed: 0")
 
     def __len__(self) -> int:
         return len(self.values)
@@ -155,6 +166,8 @@ class _Layout:
     col_idx: list[int]
     keep_idx: list[int]
     time_col: int | None
+    index_col: int | None = None
+    decimal: str = "."
 
 
 def iter_csv(
@@ -164,6 +177,7 @@ def iter_csv(
     keep: Sequence[str] = (),
     on_bad: str = "error",
     chunk_rows: int = CHUNK_ROWS,
+    decimal: str = ".",
 ) -> Iterator[Table]:
     """read_csv in bounded memory: the same validation, the rows yielded in file order
     as Tables of at most `chunk_rows` kept rows each (skipped rows are reported in the
@@ -171,12 +185,21 @@ def iter_csv(
     path = os.fspath(path)
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
+    if decimal not in DECIMALS:
+        raise DataError(f"the decimal mark must be '.' or ',', got {decimal!r}")
     try:
         fh = open(path, "rb")
     except OSError as e:
         raise DataError(f"{path}: cannot open ({e.strerror})") from e
     with fh:
         header, delim = _read_header(fh, path)
+        if decimal == "," and delim == "," and len(header) == 1:
+            delim = ";"  # one column: no separator to tell, and the comma is the decimal mark
+        if decimal == "," and delim == ",":
+            raise DataError(
+                f"{path}: decimal comma, but the header is comma-separated; a file with "
+                "decimal commas separates its columns with ';' or tabs"
+            )
         chunk = _Chunk(path)
         layout: _Layout | None = None
         reader_feed = _OneLine()
@@ -200,6 +223,7 @@ def iter_csv(
                 continue
             if layout is None:
                 layout = _layout(path, header, delim, row, channels, ignore, keep)
+                layout.decimal = decimal
                 chunk.start(layout)
                 for n, w in waiting:
                     chunk.skip(n, w)
@@ -244,9 +268,16 @@ def _layout(path, header, delim, first_row, channels, ignore, keep) -> _Layout:
     for name in list(ignore) + list(keep):
         if name not in header:
             raise DataError(f"{path}: no column {name!r} (columns: {', '.join(header)})")
+    index_col = _find_index_column(path, header, first_row, time_col, channels, [*ignore, *keep])
     if channels is None:
-        excluded = set(ignore) | set(keep) | ({header[time_col]} if time_col is not None else set())
+        skipped = {header[j] for j in (time_col, index_col) if j is not None}
+        excluded = set(ignore) | set(keep) | skipped
         channels = [h for h in header if h not in excluded]
+        if "" in channels:  # a model would demand a column named ''
+            raise DataError(
+                f"{path}: column {header.index('') + 1} has no name in the header; "
+                "name it (or drop it)"
+            )
     else:
         channels = list(channels)
         missing = [c for c in channels if c not in header]
@@ -259,8 +290,25 @@ def _layout(path, header, delim, first_row, channels, ignore, keep) -> _Layout:
         raise DataError(f"{path}: no numeric channels left to use")
     return _Layout(
         header, delim, channels, [header.index(c) for c in channels],
-        [header.index(k) for k in keep], time_col,
+        [header.index(k) for k in keep], time_col, index_col,
     )  # fmt: skip
+
+
+def _find_index_column(path, header, first_row, time_col, channels, ignore) -> int | None:
+    """The column pandas' to_csv writes for the row index, if any (noted on stderr):
+    no name (or "Unnamed: N"), an integer in the first data row, and not asked for."""
+    for j, name in enumerate(header):
+        if j == time_col or name in (channels or ()) or name in ignore:
+            continue
+        if INDEX_NAME.match(name) and j < len(first_row) and INTEGER.match(first_row[j].strip()):
+            shown = repr(name) if name else "unnamed"
+            print(
+                f"edgernn: note: {path}: column {j + 1} ({shown}) is a row index "
+                "(0, 1, 2, ...): skipped, not a channel",
+                file=sys.stderr,
+            )
+            return j
+    return None
 
 
 class _Chunk:
@@ -271,6 +319,7 @@ class _Chunk:
         self.values: list[float] = []  # the kept rows' values, flat (float32 in table())
         self.extras: list[list[float]] = []
         self.times: list[str] = []
+        self.index: list[str] = []
         self.lines: list[int] = []
         self.skipped: list[int] = []
         self.reasons: dict[int, str] = {}
@@ -302,6 +351,8 @@ class _Chunk:
                     f"{self.path}: row {line_no} has {len(row)} cells, the header has "
                     f"{len(lay.header)}"
                 )
+            if lay.decimal != ".":
+                row = _with_decimal_point(row, lay.col_idx + lay.keep_idx, lay.decimal)
             values, extras = _fast_floats(row, lay.col_idx), _fast_floats(row, lay.keep_idx)
             if values is None or extras is None:  # the slow path says which cell and why
                 values = [_cell(self.path, line_no, lay.header, row, j) for j in lay.col_idx]
@@ -315,6 +366,8 @@ class _Chunk:
         self.extras.append(extras)
         if lay.time_col is not None:
             self.times.append(row[lay.time_col].strip())
+        if lay.index_col is not None:
+            self.index.append(row[lay.index_col].strip())
         self.lines.append(line_no)
 
     def table(self) -> Table:
@@ -336,7 +389,17 @@ class _Chunk:
             lines=self.lines,
             skip_reasons=self.reasons,
             blank_rows=self.blanks,
+            index=self.index if lay.index_col is not None else None,
+            index_column=lay.header[lay.index_col] if lay.index_col is not None else None,
         )
+
+
+def _with_decimal_point(row: list[str], idx: list[int], decimal: str) -> list[str]:
+    """The row with the numeric cells' decimal mark turned into a point."""
+    row = list(row)
+    for j in idx:
+        row[j] = row[j].replace(decimal, ".")
+    return row
 
 
 def read_csv(
@@ -345,6 +408,7 @@ def read_csv(
     ignore: Sequence[str] = (),
     keep: Sequence[str] = (),
     on_bad: str = "error",
+    decimal: str = ".",
 ) -> Table:
     """Read the numeric channels of a CSV file.
 
@@ -355,7 +419,7 @@ def read_csv(
     listed in `skipped_rows` with the reason in `skip_reasons`; blank lines are always
     skipped and listed in `blank_rows` (and, when skipping, in `skipped_rows` too).
     """
-    chunks = list(iter_csv(path, channels, ignore, keep, on_bad))
+    chunks = list(iter_csv(path, channels, ignore, keep, on_bad, decimal=decimal))
     first = chunks[0]
     table = Table(
         path=first.path,
@@ -368,6 +432,8 @@ def read_csv(
         lines=[n for t in chunks for n in t.lines],
         skip_reasons={n: w for t in chunks for n, w in t.skip_reasons.items()},
         blank_rows=[n for t in chunks for n in t.blank_rows],
+        index=[v for t in chunks for v in t.index] if first.index is not None else None,
+        index_column=first.index_column,
     )
     if not len(table):
         raise DataError(f"{table.path}: no valid data rows")
@@ -391,7 +457,11 @@ def _cell(path: str, line_no: int, header: list[str], row: list[str], j: int) ->
     try:
         return _to_float(cell)
     except ValueError as e:
-        raise DataError(f"{path}: row {line_no}, column {header[j]!r}: {cell[:20]!r} {e}") from None
+        comma = DECIMAL_COMMA.match(cell)
+        hint = " (a decimal comma? read the file with --decimal ,)" if comma else ""
+        raise DataError(
+            f"{path}: row {line_no}, column {header[j]!r}: {cell[:20]!r} {e}{hint}"
+        ) from None
 
 
 def _find_time_column(header: list[str], first_row: list[str]) -> int | None:
@@ -410,11 +480,12 @@ def read_many(
     channels: Sequence[str] | None = None,
     ignore: Sequence[str] = (),
     keep: Sequence[str] = (),
+    decimal: str = ".",
 ) -> list[Table]:
     """Read several files as independent sequences; all must share the same channels."""
     tables: list[Table] = []
     for p in paths:
-        t = read_csv(p, channels=channels, ignore=ignore, keep=keep)
+        t = read_csv(p, channels=channels, ignore=ignore, keep=keep, decimal=decimal)
         if tables and t.channels != tables[0].channels:
             raise DataError(
                 f"{t.path}: channels {t.channels} differ from {tables[0].path}'s "

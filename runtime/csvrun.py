@@ -91,7 +91,7 @@ def run_csv(
                 f"the anomaly detector scores forecasts; {model.path} is task {model.meta.task}"
             )
         return _run_graph(model, first, tables, out_path, decider)
-    leading = [first.time_column] if first.time_column is not None else []
+    leading = _leading_columns(first)
     trailing = ["score", "anomaly", "onset"] if detector is not None else []
     summary = RunSummary()
     forecasts = _Forecasts(model)
@@ -103,7 +103,7 @@ def run_csv(
             verdicts = (
                 forecasts.score(detector, table, Y) if detector is not None else None
             )
-            if out.fmt == "csv":
+            if out.fmt == "csv" and table.index is None:  # a row index: two leading cells
                 _write_csv_block(out, table, Y, verdicts)
             else:
                 _write_records(out, table, Y, verdicts, model.channels)
@@ -111,6 +111,20 @@ def run_csv(
                 summary.anomalies += sum(int(r.get("anomaly") or 0) for r in verdicts)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _leading_columns(table) -> list[str]:
+    """The input's row index (pandas) and time column, written before the values."""
+    return [c for c in (table.index_column, table.time_column) if c is not None]
+
+
+def _leading_cells(table, i: int) -> dict:
+    cells = {}
+    if table.index_column is not None:
+        cells[table.index_column] = table.index[i]
+    if table.time_column is not None:
+        cells[table.time_column] = table.time[i]
+    return cells
 
 
 def _count(summary: RunSummary, table) -> None:
@@ -188,9 +202,7 @@ def _write_records(out: RecordWriter, table, Y: np.ndarray, verdicts, channels) 
         if i < 0:
             out.write({"skipped": True, "line": line})
             continue
-        record: dict = {}
-        if table.time_column is not None:
-            record[table.time_column] = table.time[i]
+        record = _leading_cells(table, i)
         record.update({c: float(v) for c, v in zip(channels, table.values[i])})
         record["forecast"] = dict(zip(channels, Y[i].tolist()))
         if verdicts is not None:
@@ -204,7 +216,7 @@ def _run_graph(model: Model, first, tables, out_path: Optional[str], decider=Non
     reports each event on stderr as it ends."""
     from edgernn.runtime.columns import OutputColumns
 
-    leading = [first.time_column] if first.time_column is not None else []
+    leading = _leading_columns(first)
     columns = OutputColumns(model.meta, taken=leading + model.channels)
     names = columns.names + (["event"] if decider is not None else [])
     summary = RunSummary(noun="steps")
@@ -222,9 +234,7 @@ def _run_graph(model: Model, first, tables, out_path: Optional[str], decider=Non
                     out.write({"skipped": True, "line": line})
                     continue
                 stream.step(table.values[i])
-                record: dict = {}
-                if table.time_column is not None:
-                    record[table.time_column] = table.time[i]
+                record = _leading_cells(table, i)
                 record.update({c: float(v) for c, v in zip(model.channels, table.values[i])})
                 record.update(columns.values(stream.outputs))
                 if decider is not None:

@@ -22,7 +22,7 @@ import numpy as np
 from edgernn.errors import DataError
 from edgernn.runtime.csvdata import read_csv
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: a pandas row-index column is no channel
 GLOB_CHARS = set("*?[")
 
 
