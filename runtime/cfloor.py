@@ -123,17 +123,6 @@ class FloorResult:
         }
 
 
-class _Ctx(ctypes.Structure):
-    _fields_ = [
-        ("batch", ctypes.c_long),
-        ("params", ctypes.c_void_p),
-        ("x", ctypes.c_void_p),
-        ("y", ctypes.c_void_p),
-        ("s", ctypes.c_void_p * 2),
-        ("scratch", ctypes.c_void_p),
-    ]
-
-
 def _compile(source: str, directory: str, flag_sets: Sequence[Sequence[str]]):
     """(loaded library, the flags that compiled) for the first flag set that works."""
     from edgernn.runtime.cstep import CStepUnavailable, _compiler
@@ -175,6 +164,8 @@ def measure_floor(
 ) -> FloorResult:
     """Time the batch-1 C step and one pass over its weights, interleaved `rounds` times,
     each round about `target_us` long per side."""
+    from edgernn.runtime.cstep import _Ctx  # the step's own context struct, as it calls it
+
     flag_sets = flag_sets or default_flag_sets()
     with tempfile.TemporaryDirectory(prefix="edgernn-floor-") as tmp:
         lib, flags = _compile(generate_source(net) + _TIMING, tmp, flag_sets)
