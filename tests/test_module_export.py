@@ -537,7 +537,7 @@ def test_readme_your_own_pytorch_model_examples_run(tmp_path, monkeypatch, capsy
         ]  # fmt: skip
         with open(tmp_path / "probs.csv") as fh:
             header = fh.readline().strip().split(",")
-        assert header[-5:] == ["p_idle", "p_wave", "p_tap", "p_shake", "label"]
+        assert header[-6:] == ["p_idle", "p_wave", "p_tap", "p_shake", "label", "event"]
         exec(compile(python[2], "README.md", "exec"), {"__name__": "readme"})
         assert capsys.readouterr().out.startswith("{'idle': ")
     finally:
