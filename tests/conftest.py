@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import subprocess
 import sys
+import threading
+import time
+import tty
 
 import numpy as np
 import pytest
@@ -121,3 +125,30 @@ def parse_run_args(*argv: str) -> argparse.Namespace:
     add_serial_arguments(p, src)
     p.add_argument("-o", "--out")
     return p.parse_args(["unused.onnx", "--status-interval", "0", *argv])
+
+
+class ScriptedDevice:
+    """A pty that, once a reader opens it, writes `wire` in `piece`-byte writes (None:
+    one write) and hangs up when the reader has taken every byte."""
+
+    def __init__(self, wire: bytes, piece: int | None = 97):
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        self.path = os.ttyname(slave)
+        os.close(slave)
+        self.master, self.wire, self.piece = master, wire, piece or max(1, len(wire))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        from edgernn.firmware_bridge.emulator import wait_until_read
+
+        poller = select.poll()
+        poller.register(self.master, select.POLLOUT)
+        while poller.poll(20)[0][1] & select.POLLHUP:
+            pass
+        time.sleep(0.1)  # pyserial flushes its input just after opening
+        for i in range(0, len(self.wire), self.piece):
+            os.write(self.master, self.wire[i : i + self.piece])
+        wait_until_read(self.path)
+        os.close(self.master)

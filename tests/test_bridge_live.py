@@ -7,22 +7,21 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
 import threading
 import time
-import tty
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ScriptedDevice
 from conftest import parse_run_args as parse
 
 from edgernn.errors import EdgernnError
 from edgernn.firmware_bridge import protocol as P
-from edgernn.firmware_bridge.emulator import DEFAULT_NAMES, Emulator, Faults, wait_until_read
+from edgernn.firmware_bridge.emulator import DEFAULT_NAMES, Emulator, Faults
 from edgernn.firmware_bridge.framing import Samples
 from edgernn.firmware_bridge.live import run_serial
 from edgernn.firmware_bridge.port import PortError, SampleQueue
@@ -145,30 +144,6 @@ def test_text_1khz_8ch_every_line_one_forecast_faults_counted(model, tmp_path, c
 
 
 # -- a scripted device for exact scenarios -----------------------------------------------
-class ScriptedDevice:
-    """A pty that, once a reader opens it, writes `wire` in pieces and hangs up."""
-
-    def __init__(self, wire: bytes, piece: int = 97):
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        self.path = os.ttyname(slave)
-        os.close(slave)
-        self.master, self.wire, self.piece = master, wire, piece
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        poller = select.poll()
-        poller.register(self.master, select.POLLOUT)
-        while poller.poll(20)[0][1] & select.POLLHUP:
-            pass
-        time.sleep(0.1)  # pyserial flushes its input just after opening
-        for i in range(0, len(self.wire), self.piece):
-            os.write(self.master, self.wire[i : i + self.piece])
-        wait_until_read(self.path)
-        os.close(self.master)
-
-
 def gappy_wire(gaps: dict[int, int], n: int = 40, nan_at: int = -1) -> tuple[bytes, np.ndarray]:
     """Frames seq 0.., skipping gaps[at] sequence numbers before frame `at`."""
     rng = np.random.default_rng(0)

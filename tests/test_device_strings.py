@@ -4,20 +4,15 @@ give the same verdict however the bytes are split across reads."""
 from __future__ import annotations
 
 import argparse
-import os
-import select
-import threading
-import time
-import tty
 
 import numpy as np
 import pytest
+from conftest import ScriptedDevice
 from conftest import parse_run_args as parse
 
 from edgernn.errors import EdgernnError
 from edgernn.firmware_bridge import commands
 from edgernn.firmware_bridge import protocol as P
-from edgernn.firmware_bridge.emulator import wait_until_read
 from edgernn.firmware_bridge.framing import MAX_LINE, Decoder, Samples
 from edgernn.firmware_bridge.live import run_serial
 from edgernn.firmware_bridge.port import PortInfo
@@ -39,28 +34,6 @@ def test_printable_escapes_controls_and_keeps_ordinary_text():
     assert out.startswith("ch0\\x1b]0;pwned\\x07") and "\\u202e" in out
 
 
-class _Pty:
-    """A pty that writes `wire` once a reader opens it, then hangs up."""
-
-    def __init__(self, wire: bytes):
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        self.path = os.ttyname(slave)
-        os.close(slave)
-        self.master, self.wire = master, wire
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        poller = select.poll()
-        poller.register(self.master, select.POLLOUT)
-        while poller.poll(20)[0][1] & select.POLLHUP:
-            pass
-        time.sleep(0.1)
-        os.write(self.master, self.wire)
-        wait_until_read(self.path)
-        os.close(self.master)
-
-
 @pytest.fixture(scope="module")
 def model(exported_models) -> Model:
     return Model(exported_models[("gru", 1)][1])
@@ -71,7 +44,7 @@ def test_hostile_channel_names_in_a_hello_are_escaped_on_stderr(model, tmp_path,
     wire = P.encode_hello(9, 100.0, names)
     for s in range(20):
         wire += P.encode_data(s, s, np.ones(4, np.float32))
-    dev = _Pty(wire)
+    dev = ScriptedDevice(wire, piece=None)
     args = parse("--port", dev.path, "--no-reconnect", "-o", str(tmp_path / "o.jsonl"))
     assert run_serial(args, model) == 0
     err = capsys.readouterr().err
@@ -81,7 +54,7 @@ def test_hostile_channel_names_in_a_hello_are_escaped_on_stderr(model, tmp_path,
 
 def test_a_channel_mismatch_error_escapes_the_device_names(model, tmp_path, capsys):
     wire = P.encode_hello(3, 100.0, ["\x1b[31mred", "\x07"])
-    dev = _Pty(wire + P.encode_data(0, 0, np.ones(2, np.float32)))
+    dev = ScriptedDevice(wire + P.encode_data(0, 0, np.ones(2, np.float32)), piece=None)
     args = parse("--port", dev.path, "--no-reconnect")
     with pytest.raises(EdgernnError) as e:
         run_serial(args, model)

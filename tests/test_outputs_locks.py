@@ -8,21 +8,16 @@ run, and hostile state files are refused at load in one line. Real ptys.
 from __future__ import annotations
 
 import json
-import os
-import select
 import subprocess
 import sys
-import threading
-import time
-import tty
 
 import numpy as np
 import pytest
+from conftest import ScriptedDevice
 from conftest import parse_run_args as parse
 
 from edgernn.errors import InputError
 from edgernn.firmware_bridge import protocol as P
-from edgernn.firmware_bridge.emulator import wait_until_read
 from edgernn.firmware_bridge.live import StateFile, model_fingerprint, run_serial
 from edgernn.runtime.filelocks import FileInUse, SidecarLock, open_output
 from edgernn.runtime.model import Model
@@ -36,35 +31,18 @@ def model(exported_models) -> Model:
     return Model(exported_models[("lstm", 1)][1])
 
 
-class Device:
+def device(session: int, seqs, channels: int = 3) -> ScriptedDevice:
     """A pty that, once a reader opens it, writes hello(session) + frames seq `seqs`, then
     hangs up."""
-
-    def __init__(self, session: int, seqs, channels: int = 3):
-        rng = np.random.default_rng(session)
-        wire = P.encode_hello(session, 100.0, NAMES[:channels], seq=seqs[0])
-        for s in seqs:
-            wire += P.encode_data(s, s * 10000, (30 + rng.standard_normal(channels)).astype("f4"))
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        self.path = os.ttyname(slave)
-        os.close(slave)
-        self.master, self.wire = master, wire
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        poller = select.poll()
-        poller.register(self.master, select.POLLOUT)
-        while poller.poll(20)[0][1] & select.POLLHUP:
-            pass
-        time.sleep(0.1)  # pyserial flushes its input just after opening
-        os.write(self.master, self.wire)
-        wait_until_read(self.path)
-        os.close(self.master)
+    rng = np.random.default_rng(session)
+    wire = P.encode_hello(session, 100.0, NAMES[:channels], seq=seqs[0])
+    for s in seqs:
+        wire += P.encode_data(s, s * 10000, (30 + rng.standard_normal(channels)).astype("f4"))
+    return ScriptedDevice(wire, piece=None)
 
 
 def _run(model, tmp_path, session, seqs, out, *extra):
-    dev = Device(session, list(seqs))
+    dev = device(session, list(seqs))
     summary = tmp_path / "summary.json"
     args = parse("--port", dev.path, "--no-reconnect", "--state-file", str(tmp_path / "st.json"),
                  "-o", str(out), "--summary-json", str(summary), *extra)  # fmt: skip
