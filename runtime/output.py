@@ -205,13 +205,16 @@ class RecordWriter:
         """CSV rows in one call, every cell as write() formats it: row i is leading[i]
         (one cell, e.g. the time), floats[i] (the numeric cells: inputs, then forecasts
         or outputs, then any float trailing cells, as float32 shortest decimals; NaN and
-        inf empty), then trailing[i] (str, int or None cells). `gaps`: positions in the
+        inf empty), then trailing[i] (int or None cells). `gaps`: positions in the
         block's output where an empty row goes (a skipped input row keeps its place)."""
         if self.fmt != "csv":
             raise ValueError("write_block writes CSV; JSON lines go through write()")
         rows = float32_decimals(floats).tolist()
         if rows and not np.isfinite(floats).all():
             rows = [[x if math.isfinite(x) else None for x in row] for row in rows]
+        elif not any(_needs_quotes(cell) for cell in leading or ()):
+            self._write_joined(rows, leading, trailing, gaps)
+            return
         if leading is not None:
             rows = [[first, *row] for first, row in zip(leading, rows)]
         if trailing is not None:
@@ -228,6 +231,30 @@ class RecordWriter:
         except OSError as e:
             self._raise_naming_output(e)
         self.count += len(rows)
+
+    def _write_joined(self, rows: list, leading, trailing, gaps: Sequence[int]) -> None:
+        """write_block's common case, the lines joined directly: every float finite (its
+        repr is what the csv module writes), no leading cell that csv would quote."""
+        lines = [",".join(map(repr, row)) for row in rows]
+        if leading is not None:
+            lines = [f"{first},{line}" for first, line in zip(leading, lines)]
+        if trailing is not None:
+            lines = [
+                line + "," + ",".join("" if v is None else str(int(v)) for v in rest)
+                for line, rest in zip(lines, trailing)
+            ]
+        if len(gaps):
+            width = len(self.leading) + len(self.channels) + len(self.trailing) + (
+                len(self.channels) if self.values is None else len(self.values)
+            )
+            lines = _with_gaps(lines, gaps, "," * (width - 1))
+        try:
+            self._fh.write("".join(line + "\n" for line in lines))
+            if self.flush:
+                self._fh.flush()
+        except OSError as e:
+            self._raise_naming_output(e)
+        self.count += len(lines)
 
     def close(self) -> None:
         try:
@@ -251,6 +278,11 @@ class RecordWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _needs_quotes(cell: Any) -> bool:
+    """The csv module would quote this cell (or it is not text): the joined path can't."""
+    return not isinstance(cell, str) or any(c in cell for c in ',"\r\n')
 
 
 def _with_gaps(rows: list, gaps: Sequence[int], empty: list) -> list:

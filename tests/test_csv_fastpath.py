@@ -134,3 +134,35 @@ def test_chunked_run_is_byte_identical_to_row_by_row(
         assert "alert #1 opened" in want_err.getvalue()
         assert summary.anomalies > 0
     assert summary.skipped_lines[:2] == [5, 7] and summary.skipped > 20
+
+
+@pytest.mark.parametrize("special", ["none", "quoted time", "not finite"])
+def test_write_block_formats_cells_as_write_does(tmp_path, special):
+    rng = np.random.default_rng(5)
+    floats = rng.standard_normal((6, 4)).astype(np.float32) * 1000
+    times = [f"2024-01-01 00:00:0{i}" for i in range(6)]
+    if special == "quoted time":
+        times[2] = 'noon, "local"'
+    if special == "not finite":
+        floats[3, 1], floats[4, 3] = np.nan, np.inf
+    trailing = [(i % 2, None if i == 1 else 0) for i in range(6)]
+    gaps = [0, 3, 3 + 1, 8]  # before the first row, two together, after the last
+    paths = [str(tmp_path / "block.csv"), str(tmp_path / "rows.csv")]
+    kwargs = dict(channels=["a", "b"], leading=["time"], trailing=["anomaly", "onset"])
+    with RecordWriter(paths[0], **kwargs) as out:
+        out.write_block(floats, leading=times, trailing=trailing, gaps=gaps)
+        assert out.count == 10
+    with RecordWriter(paths[1], **kwargs) as out:
+        kept = iter(range(6))
+        for at in range(10):
+            if at in gaps:
+                out.write({"skipped": True, "line": at})
+                continue
+            i = next(kept)
+            out.write({
+                "time": times[i], "a": floats[i, 0], "b": floats[i, 1],
+                "forecast": {"a": floats[i, 2], "b": floats[i, 3]},
+                "anomaly": trailing[i][0], "onset": trailing[i][1],
+            })  # fmt: skip
+    block, rows = (open(p, "rb").read() for p in paths)
+    assert block == rows and block.count(b"\n") == 11
