@@ -211,6 +211,27 @@ def latency_fields(hist: LatencyHistogram) -> dict[str, Optional[float]]:
     return fields
 
 
+class Ticker:
+    """Due when `seconds` have passed since it was made or was last due (perf_counter
+    time): the loops' status lines and state saves."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.next = time.perf_counter() + seconds
+
+    def due(self, now: float) -> bool:
+        if now < self.next:
+            return False
+        self.next = now + self.seconds
+        return True
+
+
+def status_ticker(args) -> Ticker:
+    """Every --status-interval seconds; 0 or less: never."""
+    every = args.status_interval
+    return Ticker(every if every > 0 else float("inf"))
+
+
 class StateFile:
     """The stream state on disk. Saving happens off the inference thread (fsync on an
     SD card can take tens of milliseconds); the final save at exit is synchronous.
@@ -516,9 +537,7 @@ class LiveRun:
         except BaseException:
             self.writer.close()
             raise
-        status_every = self.args.status_interval
-        next_status = time.perf_counter() + status_every if status_every > 0 else float("inf")
-        next_save = time.perf_counter() + self.args.state_interval
+        status, save = status_ticker(self.args), Ticker(self.args.state_interval)
         try:
             if self.publisher is not None:
                 self.publisher.start()
@@ -532,14 +551,12 @@ class LiveRun:
                 if self.view is not None:
                     if self.view.due():
                         self.view.show(self.snapshot())
-                elif now >= next_status:
+                elif status.due(now):
                     self.print_status()
-                    next_status = now + status_every
-                if self.state_file is not None and now >= next_save:
+                if self.state_file is not None and save.due(now):
                     self.state_file.save_async(
                         self.monitor.state_dict(), self.stats.forecasts, self.device_position()
                     )
-                    next_save = now + self.args.state_interval
         finally:
             self.reader.stop()
             self._drain()

@@ -475,10 +475,9 @@ class MqttRun:
         self.notifier.ready(f"subscribed to {self.url.topic} on {self.url.address}")
 
     def _loop(self) -> None:
-        args = self.args
-        every = args.status_interval
-        next_status = time.perf_counter() + every if every > 0 else float("inf")
-        next_save = time.perf_counter() + args.state_interval
+        from edgernn.firmware_bridge.live import Ticker, status_ticker
+
+        status, save = status_ticker(self.args), Ticker(self.args.state_interval)
         while not self.stop.is_set():
             for link in self._links():
                 if link.fatal:
@@ -487,12 +486,10 @@ class MqttRun:
             self._take(POLL_S)
             self.notifier.ping()
             now = time.perf_counter()
-            if now >= next_status:
+            if status.due(now):
                 self.print_status()
-                next_status = now + every
-            if self.state_file is not None and now >= next_save:
+            if self.state_file is not None and save.due(now):
                 self.state_file.save_async(self.fleet.state_dict())
-                next_save = now + args.state_interval
 
     def _links(self) -> list[MqttLink]:
         links = [self.link]

@@ -175,9 +175,9 @@ class SerialFleetRun:
         self.notifier.ready(f"reading {len(self.boards)} boards")
 
     def _loop(self) -> None:
-        every = self.args.status_interval
-        next_status = time.perf_counter() + every if every > 0 else float("inf")
-        next_save = time.perf_counter() + self.args.state_interval
+        from edgernn.firmware_bridge.live import Ticker, status_ticker
+
+        status, save = status_ticker(self.args), Ticker(self.args.state_interval)
         while not self.stop.is_set() and not all(b.closed for b in self.boards):
             self.wake.wait(POLL_S)
             self.wake.clear()
@@ -188,12 +188,10 @@ class SerialFleetRun:
                 self.link.flush()
             self.notifier.ping()
             now = time.perf_counter()
-            if now >= next_status:
+            if status.due(now):
                 self.print_status()
-                next_status = now + every
-            if self.state_file is not None and now >= next_save:
+            if self.state_file is not None and save.due(now):
                 self.state_file.save_async(self.fleet.state_dict())
-                next_save = now + self.args.state_interval
 
     def _take(self) -> None:
         for board in self.boards:
