@@ -29,6 +29,12 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def add_decimal_argument(parser) -> None:
+    from edgernn.runtime.csvdata import add_decimal_argument as add
+
+    add(parser)
+
+
 # --------------------------------------------------------------------------- train
 def add_train(sub) -> None:
     from edgernn.train.config import TrainConfig
@@ -57,6 +63,7 @@ def add_train(sub) -> None:
     )  # fmt: skip
     p.add_argument("--channels", type=csv_list, help="comma-separated channels to use")
     p.add_argument("--ignore", type=csv_list, default=[], help="comma-separated columns to drop")
+    add_decimal_argument(p)
     g = p.add_argument_group("task")
     g.add_argument(
         "--task", choices=["forecast", "regress", "classify"], default=d.task,
@@ -268,6 +275,7 @@ def add_run(sub) -> None:
     p.add_argument("model", metavar="MODEL.onnx")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--csv", metavar="IN.csv", help="input CSV; columns matched by name")
+    add_decimal_argument(p)
     p.add_argument(
         "-o", "--out", metavar="OUT.csv|OUT.jsonl",
         help="output file (.csv or .jsonl); default: stdout (CSV for --csv, JSON lines for --port)",
@@ -406,6 +414,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if getattr(args, "decimal", ".") != ".":
+            from edgernn.runtime.csvdata import set_default_decimal
+
+            set_default_decimal(args.decimal)
         code = func(args) or 0
         _flush_stdout()  # a full disk or closed pipe shows here, not at interpreter exit
         return code

@@ -7,6 +7,7 @@ import argparse
 import json
 
 from edgernn.errors import require
+from edgernn.runtime.csvdata import add_decimal_argument
 
 
 def _percent(text: str) -> float:
@@ -36,6 +37,7 @@ def add_commands(sub) -> None:
     )  # fmt: skip
     p.add_argument("--calib", metavar="DATA.csv", help="calibration data (needed for static)")
     p.add_argument("--eval", metavar="EVAL.csv", help="held-out data for the report")
+    add_decimal_argument(p)
     p.add_argument(
         "--unroll", action="store_true",
         help="write LSTM cells as primitive ops too (standard MatMulInteger instead of "

@@ -37,6 +37,28 @@ INDEX_NAME = re.compile(r"^(Unnamed: \d+)?$")
 INTEGER = re.compile(r"^[+-]?\d+$")
 DECIMAL_COMMA = re.compile(r"^[+-]?\d*,\d+$")
 DECIMALS = (".", ",")
+# The decimal mark when a reader is given none: the command line's --decimal sets it for
+# the whole process (train's cache, evaluate's and quantize's readers alike).
+_default_decimal = ["."]
+
+
+def set_default_decimal(mark: str) -> None:
+    if mark not in DECIMALS:
+        raise DataError(f"the decimal mark must be '.' or ',', got {mark!r}")
+    _default_decimal[0] = mark
+
+
+def default_decimal() -> str:
+    return _default_decimal[0]
+
+
+def add_decimal_argument(parser) -> None:
+    """--decimal for a command that reads CSVs (applied by edgernn.cli.main)."""
+    parser.add_argument(
+        "--decimal", choices=DECIMALS, default=".", metavar="MARK",
+        help="the CSVs' decimal mark: ',' for European exports (decimal comma, columns "
+        "separated by ';' or tabs); default %(default)s",
+    )  # fmt: skip
 
 
 @dataclass
@@ -55,6 +77,9 @@ class Table:
     blank_rows: list[int] = field(default_factory=list)  # blank lines (no data), skipped
     index: list[str] | None = None  # a skipped row-index column (pandas), row-aligned
     index_column: str | None = None  # its header cell ("" or "Unnamed: 0")
+    # line -> {column: cell} of the time and index columns of a row skipped as bad, where
+    # the line was a CSV row: the output can still say when it was
+    skipped_leading: dict[int, dict[str, str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -177,7 +202,7 @@ def iter_csv(
     keep: Sequence[str] = (),
     on_bad: str = "error",
     chunk_rows: int = CHUNK_ROWS,
-    decimal: str = ".",
+    decimal: str | None = None,
 ) -> Iterator[Table]:
     """read_csv in bounded memory: the same validation, the rows yielded in file order
     as Tables of at most `chunk_rows` kept rows each (skipped rows are reported in the
@@ -185,6 +210,7 @@ def iter_csv(
     path = os.fspath(path)
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
+    decimal = decimal or default_decimal()
     if decimal not in DECIMALS:
         raise DataError(f"the decimal mark must be '.' or ',', got {decimal!r}")
     try:
@@ -323,6 +349,7 @@ class _Chunk:
         self.lines: list[int] = []
         self.skipped: list[int] = []
         self.reasons: dict[int, str] = {}
+        self.leading: dict[int, dict[str, str]] = {}
         self.blanks: list[int] = []
         self.yielded_any = layout is not None
         self.layout = layout
@@ -361,6 +388,7 @@ class _Chunk:
             if on_bad == "error":
                 raise
             self.skip(line_no, str(e).split(": ", 1)[-1])
+            self._keep_leading(line_no, row)
             return
         self.values.extend(values)
         self.extras.append(extras)
@@ -369,6 +397,14 @@ class _Chunk:
         if lay.index_col is not None:
             self.index.append(row[lay.index_col].strip())
         self.lines.append(line_no)
+
+    def _keep_leading(self, line_no: int, row: list[str]) -> None:
+        lay = self.layout
+        assert lay is not None
+        cells = {lay.header[j]: row[j].strip() for j in (lay.index_col, lay.time_col)
+                 if j is not None and j < len(row)}  # fmt: skip
+        if cells:
+            self.leading[line_no] = cells
 
     def table(self) -> Table:
         lay = self.layout
@@ -391,6 +427,7 @@ class _Chunk:
             blank_rows=self.blanks,
             index=self.index if lay.index_col is not None else None,
             index_column=lay.header[lay.index_col] if lay.index_col is not None else None,
+            skipped_leading=self.leading,
         )
 
 
@@ -408,7 +445,7 @@ def read_csv(
     ignore: Sequence[str] = (),
     keep: Sequence[str] = (),
     on_bad: str = "error",
-    decimal: str = ".",
+    decimal: str | None = None,
 ) -> Table:
     """Read the numeric channels of a CSV file.
 
@@ -434,6 +471,7 @@ def read_csv(
         blank_rows=[n for t in chunks for n in t.blank_rows],
         index=[v for t in chunks for v in t.index] if first.index is not None else None,
         index_column=first.index_column,
+        skipped_leading={n: c for t in chunks for n, c in t.skipped_leading.items()},
     )
     if not len(table):
         raise DataError(f"{table.path}: no valid data rows")
@@ -480,7 +518,7 @@ def read_many(
     channels: Sequence[str] | None = None,
     ignore: Sequence[str] = (),
     keep: Sequence[str] = (),
-    decimal: str = ".",
+    decimal: str | None = None,
 ) -> list[Table]:
     """Read several files as independent sequences; all must share the same channels."""
     tables: list[Table] = []

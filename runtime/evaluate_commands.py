@@ -30,7 +30,7 @@ import numpy as np
 
 from edgernn.argtypes import csv_list, non_negative_int, positive_int
 from edgernn.errors import DataError, EdgernnError
-from edgernn.runtime.csvdata import Table, read_csv
+from edgernn.runtime.csvdata import Table, add_decimal_argument, default_decimal, read_csv
 from edgernn.runtime.detector import Detector, load_config, make_config, parse_time
 from edgernn.runtime.evaluate import (
     NAB_PROFILES,
@@ -74,10 +74,14 @@ class FileEvaluation:
 
 def write_table_head(table: Table, rows: int, path: str) -> None:
     """The first `rows` rows of a table's channels as a plain CSV (a training file)."""
+    comma = default_decimal() == ","  # train reads it back with the process's --decimal
     with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csv.writer(fh, delimiter=";" if comma else ",")
         writer.writerow(table.channels)
-        writer.writerows(table.values[:rows].tolist())
+        values = table.values[:rows].tolist()
+        if comma:
+            values = [[repr(v).replace(".", ",") for v in row] for row in values]
+        writer.writerows(values)
 
 
 def read_labelled(
@@ -302,6 +306,7 @@ def add_commands(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--channels", type=csv_list, help="comma-separated channels to use")
     p.add_argument("--ignore", type=csv_list, default=[], help="comma-separated columns to drop")
+    add_decimal_argument(p)
     p.add_argument("--out", metavar="DIR", help="write per-file predictions and summary.json here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--profile", choices=sorted(NAB_PROFILES), default="standard")

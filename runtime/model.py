@@ -446,7 +446,7 @@ class Model:
             raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
-            raise ModelFormatError(f"{self.path}: no such model file")
+            raise ModelFormatError(_not_a_model_file(self.path))
         importlib.import_module("edgernn.runtime.limits").check_graph_limits(self.path)
         self._engine, self.fallback_reason = _open_engine(self.path, backend)
         self.backend: str = self._engine.name  # the backend actually in use
@@ -532,6 +532,23 @@ ORT_DTYPES = {
         ("uint8", "uint8"), ("bool", "bool"),
     )
 }  # fmt: skip
+
+
+def _not_a_model_file(path: str) -> str:
+    """Why `path` cannot be opened as a model, and what to give instead."""
+    if not os.path.isdir(path):
+        return f"{path}: no such model file"
+    if os.path.isfile(os.path.join(path, "checkpoint.npz")):  # a training run's folder
+        return (
+            f"{path} is a training run, not a model: export it with "
+            f"`edgernn export {path} -o model.onnx`"
+        )
+    try:
+        found = sorted(f for f in os.listdir(path) if f.endswith(".onnx"))
+    except OSError:  # unreadable: the hint is the usual name
+        found = []
+    hint = os.path.join(path, found[0] if found else "model.onnx")
+    return f"{path} is a directory; give the model file ({'maybe ' if not found else ''}{hint})"
 
 
 def is_plain_forecaster(meta: ModelMeta) -> bool:

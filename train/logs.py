@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgernn.errors import DataError
-from edgernn.runtime.csvdata import read_csv
+from edgernn.runtime.csvdata import default_decimal, read_csv
 
 CACHE_FORMAT = 2  # 2: a pandas row-index column is no channel
 GLOB_CHARS = set("*?[")
@@ -73,6 +73,8 @@ def cache_key(path: str, channels: Sequence[str] | None, ignore: Sequence[str]) 
         raise DataError(f"{path}: cannot open ({e.strerror})") from e
     ident = [CACHE_FORMAT, os.path.realpath(path), st.st_size, st.st_mtime_ns,
              list(channels) if channels is not None else None, sorted(ignore)]  # fmt: skip
+    if default_decimal() != ".":  # --decimal , parses the same file to other values
+        ident.append(default_decimal())
     digest = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
     return f"{os.path.splitext(os.path.basename(path))[0][:40]}-{digest}"
 
