@@ -188,6 +188,12 @@ class Detector:
     def _build(self, n: int) -> None:
         cfg = self.config
         self._n = n
+        # constants of the per-sample path as arrays (numpy's max / min take them faster
+        # than Python floats; same values)
+        self._consts = {
+            "clip": np.full(n, CLIP), "-clip": np.full(n, -CLIP),
+            "min_energy": np.full(n, MIN_ENERGY), "tiny": np.full(N_STATS * n, 1e-300),
+        }  # fmt: skip
         self._floors = SampleFloors(n, cfg.level_floor, cfg.memory)
         self._model = ErrorNormaliser(
             n, cfg.scale_span, N_INIT, self.error_center, self.error_scale
@@ -377,7 +383,7 @@ class Detector:
         """(score, T, T's bin in the second stage): T = -log10 of the smallest tail
         probability, the score -log10 of T's own tail probability (prior: K independent
         statistics, P = K 10^-T)."""
-        smallest = max(float(p.min()), 1e-300)
+        smallest = max(float(np.minimum.reduce(p)), 1e-300)
         top = -math.log10(smallest)
         prior = min(1.0, len(p) * smallest)
         tail, top_bin = self._second.scalar_probability(top, prior, PRIOR_WEIGHT)
@@ -409,8 +415,8 @@ class Detector:
             self._moments = np.stack([self._mean, self._energy])
             self._mean, self._energy = self._moments
         step = np.empty((2, n))  # clip(z), then its square: both EWMAs in one update
-        clipped = np.maximum(z, -CLIP, out=step[0])
-        np.minimum(clipped, CLIP, out=clipped)
+        clipped = np.maximum(z, self._consts["-clip"], out=step[0])
+        np.minimum(clipped, self._consts["clip"], out=clipped)
         np.multiply(clipped, clipped, out=step[1])
         step -= self._moments
         step *= self._alpha
@@ -420,7 +426,7 @@ class Detector:
         drift = np.abs(mean, out=stats[n : 2 * n])
         drift /= self._drift_unit
         stats[2 * n : 3 * n] = energy
-        inverse = np.maximum(energy, MIN_ENERGY, out=stats[3 * n : 4 * n])
+        inverse = np.maximum(energy, self._consts["min_energy"], out=stats[3 * n : 4 * n])
         np.divide(1.0, inverse, out=inverse)
         np.abs(z, out=stats[:n])
         np.abs(z_both[n:], out=stats[4 * n :])
@@ -437,7 +443,7 @@ class Detector:
             self._ref_table.add(self._ref_stat, weight)
 
     def _contributions(self, p_first: np.ndarray, p_ref: Optional[np.ndarray]) -> np.ndarray:
-        logs = np.log10(np.maximum(p_first, 1e-300))
+        logs = np.log10(np.maximum(p_first, self._consts["tiny"]))
         surprise = np.negative(np.minimum.reduce(logs.reshape(N_STATS, self._n), axis=0))
         if p_ref is not None:
             idx = self._ref_index()

@@ -94,8 +94,7 @@ class SampleFloors:
         step[0] = x
         np.abs(step, out=step)
         step -= self._means
-        self._rates[0, 0], self._rates[1, 0] = rate, max(1.0 / (self.n - 1), 1.0 / self.memory)
-        step *= self._rates
+        _scale_rows(step, self._rates, rate, max(1.0 / (self.n - 1), 1.0 / self.memory))
         self._means += step
         self.prev[:] = x
 
@@ -254,9 +253,18 @@ class NormaliserPair:
             self.center[row] += step
         step = MEAN_ABS_TO_STD * size
         step -= self.scale
-        self._rates[0, 0], self._rates[1, 0] = rates[0][0], rates[1][0]
-        step *= self._rates
+        _scale_rows(step, self._rates, rates[0][0], rates[1][0])
         self.scale += step
+
+
+def _scale_rows(rows: np.ndarray, buffer: np.ndarray, first: float, second: float) -> None:
+    """rows (2, C) *= (first, second) per row; one scalar product when they are equal
+    (the usual case once the trackers' rates settle: cheaper than broadcasting)."""
+    if first == second:
+        rows *= first
+    else:
+        buffer[0, 0], buffer[1, 0] = first, second
+        rows *= buffer
 
 
 class SeasonalProfile:

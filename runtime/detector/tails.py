@@ -49,6 +49,10 @@ class TailTable:
         # row i: 1.0 at the bins at or below bin i, else 0.0 (the padding included), the
         # float form of `cells <= i` (adding a float row costs no cast)
         self._at_or_below = (np.arange(bins + 1) <= np.arange(bins)[:, None]).astype(np.float64)
+        # the grid's constants as (k,) arrays: numpy's max / min take them faster than
+        # Python floats (same values, same results)
+        self._tiny, self._lo, self._hi = np.full(k, 1e-300), np.full(k, lo), np.full(k, hi)
+        self._last_bin = np.full(k, bins - 1)
         self.total = 0.0
         # Tail fraction always extrapolated (set by the detector: a few times its
         # false-alarm rate, so flagged samples, learnt at a fraction of their weight,
@@ -62,12 +66,13 @@ class TailTable:
 
     def _position(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(grid coordinate, bin index, fraction of the bin below the value)."""
-        g = np.log10(np.maximum(values, 1e-300)) if self.log else np.array(values, dtype=np.float64)
-        np.maximum(g, self.lo, out=g)
-        np.minimum(g, self.hi, out=g)
-        pos = (g - self.lo) / self.width
+        g = np.log10(np.maximum(values, self._tiny)) if self.log else np.array(values, dtype=np.float64)
+        np.maximum(g, self._lo, out=g)
+        np.minimum(g, self._hi, out=g)
+        pos = g - self._lo
+        pos /= self.width
         index = pos.astype(np.int64)
-        np.minimum(index, self.bins - 1, out=index)
+        np.minimum(index, self._last_bin, out=index)
         return g, index, pos - index
 
     def locate(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
