@@ -34,6 +34,9 @@ class RunSummary:
     seconds: float = 0.0
     skipped_lines: list[int] = field(default_factory=list)
     noun: str = "forecasts"  # what a step yields: "steps" for graphs other than forecasters
+    # where the first skipped rows were: their time cells when the input has a time
+    # column (a row that was no CSV row at all: "line N"), else empty (line numbers)
+    skipped_at: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         per = 1e6 * self.seconds / max(self.forecasts, 1)
@@ -41,10 +44,11 @@ class RunSummary:
             f"edgernn: {self.rows} rows in, {self.forecasts} {self.noun}, {self.skipped} skipped "
             f"({per:.1f} us/sample)"
         )
-        if self.skipped_lines:
-            shown = ", ".join(map(str, self.skipped_lines[:5]))
-            more = ", ..." if len(self.skipped_lines) > 5 else ""
-            text += f"; skipped lines {shown}{more}"
+        more = ", ..." if len(self.skipped_lines) > 5 else ""
+        if self.skipped_at:
+            text += f"; skipped rows at {', '.join(self.skipped_at[:5])}{more}"
+        elif self.skipped_lines:
+            text += f"; skipped lines {', '.join(map(str, self.skipped_lines[:5]))}{more}"
         return text
 
 
@@ -132,7 +136,20 @@ def _count(summary: RunSummary, table) -> None:
     summary.forecasts += len(table)
     summary.skipped += len(table.skipped_rows)
     room = SHOWN_SKIPPED - len(summary.skipped_lines)
-    summary.skipped_lines.extend(sorted(table.skipped_rows)[: max(room, 0)])
+    shown = sorted(table.skipped_rows)[: max(room, 0)]
+    summary.skipped_lines.extend(shown)
+    if table.time_column is not None:
+        summary.skipped_at.extend(_skipped_time(table, n) or f"line {n}" for n in shown)
+
+
+def _skipped_time(table, line: int) -> Optional[str]:
+    """The time cell of a row skipped as bad (None: the line was no CSV row)."""
+    return table.skipped_leading.get(line, {}).get(table.time_column)
+
+
+def _skipped_record(table, line: int) -> dict:
+    """What a skipped row's output holds: its time (and row index) cells, where readable."""
+    return {"skipped": True, "line": line, **table.skipped_leading.get(line, {})}
 
 
 class _Forecasts:
@@ -187,7 +204,27 @@ def _write_csv_block(out: RecordWriter, table, Y: np.ndarray, verdicts) -> None:
         scores = [np.nan if r.get("score") is None else r["score"] for r in verdicts]
         floats.append(np.asarray(scores, dtype=np.float64).astype(np.float32)[:, None])
         trailing = [(_int_cell(r.get("anomaly")), _int_cell(r.get("onset"))) for r in verdicts]
-    out.write_block(np.hstack(floats), leading=table.time, trailing=trailing, gaps=_gaps(table))
+    floats = np.hstack(floats)
+    if not table.skipped_leading:
+        out.write_block(floats, leading=table.time, trailing=trailing, gaps=_gaps(table))
+        return
+    # Skipped rows keep their time cell (rare: the block is cut at each of them)
+    skipped = sorted(table.skipped_rows)
+    kept_before = np.searchsorted(np.asarray(table.lines, dtype=np.int64), skipped).tolist()
+    start = 0
+    for stop, line in zip(kept_before, skipped):
+        _write_rows(out, floats, table.time, trailing, start, stop)
+        out.write(_skipped_record(table, line))
+        start = stop
+    _write_rows(out, floats, table.time, trailing, start, len(floats))
+
+
+def _write_rows(out: RecordWriter, floats, leading, trailing, start: int, stop: int) -> None:
+    if stop > start:
+        out.write_block(
+            floats[start:stop], leading=None if leading is None else leading[start:stop],
+            trailing=None if trailing is None else trailing[start:stop],
+        )  # fmt: skip
 
 
 def _int_cell(v) -> Optional[int]:
@@ -200,7 +237,7 @@ def _write_records(out: RecordWriter, table, Y: np.ndarray, verdicts, channels) 
     rows = sorted([(line, i) for i, line in enumerate(table.lines)] + [(n, -1) for n in skipped])
     for line, i in rows:
         if i < 0:
-            out.write({"skipped": True, "line": line})
+            out.write(_skipped_record(table, line))
             continue
         record = _leading_cells(table, i)
         record.update({c: float(v) for c, v in zip(channels, table.values[i])})
@@ -231,7 +268,7 @@ def _run_graph(model: Model, first, tables, out_path: Optional[str], decider=Non
             )
             for line, i in order:
                 if i < 0:
-                    out.write({"skipped": True, "line": line})
+                    out.write(_skipped_record(table, line))
                     continue
                 stream.step(table.values[i])
                 record = _leading_cells(table, i)

@@ -71,8 +71,8 @@ def _row_by_row(model: Model, in_path: str, out_path: str, detector) -> None:
     order = sorted([(n, i) for i, n in enumerate(table.lines)] + [(n, -1) for n in table.skipped_rows])
     with RecordWriter(out_path, model.channels, leading=["timestamp"], trailing=trailing) as out:
         for line, i in order:
-            if i < 0:
-                out.write({"skipped": True, "line": line})
+            if i < 0:  # a skipped row keeps its time cell where it has one
+                out.write({"skipped": True, "line": line, **table.skipped_leading.get(line, {})})
                 continue
             result = monitor.process(table.values[i], time=table.time[i])
             record = {"timestamp": table.time[i]}
