@@ -81,52 +81,100 @@ def add_train(sub) -> None:
         "input); implies --task classify",
     )  # fmt: skip
     g = p.add_argument_group("model")
-    g.add_argument("--cell", choices=["rnn", "lstm", "gru", "esn"], default=d.cell)
-    g.add_argument("--hidden", type=positive_int, default=d.hidden)
-    g.add_argument("--layers", type=positive_int, default=d.layers)
-    g.add_argument("--nonlinearity", choices=["tanh", "relu"], default=d.nonlinearity)
-    g.add_argument("--dropout", type=float, default=d.dropout)
-    g.add_argument("--horizon", type=positive_int, default=d.horizon)
+    g.add_argument("--cell", choices=["rnn", "lstm", "gru", "esn"], default=d.cell,
+                   help="recurrent cell; esn (echo state network) needs no PyTorch "
+                   "(default %(default)s; `edgernn evaluate` defaults to esn)")  # fmt: skip
+    g.add_argument("--hidden", type=positive_int, default=d.hidden,
+                   help="state size per layer (ESN: reservoir size) (default %(default)s)")  # fmt: skip
+    g.add_argument("--layers", type=positive_int, default=d.layers,
+                   help="stacked recurrent layers (default %(default)s)")  # fmt: skip
+    g.add_argument("--nonlinearity", choices=["tanh", "relu"], default=d.nonlinearity,
+                   help="activation of rnn and esn cells (default %(default)s)")  # fmt: skip
+    g.add_argument("--dropout", type=float, default=d.dropout,
+                   help="dropout between stacked layers, training only (default %(default)s)")  # fmt: skip
+    g.add_argument("--horizon", type=positive_int, default=d.horizon,
+                   help="forecast this many samples ahead (default %(default)s)")  # fmt: skip
     g.add_argument(
         "--no-residual", dest="residual", action="store_false",
-        help="forecast the value itself, not the change from the current sample",
+        help="forecast the value itself, not the change from the current sample (default: "
+        "the change)",
     )  # fmt: skip
     g.add_argument(
         "--bidirectional", action="store_true",
         help="refused: bidirectional models are not causal and cannot stream",
     )  # fmt: skip
     g = p.add_argument_group("optimisation")
-    g.add_argument("--val-frac", type=float, default=d.val_frac)
-    g.add_argument("--bptt", choices=["window", "tbptt"], default=d.bptt)
-    g.add_argument("--window", type=positive_int, default=d.window)
-    g.add_argument("--burn-in", type=int, default=d.burn_in)
-    g.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    g.add_argument("--epochs", type=positive_int, default=d.epochs)
-    g.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--clip", choices=["norm", "value", "none"], default=d.clip)
-    g.add_argument("--clip-value", type=float, default=d.clip_value)
-    g.add_argument("--patience", type=positive_int, default=d.patience)
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--val-frac", type=float, default=d.val_frac,
+                   help="the last fraction of every file, held out for validation "
+                   "(default %(default)s)")  # fmt: skip
+    g.add_argument("--bptt", choices=["window", "tbptt"], default=d.bptt,
+                   help="window: random windows from a zero state; tbptt: contiguous chunks, "
+                   "state carried across them (default %(default)s)")  # fmt: skip
+    g.add_argument("--window", type=positive_int, default=d.window,
+                   help="time steps per backprop window / truncated-BPTT chunk "
+                   "(default %(default)s)")  # fmt: skip
+    g.add_argument("--burn-in", type=int, default=d.burn_in,
+                   help="leading steps of a window that warm the state but carry no loss "
+                   "(default %(default)s)")  # fmt: skip
+    g.add_argument("--batch-size", type=positive_int, default=d.batch_size,
+                   help="windows per optimiser step, over all processes (default %(default)s)")  # fmt: skip
+    g.add_argument("--epochs", type=positive_int, default=d.epochs,
+                   help="most passes of training; early stopping may end sooner "
+                   "(default %(default)s)")  # fmt: skip
+    g.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch,
+                   help="optimiser steps per epoch; 0: about one pass over the training rows "
+                   "(default %(default)s)")  # fmt: skip
+    g.add_argument("--lr", type=float, default=d.lr,
+                   help="Adam learning rate (default %(default)s)")  # fmt: skip
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="Adam weight decay (L2 penalty) (default %(default)s)")  # fmt: skip
+    g.add_argument("--clip", choices=["norm", "value", "none"], default=d.clip,
+                   help="gradient clipping: by global norm, by value, or none "
+                   "(default %(default)s)")  # fmt: skip
+    g.add_argument("--clip-value", type=float, default=d.clip_value,
+                   help="the norm or value --clip clips to (default %(default)s)")  # fmt: skip
+    g.add_argument("--patience", type=positive_int, default=d.patience,
+                   help="early stopping: epochs without validation improvement "
+                   "(default %(default)s)")  # fmt: skip
+    g.add_argument("--seed", type=int, default=d.seed,
+                   help="random seed: the same data and seed train the same model "
+                   "(default %(default)s)")  # fmt: skip
     g.add_argument("--schedule", choices=["constant", "cosine"], default=d.schedule,
-                   help="learning rate over the epochs")  # fmt: skip
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
+                   help="learning rate over the epochs (default %(default)s)")  # fmt: skip
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device,
+                   help="where to train; auto: a GPU if there is one (default %(default)s)")  # fmt: skip
     g.add_argument(
         "--amp", choices=["auto", "bf16", "fp16", "off"], default=d.amp,
-        help="mixed precision on GPU (auto: bf16 where supported, else fp16)",
+        help="mixed precision on GPU (auto: bf16 where supported, else fp16; default "
+        "%(default)s)",
     )  # fmt: skip
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no per-epoch progress lines")  # fmt: skip
     g.add_argument("--cache-dir", default=d.cache_dir, metavar="DIR",
                    help="parsed-CSV cache, shareable between runs (default RUN_DIR/cache)")  # fmt: skip
     g = p.add_argument_group("echo state network (--cell esn)")
-    g.add_argument("--spectral-radius", type=float, default=d.spectral_radius)
-    g.add_argument("--input-scale", type=float, default=d.input_scale)
-    g.add_argument("--ridge", type=float, default=d.ridge)
-    g.add_argument("--washout", type=int, default=d.washout)
+    g.add_argument("--spectral-radius", type=float, default=d.spectral_radius,
+                   help="reservoir weights' largest eigenvalue magnitude: memory length "
+                   "(default %(default)s)")  # fmt: skip
+    g.add_argument("--input-scale", type=float, default=d.input_scale,
+                   help="scale of the input weights (default %(default)s)")  # fmt: skip
+    g.add_argument("--ridge", type=float, default=d.ridge,
+                   help="ridge penalty of the readout fit (default %(default)s)")  # fmt: skip
+    g.add_argument("--washout", type=int, default=d.washout,
+                   help="leading samples of each file that warm the reservoir, not fitted "
+                   "(default %(default)s)")  # fmt: skip
     # Flags left out parse as None, so cmd_train can tell what was given (--resume keeps
     # the run's own settings for the rest); the defaults above are for --help.
     p.set_defaults(func=cmd_train, ignore=None, **dict.fromkeys(d.to_dict()))
+    _show_config_defaults(p, d.to_dict())
+
+
+def _show_config_defaults(parser, defaults: dict) -> None:
+    """%(default)s in a help text says the TrainConfig value: set_defaults(None) above
+    replaced the arguments' own defaults."""
+    for action in parser._actions:
+        if action.help and action.dest in defaults:
+            action.help = action.help.replace("%(default)s", str(defaults[action.dest]))
 
 
 def cmd_train(args) -> int:

@@ -312,15 +312,26 @@ def add_commands(subparsers) -> None:
     p.add_argument("--profile", choices=sorted(NAB_PROFILES), default="standard")
     p.add_argument("--verbose", action="store_true", help="show training logs")
     g = p.add_argument_group("model (see `edgernn train`)")
-    g.add_argument("--cell", choices=["rnn", "lstm", "gru", "esn"], default="esn")
-    g.add_argument("--hidden", type=positive_int, default=d.hidden)
-    g.add_argument("--layers", type=positive_int, default=d.layers)
-    g.add_argument("--horizon", type=positive_int, default=d.horizon)
-    g.add_argument("--epochs", type=positive_int, default=d.epochs)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--no-residual", dest="residual", action="store_false")
-    g.add_argument("--ridge", type=float, default=d.ridge, help="ESN readout ridge penalty")
-    g.add_argument("--spectral-radius", type=float, default=d.spectral_radius, help="ESN")
+    g.add_argument(
+        "--cell", choices=["rnn", "lstm", "gru", "esn"], default="esn",
+        help="recurrent cell (default %(default)s: an echo state network, fitted in "
+        "seconds; `edgernn train` defaults to lstm)",
+    )  # fmt: skip
+    g.add_argument("--hidden", type=positive_int, default=d.hidden,
+                   help="state size per layer (ESN: reservoir size) (default %(default)s)")
+    g.add_argument("--layers", type=positive_int, default=d.layers,
+                   help="stacked recurrent layers (default %(default)s)")
+    g.add_argument("--horizon", type=positive_int, default=d.horizon,
+                   help="forecast this many samples ahead (default %(default)s)")
+    g.add_argument("--epochs", type=positive_int, default=d.epochs,
+                   help="most training passes, PyTorch cells (default %(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+    g.add_argument("--no-residual", dest="residual", action="store_false",
+                   help="forecast the value itself, not the change from the current sample")
+    g.add_argument("--ridge", type=float, default=d.ridge,
+                   help="ESN readout ridge penalty (default %(default)s)")
+    g.add_argument("--spectral-radius", type=float, default=d.spectral_radius,
+                   help="ESN reservoir's spectral radius (default %(default)s)")
     add_detector_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
