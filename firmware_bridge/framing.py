@@ -95,7 +95,18 @@ class ChannelMismatch:
     message: str
 
 
-Event = Union[Samples, DeviceInfo, Reboot, SeqReset, ModeDetected, ChannelMismatch]
+@dataclass
+class TextMismatch:
+    """Well-formed text lines that do not fit the model's channels (other names, another
+    count): each such line is rejected (reason "channels"); this event comes once per
+    kind of mismatch, saying what was expected and what arrived."""
+
+    message: str
+
+
+Event = Union[
+    Samples, DeviceInfo, Reboot, SeqReset, ModeDetected, ChannelMismatch, TextMismatch
+]
 
 
 # -- counters ------------------------------------------------------------------------
@@ -164,8 +175,12 @@ class TextParser:
     def __init__(self, channels: Optional[Sequence[str]]):
         self.channels = list(channels) if channels is not None else None
         self.width: Optional[int] = len(channels) if channels is not None else None
+        # why the last line parsed was rejected though well-formed (None: it fit, or it
+        # was no sample line at all)
+        self.mismatch: Optional[str] = None
 
     def parse(self, line: bytes) -> Optional[np.ndarray]:
+        self.mismatch = None
         try:
             text = line.decode("ascii").strip()
         except UnicodeDecodeError:
@@ -183,7 +198,13 @@ class TextParser:
             return None
         if self.width is None:
             self.width = len(values)  # no model: the first good line fixes the width
-        return values if len(values) == self.width else None
+        if len(values) != self.width:
+            self.mismatch = f"the device sends {len(values)} values per line but " + (
+                f"the model expects {self.width} ({', '.join(self.channels)})"
+                if self.channels is not None else f"its first lines had {self.width}"
+            )  # fmt: skip
+            return None
+        return values
 
     def _named(self, fields: list[str]) -> Optional[np.ndarray]:
         pairs = [f.split(":", 1) for f in fields]
@@ -194,11 +215,19 @@ class TextParser:
             return None
         by_name = dict(zip([k for k, _ in pairs], values))
         want = self.channels if self.channels is not None else [k for k, _ in pairs]
-        if len(by_name) != len(pairs) or not set(want) <= set(by_name):
+        if len(by_name) != len(pairs):
+            return None
+        if not set(want) <= set(by_name):
+            missing = [c for c in want if c not in by_name]
+            self.mismatch = (
+                f"the device's lines name {', '.join(by_name)} but the model expects "
+                f"{', '.join(want)} (missing {', '.join(missing)})"
+            )
             return None
         if self.width is None:
             self.width = len(want)
         if len(want) != self.width:
+            self.mismatch = f"the device sends {len(want)} named values per line, its first lines {self.width}"
             return None
         return np.array([by_name[c] for c in want], dtype=np.float32)
 
@@ -224,6 +253,7 @@ class Decoder:
         self._overlong = False  # discarding a run longer than any frame/line
         self._consecutive_rejects = 0
         self._text = TextParser(self.channels)
+        self._mismatches_told: set[str] = set()
         self._line_seq = 0
         if mode == "auto":
             self._start_detecting()
@@ -286,10 +316,12 @@ class Decoder:
                 break
             line = bytes(buf[self._txt_scan : end])
             self._txt_scan = end + 1
+            # A well-formed line that does not fit the model still proves text mode:
+            # the text decoder then says what does not fit.
             ok = (
                 len(line) <= MAX_LINE
                 and b"\x00" not in line
-                and self._probe.parse(line) is not None
+                and (self._probe.parse(line) is not None or self._probe.mismatch is not None)
             )
             if ok and self._prev_line_ok:
                 self.mode = "text"
@@ -330,6 +362,12 @@ class Decoder:
                 self._rejected("overlong", len(line) + 1)
                 continue
             values = self._text.parse(line)
+            if values is None and self._text.mismatch is not None:
+                self._rejected("channels", len(line) + 1)
+                if len(self._mismatches_told) < 3 and self._text.mismatch not in self._mismatches_told:
+                    self._mismatches_told.add(self._text.mismatch)
+                    events.append(TextMismatch(self._text.mismatch))
+                continue
             if values is None:
                 self._rejected("parse", len(line) + 1)
                 continue

@@ -44,6 +44,7 @@ from edgernn.firmware_bridge.framing import (
     Reboot,
     Samples,
     SeqReset,
+    TextMismatch,
 )
 from edgernn.firmware_bridge.port import (
     OVERFLOW_POLICIES,
@@ -607,6 +608,9 @@ class LiveRun:
         elif isinstance(event, ChannelMismatch):
             self._error = printable(event.message)  # printed by the CLI: names escaped
             return False
+        elif isinstance(event, TextMismatch):  # once per kind: the lines are counted
+            self.note(f"WARNING: {event.message}: such lines are rejected "
+                      "(counted as rejected 'channels')")  # fmt: skip
         elif isinstance(event, ModeDetected):
             self.mode_line = event.mode
             self.note(f"{event.mode} mode detected on {self.reader.device}")

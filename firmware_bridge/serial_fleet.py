@@ -31,6 +31,7 @@ from edgernn.firmware_bridge.framing import (
     Reboot,
     Samples,
     SeqReset,
+    TextMismatch,
 )
 from edgernn.firmware_bridge.port import (
     Closed,
@@ -239,6 +240,9 @@ class SerialFleetRun:
             board.closed = True
             board.reader.stop()
             self.note(f"{board.name}: {event.message}: this board is left out")
+        elif isinstance(event, TextMismatch):
+            self.note(f"{board.name}: WARNING: {event.message}: such lines are rejected "
+                      "(counted as rejected 'channels')")  # fmt: skip
         elif isinstance(event, ModeDetected):
             board.mode = event.mode
             self.note(f"{board.name}: {event.mode} mode detected")

@@ -90,7 +90,9 @@ def test_text_bad_lines_are_counted_and_skipped(line):
     dec = Decoder("text", NAMES)
     events = dec.feed(line + b"4,5,6\n")
     np.testing.assert_array_equal(samples_of(events), [[4, 5, 6]])
-    assert dec.counters.rejected == 1 and dec.counters.rejected_by == {"parse": 1}
+    # well-formed lines that do not fit the model's channels: rejected as "channels"
+    reason = "channels" if line in (b"1,2\n", b"1,2,3,4\n", b"a:1,b:2\n") else "parse"
+    assert dec.counters.rejected == 1 and dec.counters.rejected_by == {reason: 1}
 
 
 def test_text_without_model_takes_width_from_first_line():
