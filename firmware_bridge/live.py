@@ -526,7 +526,7 @@ class LiveRun:
     # -- messages ------------------------------------------------------------------
     def note(self, text: str) -> None:
         if self.view is not None:
-            self.view.close()  # the next redraw starts below this line
+            self.view.clear()  # the line takes the panel's place; the next redraw is below
         # Line by line: our own multi-line summary stays, anything else is escaped.
         text = "\n".join(printable(line) for line in text.split("\n"))
         print(f"edgernn: {text}", file=sys.stderr, flush=True)

@@ -100,7 +100,16 @@ class LiveView:
             self.out.write(" | ".join(lines[:2]) + "\n")
         self.out.flush()
 
+    def clear(self) -> None:
+        """Erase the panel (a terminal) so a log line can take its place; the next
+        redraw comes below that line. Elsewhere nothing was drawn in place."""
+        if self.tty and self._lines:
+            self.out.write(f"\x1b[{self._lines}F\x1b[J")  # up over the panel, erase below
+            self.out.flush()
+        self._lines = 0
+
     def close(self) -> None:
+        """Leave the panel as it is (the last one stays on screen)."""
         self._lines = 0
 
 
