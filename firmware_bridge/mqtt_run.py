@@ -144,6 +144,12 @@ def _check_template(template: str, flag: str) -> None:
         raise InputError(f"{flag} {template!r}: not a topic one can publish to")
 
 
+def _check_templates(args) -> None:
+    for flag, template in (("--publish-topic", args.publish_topic),
+                           ("--alert-topic", args.alert_topic)):  # fmt: skip
+        _check_template(template, flag)
+
+
 def note(text: str) -> None:
     print(f"edgernn: {text}", file=sys.stderr, flush=True)
 
@@ -717,9 +723,7 @@ def run_mqtt(args, model, detector_factory=None, stop: Optional[threading.Event]
         raise InputError("--no-publish and no -o: nothing would be written (give -o FILE or -o -)")
     if args.no_publish and args.ha_discovery:
         raise InputError("--ha-discovery publishes: it does not go with --no-publish")
-    for flag, template in (("--publish-topic", args.publish_topic),
-                           ("--alert-topic", args.alert_topic)):  # fmt: skip
-        _check_template(template, flag)
+    _check_templates(args)
     check_output_paths(args)
     if getattr(args, "realtime", False):
         note(request_realtime())  # this thread and paho's, started later, inherit it
@@ -746,9 +750,7 @@ class SerialPublisher:
         url_text = getattr(args, "publish", None)
         self.name = getattr(args, "device_name", None) or _port_name(args.port)
         if url_text:
-            for flag, template in (("--publish-topic", args.publish_topic),
-                                   ("--alert-topic", args.alert_topic)):  # fmt: skip
-                _check_template(template, flag)
+            _check_templates(args)
             url = parse_broker_url(url_text, "--publish")
             self.link = make_output_link(args, f"serial {args.port}", url)
             self.publisher = Publisher(self.link, args, list(channels), self.link.opts.client_id,
