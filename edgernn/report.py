@@ -105,15 +105,13 @@ def _fault_bands(ax, faults, label_them: bool) -> None:
 
 
 def _score_panel(ax, t, score, threshold, faults) -> None:
-    # A log axis: scores span orders of magnitude, and every positive value stays visible.
-    floor = np.nanmin(score[score > 0]) if np.any(score > 0) else 1e-3
-    ax.plot(t, np.where(score > 0, score, np.nan), lw=0.7, color=FAULT_COLOR,
-            label="anomaly score")  # fmt: skip
+    # The score is a surprisal (-log10 of a tail probability) and so already on a log
+    # scale: a linear axis reads directly as "1 in 10^score".
+    ax.plot(t, score, lw=0.7, color=FAULT_COLOR, label="anomaly score (-log10 p)")
     if threshold is not None:
         ax.plot(t, threshold, lw=0.9, ls="--", color="black", label="alarm threshold")
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=max(floor * 0.5, 1e-6))
-    ax.set_ylabel("anomaly score\n(log)", fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("anomaly score\n(-log10 p)", fontsize=8)
     _fault_bands(ax, faults, label_them=False)
     ax.legend(loc="upper left", fontsize=7, ncol=2, framealpha=0.9)
 

@@ -35,7 +35,8 @@ def test_forecast_drawn_over_the_signal_and_detections_in_their_own_strip():
     fig, _ = _figure()
     signal, forecast = fig.axes[0].lines[:2]
     assert forecast.get_zorder() > signal.get_zorder()
-    assert fig.axes[len(CHANNELS)].get_yscale() == "log"  # the score, not symlog
+    score_axis = fig.axes[len(CHANNELS)]  # a surprisal: linear, from 0 (not symlog)
+    assert score_axis.get_yscale() == "linear" and score_axis.get_ylim()[0] == 0
     strip = fig.axes[-1]
     assert [t.get_text() for t in strip.get_yticklabels()] == ["detected", "true fault"]
     for ax in fig.axes[: len(CHANNELS)]:  # no detection ticks drawn inside data panels
