@@ -272,9 +272,9 @@ def add_module_export_arguments(p) -> None:
 def cmd_export(args) -> int:
     from edgernn.errors import require
 
-    require("torch")
-    require("onnx")
     if args.module is not None:
+        require("torch")
+        require("onnx")
         return cmd_export_module(args)
     from edgernn.export import export_run
 

@@ -45,14 +45,25 @@ def export_run(
     unrolled: bool = False,
     static_batch: int | None = None,
 ) -> ParityReport:
-    """Export RUN_DIR's checkpoint; `unrolled` writes primitive ops only (export/unrolled.py)."""
+    """Export RUN_DIR's checkpoint; `unrolled` writes primitive ops only (export/unrolled.py).
+
+    An ESN forecaster exports without torch or onnx (export/onnx_writer.py) when either
+    is missing: the same graph, written as protobuf bytes and gated against numpy."""
+    if not unrolled and static_batch is None and opset == DEFAULT_OPSET and not _torch_and_onnx():
+        esn = _esn_forecaster(run_dir)
+        if esn is not None:
+            from edgernn.export.onnx_writer import export_esn
+
+            weights, meta, val_errors = esn
+            extra = _extra_meta(meta, "forecast")
+            calibration = detector_calibration(val_errors)
+            if calibration is not None:
+                extra["detector"] = calibration
+            return export_esn(weights, meta, out_path, error_scale=meta.get("error_scale"),
+                              extra_meta=extra)  # fmt: skip
     model, meta, val_errors = load_forecaster(run_dir)
     task = model.config.task
-    kept = ("model", "persistence") if task == "forecast" else ("model", "baseline", "baseline_name")
-    extra = {
-        "producer": f"edgernn {__version__}",
-        "metrics": {k: meta["metrics"][k] for k in kept if k in meta.get("metrics", {})},
-    }
+    extra = _extra_meta(meta, task)
     if task != "forecast":  # a regressor or classifier: format-2 graph, no detector
         if unrolled or static_batch is not None:
             raise ExportError(f"--unrolled exports forecasters only; this run's task is {task}")
@@ -72,3 +83,34 @@ def export_run(
     return export_onnx(
         model, out_path, error_scale=meta.get("error_scale"), extra_meta=extra, opset=opset
     )
+
+
+def _extra_meta(meta: dict, task: str) -> dict:
+    kept = ("model", "persistence") if task == "forecast" else ("model", "baseline", "baseline_name")
+    return {
+        "producer": f"edgernn {__version__}",
+        "metrics": {k: meta["metrics"][k] for k in kept if k in meta.get("metrics", {})},
+    }
+
+
+def _importable(name: str) -> bool:
+    """Whether `import name` would work (False also when sys.modules blocks it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _torch_and_onnx() -> bool:
+    return _importable("torch") and _importable("onnx")
+
+
+def _esn_forecaster(run_dir: str):
+    """(weights, meta, val_errors) when RUN_DIR holds an ESN forecaster, else None."""
+    weights, meta, val_errors = load_checkpoint(run_dir)
+    cfg = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    if cfg.get("cell") != "esn" or cfg.get("task", "forecast") != "forecast":
+        return None
+    if cfg.get("bidirectional"):
+        return None
+    return weights, meta, val_errors

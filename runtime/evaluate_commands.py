@@ -370,12 +370,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.model is None:
         if args.train_rows is None:
             raise EdgernnError("give --train-rows N (the rows each file trains on), or --model")
-        require("torch")  # export runs the ONNX exporter and its parity gate
-        require("onnx")
     elif args.normal:
         raise EdgernnError("--normal trains a model; with --model nothing is trained")
     train_rows = args.train_rows or 0
     cfg = TrainConfig(**{k: getattr(args, k) for k in TRAIN_FLAGS}, progress=False)
+    if args.model is None and cfg.cell != "esn":
+        # export runs the ONNX exporter and its parity gate; an ESN needs neither
+        # (export/onnx_writer.py writes and checks its graph with numpy alone)
+        require("torch")
+        require("onnx")
     check_files(args)
     windows = read_windows(args.labels) if args.labels else None
     log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else (lambda msg: None)
