@@ -97,7 +97,8 @@ class _Kernel:
         raise NotImplementedError
 
     def run(self, X: np.ndarray, Y: np.ndarray, cur: int) -> None:
-        """X, Y (T, B, C); X already checked finite. State ends in s[cur ^ (T & 1)]."""
+        """X (T, *x.shape), Y (T, *y.shape); X already checked finite. The state ends
+        in buffer cur ^ (T & 1)."""
         for t in range(X.shape[0]):
             self.x[...] = X[t]
             self.step(cur)
@@ -234,13 +235,7 @@ class _GraphKernel:
     def _step(self, cur: int) -> None:
         raise NotImplementedError
 
-    def run(self, X: np.ndarray, Y: np.ndarray, cur: int) -> None:
-        """X (T, *x.shape), Y (T, *y.shape); X already checked finite."""
-        for t in range(X.shape[0]):
-            self.x[...] = X[t]
-            self.step(cur)
-            Y[t] = self.y
-            cur ^= 1
+    run = _Kernel.run  # the same step-by-step loop over (T, *x.shape) -> (T, *y.shape)
 
     def _failed(self, e: Exception) -> ModelFormatError:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
