@@ -78,7 +78,10 @@ def test_repeated_port_is_a_fleet_of_boards(model, tmp_path, capsys):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     s = json.loads(summary.read_text())
     names = emus[0].names
-    assert s["mean_batch"] > 1.0, "the boards were not stepped together"
+    # How many boards share a model call depends on thread timing here; that waiting
+    # samples of several boards are stepped in one call is checked deterministically in
+    # test_waiting_samples_of_several_boards_share_one_model_call.
+    assert s["mean_batch"] >= 1.0 and s["ticks"] > 0
     for emu, (board, b) in zip(emus, s["boards"].items()):
         mine = [r for r in records if r["device"] == board]
         t = emu.truth
@@ -104,3 +107,21 @@ def test_same_port_twice_and_live_view_refused(model):
     with pytest.raises(InputError, match="--metrics-port serves one board"):
         run_serial_fleet(run_args(model, "--port", "a", "--port", "b", "--metrics-port", "0"),
                          model)  # fmt: skip
+
+
+def test_waiting_samples_of_several_boards_share_one_model_call(model):
+    import time
+
+    from edgernn.runtime.fleet import Fleet
+
+    fleet = Fleet(model)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3, 5, model.n_channels)).astype(np.float32)
+    for i in range(5):
+        for b in range(3):
+            fleet.receive(fleet.device(f"board{b}"), X[b, i], i, None, time.perf_counter())
+    results = list(fleet.drain())
+    assert fleet.ticks == 5 and fleet.batched_samples == 15  # 3 boards per model call
+    for b in range(3):  # and each board's forecasts are its own stream's
+        mine = [r.forecast for r in results if r.device.name == f"board{b}"]
+        np.testing.assert_allclose(mine, model.stream().run(X[b]), rtol=1e-5, atol=1e-5)
