@@ -10,6 +10,14 @@ min/max (AArch64: compare and select) and divide or reciprocal in the gates). AR
 expansion, which shows the report is read. -fopt-info-vec is asked for too: it reports
 the loops the compiler vectorised by itself (the [x, h] copies), alongside.
 
+The Raspberry Pi's own cores are checked by name as well: AArch64 with -mcpu=cortex-a53
+(Pi 3, Zero 2), cortex-a72 (Pi 4) and cortex-a76 (Pi 5) on a 64-bit OS; ARMv7 NEON with
+-mcpu=cortex-a7 -mfpu=neon-vfpv4 (Pi 2) and with -mcpu=cortex-a72 and Debian armhf's own
+FPU default (-mfpu=auto: what `-mcpu=native` means on a Pi 4 running 32-bit Debian), each
+with vectorised loops in the -fopt-info-vec report. Debian armhf's plain defaults
+(armv7-a+fp: VFPv3-D16, no NEON), which is what cstep.py's portable `-O3` fallback
+compiles for on a 32-bit userland, report the piecewise expansion like ARMv6: scalar code.
+
 Compiles only (`-S`), no emulator: a second per target. Skips a cross target whose
 compiler is not installed (apt-get install gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf).
 """
@@ -44,7 +52,21 @@ TARGETS = {
         r"vfma\.f32\s+q", r"vmin\.f32\s+q", r"vrecpe\.f32\s+q",
     ),
 }  # fmt: skip
+# The Pi's cores by name (64-bit OS: AArch64; 32-bit OS: ARMv7 NEON, hard float).
+_A64 = (r"fmla\s+v\d+\.4s", r"fcmgt\s+v\d+\.4s", r"fdiv\s+v\d+\.4s")
+_A32 = (r"vfma\.f32\s+q", r"vmin\.f32\s+q", r"vrecpe\.f32\s+q")
+for _cpu, _boards in (("cortex-a53", "Pi 3, Zero 2"), ("cortex-a72", "Pi 4"),
+                      ("cortex-a76", "Pi 5")):  # fmt: skip
+    TARGETS[f"aarch64 {_cpu} ({_boards})"] = ("aarch64-linux-gnu-gcc", [f"-mcpu={_cpu}"], *_A64)
+TARGETS["armv7 cortex-a7 neon-vfpv4 (Pi 2)"] = (
+    "arm-linux-gnueabihf-gcc", ["-mcpu=cortex-a7", "-mfpu=neon-vfpv4", "-mfloat-abi=hard"], *_A32,
+)  # fmt: skip
+TARGETS["armv7 cortex-a72 -mfpu=auto (Pi 4, 32-bit)"] = (
+    "arm-linux-gnueabihf-gcc", ["-mcpu=cortex-a72", "-mfpu=auto", "-mfloat-abi=hard"], *_A32,
+)  # fmt: skip
 SCALAR_ONLY = ("arm-linux-gnueabihf-gcc", ["-march=armv6", "-mfpu=vfp", "-mfloat-abi=hard"])
+# Debian armhf's configured defaults (--with-arch=armv7-a+fp --with-float=hard): no NEON.
+ARMHF_DEFAULT = ("arm-linux-gnueabihf-gcc", [])
 CELLS = [("lstm", 2, 24), ("gru", 1, 20), ("rnn", 1, 16)]
 
 
@@ -97,6 +119,8 @@ def test_step_is_simd_on(tmp_path: Path, target: str, spec):
     net = _network(*spec)
     asm, report = _compile(tmp_path, compiler, flags, net)
     assert "expanded piecewise" not in report and "expanded in parallel" not in report, report
+    # -fopt-info-vec: the loops left to the compiler (the [x, h] copies) are vectorised too
+    assert re.search(r"optimized: loop vectorized using (16|32|64) byte vectors", report), report
     gemv = _function(asm, "gemv")
     assert re.search(fma, gemv), f"{target}: no vector multiply-add in the GEMV kernels"
     assert re.search(minmax, asm), f"{target}: the tanh clamp is not a vector min"
@@ -108,3 +132,12 @@ def test_scalar_target_reports_the_expansion(tmp_path: Path):
     compiler, flags = SCALAR_ONLY
     _, report = _compile(tmp_path, compiler, [*flags, "-marm"], _network("lstm", 1, 16))
     assert "expanded piecewise" in report  # so the check above reads a real report
+
+
+def test_armhf_defaults_are_scalar(tmp_path: Path):
+    """What a 32-bit Debian userland compiles when no CPU is named (cstep.py's portable
+    `-O3` fallback): VFPv3-D16 without NEON, so the vector code is expanded piecewise."""
+    compiler, flags = ARMHF_DEFAULT
+    asm, report = _compile(tmp_path, compiler, flags, _network("lstm", 1, 16))
+    assert "expanded piecewise" in report
+    assert not re.search(r"vfma\.f32\s+q", asm)
