@@ -622,15 +622,25 @@ int edgernn_step(const ctx_t *ctx, int cur) {{
     return 0;
 }}
 
-/* T samples: X, Y (T, B, C); the state ends in s[cur ^ (T & 1)]. */
-int edgernn_run(const ctx_t *ctx, int cur, long T, const float *X, float *Y) {{
-    long n = ctx->batch * C;
+/* T samples: X, Y (T, B, C); the state ends in s[cur ^ (T & 1)]. Hs, unless NULL:
+   (T, B, H), the last layer's h after each sample (an online head's features). */
+int edgernn_run_features(const ctx_t *ctx, int cur, long T, const float *X, float *Y,
+                         float *Hs) {{
+    long n = ctx->batch * C, bh = ctx->batch * H;
     if (!all_finite(X, T * n)) return 1;
     for (long t = 0; t < T; t++) {{
         step_all(ctx, X + t * n, Y + t * n, ctx->s[cur], ctx->s[1 - cur]);
         cur = 1 - cur;
+        if (Hs) {{
+            const float *h = ctx->s[cur] + {n_layers - 1} * bh;  /* state 0 is h */
+            for (long k = 0; k < bh; k++) Hs[t * bh + k] = h[k];
+        }}
     }}
     return 0;
+}}
+
+int edgernn_run(const ctx_t *ctx, int cur, long T, const float *X, float *Y) {{
+    return edgernn_run_features(ctx, cur, T, X, Y, 0);
 }}
 """
     )

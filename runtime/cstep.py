@@ -423,6 +423,11 @@ class CStep:
             ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
         ]  # fmt: skip
         self.lib.edgernn_run.restype = ctypes.c_int
+        self.lib.edgernn_run_features.argtypes = [
+            ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]  # fmt: skip
+        self.lib.edgernn_run_features.restype = ctypes.c_int
         return self.probe()
 
     def probe(self) -> Optional[str]:

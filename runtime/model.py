@@ -96,14 +96,17 @@ class _Kernel:
     def step(self, cur: int) -> bool:
         raise NotImplementedError
 
-    def run(self, X: np.ndarray, Y: np.ndarray, cur: int) -> None:
+    def run(self, X: np.ndarray, Y: np.ndarray, cur: int, H: Optional[np.ndarray] = None) -> None:
         """X (T, *x.shape), Y (T, *y.shape); X already checked finite. The state ends
-        in buffer cur ^ (T & 1)."""
+        in buffer cur ^ (T & 1). H, if given (T, B, hidden): the last layer's h after
+        each sample (forecasters only)."""
         for t in range(X.shape[0]):
             self.x[...] = X[t]
             self.step(cur)
             Y[t] = self.y
             cur ^= 1
+            if H is not None:
+                H[t] = self.s[cur][0, -1]
 
 
 class _OrtKernel(_Kernel):
@@ -184,6 +187,7 @@ class _CKernel(_Kernel):
         self._ctx, address = engine.cstep.bind(self.x, self.y, self.s)
         self._step = engine.cstep.lib.edgernn_step
         self._run = engine.cstep.lib.edgernn_run
+        self._run_features = engine.cstep.lib.edgernn_run_features
         self._address = address
         # The same C function for Stream.step's direct call, with a ready c_void_p and
         # c_int: no argtypes (ctypes converts no argument) and the GIL kept over a call
@@ -196,8 +200,13 @@ class _CKernel(_Kernel):
     def step(self, cur: int) -> bool:
         return self._step(self._address, cur) == 0
 
-    def run(self, X: np.ndarray, Y: np.ndarray, cur: int) -> None:
-        self._run(self._address, cur, X.shape[0], X.ctypes.data, Y.ctypes.data)
+    def run(self, X: np.ndarray, Y: np.ndarray, cur: int, H: Optional[np.ndarray] = None) -> None:
+        if H is None:
+            self._run(self._address, cur, X.shape[0], X.ctypes.data, Y.ctypes.data)
+        else:
+            self._run_features(
+                self._address, cur, X.shape[0], X.ctypes.data, Y.ctypes.data, H.ctypes.data
+            )
 
 
 class _GraphKernel:
@@ -765,6 +774,25 @@ class Stream:
 
     def run(self, X) -> np.ndarray:
         """Feed a sequence [T, channels] (or [T, batch, channels]) sample by sample."""
+        return self._run(X, with_features=False)[0]
+
+    def run_features(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """run(X), and the features a forecaster's head reads at each sample: the last
+        layer's h after it, [T, hidden] (or [T, batch, hidden]); forecasters only."""
+        if self.model.generic:
+            raise InputError(f"{self.model.path} is not a plain forecaster: it has no head features")
+        Y, H = self._run(X, with_features=True)
+        return Y, H
+
+    def features(self) -> np.ndarray:
+        """The head's features now (the last layer's h, [hidden] or [batch, hidden]): what
+        run_features() gives for the last sample; a copy."""
+        if self.model.generic:
+            raise InputError(f"{self.model.path} is not a plain forecaster: it has no head features")
+        h = self._kernel.s[self._cur][0, -1]  # (B, H)
+        return (h[0] if self.batch is None else h).copy()
+
+    def _run(self, X, with_features: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
         try:
             X = np.asarray(X, dtype=np.float32)
         except (TypeError, ValueError) as e:
@@ -780,11 +808,18 @@ class Stream:
         kernel = self._kernel
         X = np.ascontiguousarray(X.reshape((T,) + kernel.x.shape), dtype=kernel.x.dtype)
         Y = np.empty((T,) + kernel.y.shape, dtype=kernel.y.dtype)
-        kernel.run(X, Y, self._cur)
+        H = None
+        if with_features:
+            H = np.empty((T, self._n, self.model.meta.hidden), dtype=np.float32)
+            kernel.run(X, Y, self._cur, H)
+        else:
+            kernel.run(X, Y, self._cur)
         self._cur ^= T & 1
         if T:
             kernel.y[...] = Y[-1]  # stream.outputs: the last step's (the C run bypasses y)
-        return Y.reshape((T,) + self._y_view.shape)
+        if H is not None and self.batch is None:
+            H = H[:, 0]
+        return Y.reshape((T,) + self._y_view.shape), H
 
     def _check_x(self, x) -> np.ndarray:
         try:

@@ -1,0 +1,213 @@
+"""Online learning of a forecaster's readout where streams drift (numpy only; runs on the Pi).
+
+A trained forecaster's head is a linear map from its last layer's h to the forecast.
+When a stream drifts (a sensor ages, a server's load grows), the recurrent features
+still describe the dynamics but the map from them to the next value goes stale.
+`OnlineHead` keeps a correction of that map up to date on the device by exponentially
+forgetting least squares (recursive least squares, solved per block):
+
+    forecast'(t) = forecast(t) + std * (A^T [h_t; 1])        A: (hidden + 1, C)
+
+fitted to the trained forecast's normalised residual (x(t + horizon) - forecast(t)) / std,
+with a ridge prior holding A at 0 (the trained head) until the stream shows otherwise.
+Samples the detector flags are learnt with weight 0: a fault must not become normal.
+
+A is re-solved at every `block`-th forecast, counted from the stream's first sample,
+from the samples that arrived before it: the forecasts made at t in [kB, (k+1)B) use
+A_k, fitted on the samples before kB. So a CSV processed in chunks (correct() a block,
+score it, learn() it), a live stream sample by sample, and a run resumed from a saved
+state see the same A at the same sample and make the same forecasts. A block costs one
+(hidden+1)^2 solve: a fraction of a microsecond per sample.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgernn.errors import InputError
+
+BLOCK = 32  # forecasts between solves
+MEMORY = 2000.0  # samples the fit remembers (forgetting factor 1 - 1/MEMORY)
+RIDGE = 100.0  # prior weight on A = 0, in samples' worth of unit-size features
+
+
+class OnlineHead:
+    """A forecaster's head, corrected online (module docstring).
+
+    hidden, channels: the forecaster's sizes; std (C,): its normalisation; horizon: the
+    steps ahead of its forecasts (a forecast made at t is learnt when sample t + horizon
+    arrives). Per sample, in this order:
+
+    >>> head = OnlineHead.for_model(model)
+    >>> head.learn(x[None], weights=[0.0 if flagged else 1.0])   # sample t arrived
+    >>> f = head.correct(stream.step(x)[None], stream.features()[None])[0]  # forecast t
+    """
+
+    def __init__(
+        self,
+        hidden: int,
+        channels: int,
+        std,
+        horizon: int = 1,
+        memory: float = MEMORY,
+        ridge: float = RIDGE,
+        block: int = BLOCK,
+    ):
+        if min(hidden, channels, horizon, block) < 1:
+            raise InputError("online head: hidden, channels, horizon and block must be >= 1")
+        if not (memory > 1 and ridge > 0):
+            raise InputError("online head: memory must be > 1 sample and ridge > 0")
+        self.hidden, self.channels, self.horizon = int(hidden), int(channels), int(horizon)
+        self.memory, self.ridge, self.block = float(memory), float(ridge), int(block)
+        self.std = np.asarray(std, dtype=np.float64).reshape(-1)
+        if self.std.shape != (self.channels,) or not (self.std > 0).all():
+            raise InputError(f"online head: std must be {self.channels} positive values")
+        self.reset()
+
+    @classmethod
+    def for_model(cls, model, **options) -> OnlineHead:
+        """For a plain forecaster (a runtime.Model that has a head)."""
+        meta = model.meta
+        if model.generic or meta.norm_std is None:
+            raise InputError(f"{model.path}: an online head needs a plain forecaster")
+        return cls(meta.hidden, meta.n_channels, meta.norm_std, model.horizon, **options)
+
+    def reset(self) -> None:
+        d, c = self.hidden + 1, self.channels
+        self.A = np.zeros((d, c))  # (H+1, C): the correction, normalised units
+        self._gram = np.zeros((d, d))  # forgetting sum of w phi phi^T ...
+        self._cross = np.zeros((d, c))  # ... and of w phi r^T, up to the last solve
+        self.made = 0  # forecasts corrected so far (the block clock)
+        self.seen = 0  # samples learnt so far
+        # forecasts not yet learnt, oldest first: features [H+1] and trained forecast [C]
+        self._phi = np.zeros((0, d))
+        self._base = np.zeros((0, c))
+        # learnt since the last solve: features, residuals, weights, the sample index
+        self._pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    @property
+    def active(self) -> bool:
+        """Whether the correction is non-zero yet (false until the first solve)."""
+        return bool(self.A.any())
+
+    # -- the two halves of a step, for one sample or a block --------------------------
+    @property
+    def room(self) -> int:
+        """Forecasts correct() can take before the next solve (1..block): a chunk is
+        corrected, scored and learnt in pieces of at most this many samples."""
+        return self.block - self.made % self.block
+
+    def correct(self, Y, H) -> np.ndarray:
+        """Corrected forecasts (n, C) for trained forecasts Y (n, C) made now from
+        features H (n, hidden), the stream's next n forecasts (n <= room)."""
+        Y = np.asarray(Y, dtype=np.float64)
+        H = np.asarray(H, dtype=np.float64)
+        n = len(Y)
+        if Y.shape != (n, self.channels) or H.shape != (n, self.hidden):
+            raise InputError(
+                f"online head: forecasts {Y.shape} / features {H.shape} do not match "
+                f"({self.channels} channels, {self.hidden} hidden)"
+            )
+        if n > self.room:
+            raise InputError(f"online head: {n} forecasts at once, room for {self.room}")
+        if self.made % self.block == 0 and self.made > 0 and n:
+            self._solve(self.made)
+        phi = np.ones((n, self.hidden + 1))
+        phi[:, :-1] = H
+        # one row at a time in the same order for any n (not a BLAS product, whose
+        # rounding may depend on the row count): chunked and per-sample runs agree
+        correction = np.add.reduce(phi[:, :, None] * self.A, axis=1)
+        self.made += n
+        self._phi = np.concatenate([self._phi, phi])
+        self._base = np.concatenate([self._base, Y])
+        return Y + self.std * correction
+
+    def learn(self, X, weights=None) -> None:
+        """Samples X (n, C) arrived (the next n of the stream): learn the forecasts made
+        for them, each with its weight (default 1; 0 for a sample the detector flags)."""
+        X = np.asarray(X, dtype=np.float64)
+        n = len(X)
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+        if X.shape != (n, self.channels) or w.shape != (n,):
+            raise InputError(f"online head: samples {X.shape} / weights {w.shape} do not match")
+        first = self.seen - self.horizon  # index of the forecast due for X[0]
+        skip = max(0, -first)  # the first `horizon` samples have no forecast
+        due = n - skip
+        if due > len(self._base):
+            raise InputError("online head: learn() got samples whose forecasts were not made")
+        if due > 0:
+            r = (X[skip:] - self._base[:due]) / self.std
+            index = self.seen + skip + np.arange(due)
+            self._pairs.append((self._phi[:due], r, w[skip:], index))
+            self._phi, self._base = self._phi[due:], self._base[due:]
+        self.seen += n
+
+    def _solve(self, limit: int) -> None:
+        """A from the samples before `limit`; later ones wait for the next solve."""
+        keep = (1.0 - 1.0 / self.memory) ** self.block
+        self._gram *= keep
+        self._cross *= keep
+        if self._pairs:
+            phi, r, w, index = (np.concatenate(p) for p in zip(*self._pairs))
+            now = index < limit
+            wphi = phi[now] * w[now, None]
+            self._gram += wphi.T @ phi[now]
+            self._cross += wphi.T @ r[now]
+            later = ~now
+            self._pairs = [(phi[later], r[later], w[later], index[later])] if later.any() else []
+        system = self._gram + self.ridge * np.eye(self.hidden + 1)
+        self.A = np.linalg.solve(system, self._cross)
+
+    # -- state -----------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        return {
+            "hidden": self.hidden, "channels": self.channels, "horizon": self.horizon,
+            "memory": self.memory, "ridge": self.ridge, "block": self.block,
+        }  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly, JSON-able."""
+        pairs = [np.concatenate(p) for p in zip(*self._pairs)] if self._pairs else None
+        return {
+            "settings": self.settings(),
+            "A": self.A.tolist(), "gram": self._gram.tolist(), "cross": self._cross.tolist(),
+            "made": self.made, "seen": self.seen,
+            "phi": self._phi.tolist(), "base": self._base.tolist(),
+            "pairs": None if pairs is None else [p.tolist() for p in pairs],
+        }  # fmt: skip
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        try:
+            if d["settings"] != self.settings():
+                raise InputError("saved online head was made for another model or settings")
+            d1, c = self.hidden + 1, self.channels
+            A = _matrix(d["A"], (d1, c))
+            gram, cross = _matrix(d["gram"], (d1, d1)), _matrix(d["cross"], (d1, c))
+            phi = _matrix(d["phi"], (-1, d1))
+            base = _matrix(d["base"], (len(phi), c))
+            pairs = []
+            if d["pairs"] is not None:
+                p_phi = _matrix(d["pairs"][0], (-1, d1))
+                k = len(p_phi)
+                pairs = [(
+                    p_phi, _matrix(d["pairs"][1], (k, c)), _matrix(d["pairs"][2], (k,)),
+                    np.asarray(d["pairs"][3], dtype=np.int64).reshape(k),
+                )]  # fmt: skip
+            made, seen = int(d["made"]), int(d["seen"])
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise InputError(f"damaged online head state ({e!r})") from None
+        self.A, self._gram, self._cross = A, gram, cross
+        self._phi, self._base, self._pairs = phi, base, pairs
+        self.made, self.seen = made, seen
+
+
+def _matrix(v, shape: tuple) -> np.ndarray:
+    arr = np.asarray(v, dtype=np.float64)
+    if len(shape) == 2 and shape[0] == -1 and arr.size == 0:
+        arr = arr.reshape(0, shape[1])
+    want = tuple(arr.shape[0] if s == -1 else s for s in shape)
+    if arr.shape != want or not np.isfinite(arr).all():
+        raise ValueError(f"shape {arr.shape}, expected {want}")
+    return arr

@@ -1,0 +1,132 @@
+"""The online head (runtime/adapt.py): the forecaster's readout learnt on the device.
+
+Contract: the features are the last layer's h on every backend, in run() and step();
+chunked and per-sample use give the same forecasts; a saved state resumes exactly;
+samples learnt with weight 0 change nothing; on a drifting stream the corrected
+forecasts beat the trained ones; bad input is a one-line InputError.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgernn.errors import InputError
+from edgernn.runtime import Model
+from edgernn.runtime.adapt import OnlineHead
+
+
+def _stream(model: Model, n: int, seed: int = 0, drift: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mean = np.asarray(model.meta.norm_mean)
+    std = np.asarray(model.meta.norm_std)
+    t = np.arange(n)[:, None]
+    x = mean + std * (np.sin(t / 7.0 + np.arange(model.n_channels)) + 0.1 * rng.standard_normal((n, model.n_channels)))
+    x += drift * std * t / n  # a slow normal drift of the level
+    return x.astype(np.float32)
+
+
+def _per_sample(head: OnlineHead, X, Y, H, w) -> np.ndarray:
+    out = np.empty(Y.shape)
+    for t in range(len(X)):
+        head.learn(X[t : t + 1], w[t : t + 1])
+        out[t] = head.correct(Y[t : t + 1], H[t : t + 1])[0]
+    return out
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy", "onnxruntime"])
+@pytest.mark.parametrize("key", [("lstm", 2), ("gru", 1), ("rnn", 1)])
+def test_features_are_the_last_layers_h_on_every_backend(exported_models, backend, key):
+    torch_model, path = exported_models[key]
+    try:
+        model = Model(path, backend=backend)
+    except Exception as e:  # a backend this machine lacks
+        pytest.skip(f"{backend}: {e}")
+    X = _stream(model, 40)
+    rng = np.random.default_rng(1)
+    start = {
+        name: rng.uniform(-0.5, 0.5, arr.shape).astype(np.float32)
+        for name, arr in model.stream().state.items()
+    }  # a random non-zero state
+    Y, H = model.stream(state=start).run_features(X)
+    stream = model.stream(state=start)
+    for t in range(len(X)):
+        y = stream.step(X[t])
+        np.testing.assert_array_equal(y, Y[t])
+        np.testing.assert_array_equal(stream.features(), H[t])
+    first = next(iter(stream.state.values()))  # state 0 is h: (layers, hidden)
+    np.testing.assert_array_equal(first[-1], H[-1])
+
+
+def test_chunked_equals_per_sample_and_resumes_exactly(exported_models):
+    _, path = exported_models[("lstm", 1)]
+    model = Model(path)
+    X = _stream(model, 700, drift=3.0)
+    Y, H = model.stream().run_features(X)
+    w = (np.random.default_rng(2).random(len(X)) > 0.1).astype(float)
+    whole = _per_sample(OnlineHead.for_model(model), X, Y, H, w)
+    # blocks of any size: correct() the block's forecasts, then learn() its samples
+    head = OnlineHead.for_model(model)
+    chunked, t, rng = np.empty(Y.shape), 0, np.random.default_rng(3)
+    while t < len(X):
+        n = min(int(rng.integers(1, 80)), len(X) - t, head.room)
+        chunked[t : t + n] = head.correct(Y[t : t + n], H[t : t + n])
+        head.learn(X[t : t + n], w[t : t + n])
+        t += n
+    # the block form scores a sample before it is learnt, as the per-sample form: equal
+    np.testing.assert_array_equal(chunked, whole)
+    assert np.abs(whole - Y).max() > 0  # the correction did something
+    for cut in (1, 31, 32, 33, 400):
+        first = OnlineHead.for_model(model)
+        got = list(_per_sample(first, X[:cut], Y[:cut], H[:cut], w[:cut]))
+        second = OnlineHead.for_model(model)
+        second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+        got += list(_per_sample(second, X[cut:], Y[cut:], H[cut:], w[cut:]))
+        np.testing.assert_array_equal(np.array(got), whole)
+
+
+def test_weight_zero_samples_teach_nothing(exported_models):
+    _, path = exported_models[("gru", 1)]
+    model = Model(path)
+    X = _stream(model, 300)
+    Y, H = model.stream().run_features(X)
+    w = np.ones(len(X))
+    w[100:200] = 0.0
+    spoiled = X.copy()
+    spoiled[100:200] += 50.0 * np.asarray(model.meta.norm_std, dtype=np.float32)  # a fault
+    clean = _per_sample(OnlineHead.for_model(model), X, Y, H, w)
+    faulty = _per_sample(OnlineHead.for_model(model), spoiled, Y, H, w)
+    np.testing.assert_array_equal(clean, faulty)
+
+
+def test_online_head_follows_a_drifting_stream(exported_models):
+    _, path = exported_models[("lstm", 1)]
+    model = Model(path)
+    X = _stream(model, 3000, drift=4.0)
+    Y, H = model.stream().run_features(X)
+    F = _per_sample(OnlineHead.for_model(model), X, Y, H, np.ones(len(X)))
+    late = slice(1500, len(X) - 1)
+    trained = np.abs(X[1:][late] - Y[:-1][late]).mean()
+    online = np.abs(X[1:][late] - F[:-1][late]).mean()
+    assert online < 0.75 * trained  # random weights: features that say little
+
+
+def test_bad_input_is_one_line(exported_models):
+    _, path = exported_models[("lstm", 1)]
+    model = Model(path)
+    head = OnlineHead.for_model(model)
+    with pytest.raises(InputError, match="do not match"):
+        head.correct(np.zeros((2, model.n_channels)), np.zeros((2, 3)))
+    with pytest.raises(InputError, match="were not made"):
+        head.learn(np.zeros((5, model.n_channels)))
+    with pytest.raises(InputError, match="std"):
+        OnlineHead(4, 2, [1.0, 0.0])
+    other = OnlineHead(model.meta.hidden, model.n_channels, model.meta.norm_std, block=16)
+    with pytest.raises(InputError, match="another model or settings"):
+        head.load_state_dict(other.state_dict())
+    state = head.state_dict()
+    state["A"] = "garbage"
+    with pytest.raises(InputError, match="damaged online head state"):
+        head.load_state_dict(state)
