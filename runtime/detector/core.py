@@ -25,12 +25,14 @@ Everything is deterministic; `state_dict()` is JSON-able and resumes exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import numpy as np
 
 from edgernn.errors import InputError, ModelFormatError
+from edgernn.runtime.detector import ckernel
 from edgernn.runtime.detector.alerts import Event, EventTracker
 from edgernn.runtime.detector.config import (
     CONFIG_KEYS,
@@ -47,7 +49,7 @@ from edgernn.runtime.detector.normalise import (
     robust_center_scale,
 )
 from edgernn.runtime.detector.tails import TailTable
-from edgernn.runtime.detector.timeparse import as_seconds, format_time
+from edgernn.runtime.detector.timeparse import as_seconds, as_seconds_array, format_time
 
 CALIBRATION_FORMAT = 2  # 1: the old detector's (center/scale are read, the rest ignored)
 MAX_SCORE = 50.0
@@ -63,6 +65,7 @@ MAX_USUAL = 1000.0  # |z| learnt by the time-of-day baseline at most
 STAT_GRID = (-2.0, 4.0, 72)  # statistics: log10 from 0.01 to 10,000, 12 cells a decade
 TOP_GRID = (0.0, 30.0, 240)  # T = -log10 p_min: 0 to 30 in steps of 0.125
 N_STATS = 5  # statistics per channel (see _statistics)
+BACKENDS = ("auto", "c", "numpy")
 
 
 @dataclass
@@ -101,6 +104,12 @@ class Detector:
     channels: channel names (events name them). error_center, error_scale: the forecast
     error's per-channel center / scale from validation (calibrate(); None: learnt from
     the first errors). Every other keyword is a DetectorConfig option (config.py).
+
+    backend: "auto" (default, or $EDGERNN_DETECTOR_BACKEND): the compiled kernel
+    (ckernel.py, kernel.c) where it builds and loads, else numpy; "c": the kernel or an
+    error; "numpy": the reference implementation. Both compute the same scores, flags
+    and events, and either resumes the other's state_dict(). `det.backend` says which
+    runs, `det.fallback_reason` why not "c" under "auto".
     """
 
     def __init__(
@@ -108,6 +117,7 @@ class Detector:
         channels: Optional[list[str]] = None,
         error_center=None,
         error_scale=None,
+        backend: Optional[str] = None,
         **options,
     ):
         self.channels = None if channels is None else [str(c) for c in channels]
@@ -116,7 +126,39 @@ class Detector:
         self.config = make_config(options)
         self.options = self.config.to_dict()
         self._n = self._known_channels()
+        self._choose_backend(backend)
         self.reset()
+
+    def _choose_backend(self, backend: Optional[str]) -> None:
+        requested = backend or os.environ.get("EDGERNN_DETECTOR_BACKEND") or "auto"
+        if requested not in BACKENDS:
+            raise InputError(f"unknown detector backend {requested!r}; choose from auto, c, numpy")
+        self._requested, self._lib = requested, None
+        self.backend, self.fallback_reason = "numpy", None
+        if requested == "numpy":
+            return
+        why = None
+        if self.config.reference > 0:
+            why = "the reference term (option reference) runs in numpy only"
+        else:
+            try:
+                self._lib = ckernel.load_library()
+            except ckernel.CStepUnavailable as e:
+                why = str(e)
+        if why is not None:
+            self._no_kernel(why)
+        else:
+            self.backend = "c"
+
+    def _no_kernel(self, why: str) -> None:
+        if self._requested == "c":
+            raise ckernel.CStepUnavailable(f"detector backend c: {why}")
+        self._lib, self.backend, self.fallback_reason = None, "numpy", why
+
+    def _attach_kernel(self, lib) -> None:
+        """Use `lib` (a loaded kernel) from now on (ckernel's probe)."""
+        self._lib, self.backend = lib, "c"
+        self._kernel = ckernel.Kernel(lib, self)
 
     def _known_channels(self) -> Optional[int]:
         sizes = {len(v) for v in (self.channels, self.error_center, self.error_scale) if v}
@@ -182,12 +224,16 @@ class Detector:
         self._alpha = 2.0 / (self.config.span + 1.0)
         self._drift_unit = math.sqrt(self._alpha / (2.0 - self._alpha))
         self._pair: Optional[NormaliserPair] = None  # the normalisers, once both ready
+        self._kernel = None if self._lib is None else ckernel.Kernel(self._lib, self)
         if self._n is not None:
             self._build(self._n)
 
     def _build(self, n: int) -> None:
         cfg = self.config
         self._n = n
+        if self._kernel is not None and n > ckernel.MAX_CHANNELS:
+            self._no_kernel(f"more than {ckernel.MAX_CHANNELS} channels")
+            self._kernel = None
         # constants of the per-sample path as arrays (numpy's max / min take them faster
         # than Python floats; same values)
         self._consts = {
@@ -310,6 +356,8 @@ class Detector:
             self._smooth = _array(d["smooth"])
             self._level = _array(d["level"])
             self._pair = None  # the normalisers' arrays were replaced
+            if self._kernel is not None:
+                self._kernel.invalidate()
             self._ref_seen = [list(map(float, r)) for r in d["ref_seen"]]
             self._ref = None if d["ref"] is None else np.asarray(d["ref"], dtype=np.float64)
             self._steps = [float(s) for s in d["steps"]]
@@ -325,6 +373,12 @@ class Detector:
         x = self._check(x, "sample")
         forecast = self._check(forecast, "forecast")
         when = as_seconds(time)
+        if self._kernel is not None and self._kernel_ready():
+            return self._score_kernel_one(x, forecast, time, when)
+        return self._score_numpy(x, forecast, time, when)
+
+    def _score_numpy(self, x: np.ndarray, forecast: np.ndarray, time, when) -> DetectorOutput:
+        """score_one() in numpy (the reference; the kernel computes the same)."""
         self._track_time(when)
         t = self.t
         self.t += 1
@@ -379,6 +433,129 @@ class Detector:
             out.event = self._events.open.id
         return out
 
+    # -- the compiled kernel ---------------------------------------------------------
+    def _kernel_ready(self) -> bool:
+        """Whether the next sample's computation is the kernel's: the normalisers are
+        ready (their pair formed, the moments made). Before that, numpy."""
+        if self._pair is None:
+            if self._model is None or not self._model.ready or not self._level_norm.ready:
+                return False
+            self._pair = NormaliserPair(self._model, self._level_norm)
+            self._kernel.invalidate()
+        if self._moments is None:
+            self._ensure_moments()
+            self._kernel.invalidate()
+        return True
+
+    def _score_kernel_one(self, x, forecast, time, when) -> DetectorOutput:
+        self._track_time(when)
+        if when is not None:
+            self._season_due()
+        threshold = self._current_threshold()
+        X, F, W, score, flags, contrib = self._kernel.one()
+        X[0], F[0], W[0] = x, forecast, math.nan if when is None else when
+        t = self.t
+        self._kernel.run(X, F, W, threshold, self._anchor_fraction, score, flags, contrib)
+        fl = int(flags[0])
+        contributions = contrib[0].copy()
+        if fl & ckernel.F_LEARNING:
+            return DetectorOutput(0.0, False, None, True, contributions)
+        value, flagged = float(score[0]), bool(fl & ckernel.F_FLAGGED)
+        out = DetectorOutput(value, flagged, threshold, False, contributions)
+        if fl & ckernel.F_REPLAY:
+            stamp = time if isinstance(time, str) else format_time(when)
+            opened, closed = self._events.update(t, flagged, value, contributions, stamp)
+            out.onset, out.event_opened, out.event_closed = opened is not None, opened, closed
+            if self._events.open is not None:
+                out.event = self._events.open.id
+        return out
+
+    def score_block(self, X, F, times=None) -> BlockResult:
+        """score_one() on each row of X [N, C] against F [N, C] (`times`: N timestamps
+        or None), as arrays: the same verdicts, events and state as N calls, in one
+        kernel call per stretch of rows on the c backend. A bad row raises score_one's
+        InputError after the rows before it were scored."""
+        X, F = _matrix(X, "samples"), _matrix(F, "forecasts")
+        if X.shape != F.shape:
+            raise InputError(f"samples {X.shape} and forecasts {F.shape} differ in shape")
+        times = None if times is None else list(times)
+        if times is not None and len(times) != len(X):
+            raise InputError(f"{len(times)} timestamps for {len(X)} rows")
+        n_rows = len(X)
+        if n_rows and (self._n is None or X.shape[1] != self._n):
+            self._check(X[0], "sample")  # builds the detector, or raises its error
+        finite = np.isfinite(X).all(axis=1) & np.isfinite(F).all(axis=1)
+        bad = int(np.argmin(finite)) if n_rows and not finite.all() else n_rows
+        result = BlockResult.empty(bad, self._n or X.shape[1])
+        whens = None if times is None else as_seconds_array(times[:bad])
+        i = 0
+        while i < bad and (self._kernel is None or not self._kernel_ready()):
+            when = None if whens is None or math.isnan(whens[i]) else float(whens[i])
+            result.set(i, self._score_numpy(X[i], F[i], None if times is None else times[i], when))
+            i += 1
+        if i < bad:
+            self._kernel_rows(X, F, times, whens, i, bad, result)
+        if bad < n_rows:  # the same error score_one gives, the rows before it scored
+            self.score_one(X[bad], F[bad], None if times is None else times[bad])
+        return result
+
+    def _kernel_rows(self, X, F, times, whens, start: int, stop: int, result) -> None:
+        """Rows [start, stop) through the kernel: the time tracking first (once the
+        sampling interval is known from some row on, the rows before it are one stretch
+        and the rest another: the threshold and the season depend on it), one kernel
+        call per stretch, then the event tracker on the rows it must see (flagged, or
+        inside an open event) only."""
+        stretches = []
+        split = start  # the first row with the interval (as it stands) known
+        if whens is not None and self._step is None:
+            stretches.append((start, self._current_threshold(), self._anchor_fraction, False))
+            split = stop
+            for j in range(start, stop):
+                w = float(whens[j])
+                if w == w:
+                    self._track_time(w)
+                    if self._step is not None:
+                        split = j
+                        break
+        if split < stop:
+            seasons = False  # the rows have timestamps: the season may be due
+            if whens is not None and self._step is not None:
+                timed = np.flatnonzero(~np.isnan(whens[split:stop]))
+                if len(timed):
+                    self._last_time = float(whens[split + timed[-1]])
+                    seasons = True
+            stretches.append((split, self._current_threshold(), self._anchor_fraction, seasons))
+        bounds = [stretch[0] for stretch in stretches[1:]] + [stop]
+        if len(stretches) > 1 and stretches[1][0] == start:
+            stretches, bounds = stretches[1:], bounds[1:]
+        nan_when = np.full(stop, math.nan) if whens is None else None
+        for (lo, threshold, anchor, seasons), hi in zip(stretches, bounds):
+            if seasons:
+                self._season_due()
+            w = nan_when[lo:hi] if whens is None else np.ascontiguousarray(whens[lo:hi])
+            t0 = self.t
+            flags = result.flags[lo:hi]
+            score, contrib = result.raw_score[lo:hi], result.contributions[lo:hi]
+            Xs, Fs = np.ascontiguousarray(X[lo:hi]), np.ascontiguousarray(F[lo:hi])
+            self._kernel.run(Xs, Fs, w, threshold, anchor, score, flags, contrib)
+            result.threshold[lo:hi] = threshold
+            for r in np.flatnonzero(flags & ckernel.F_REPLAY).tolist():
+                i = lo + r
+                raw = None if times is None else times[i]
+                when = None if whens is None or math.isnan(whens[i]) else float(whens[i])
+                stamp = raw if isinstance(raw, str) else format_time(when)
+                flagged = bool(flags[r] & ckernel.F_FLAGGED)
+                opened, closed = self._events.update(
+                    t0 + r, flagged, float(score[r]), contrib[r], stamp
+                )
+                if opened is not None:
+                    result.opened[i] = opened
+                if closed is not None:
+                    result.closed[i] = closed
+                if self._events.open is not None:
+                    result.event[i] = self._events.open.id
+        result.finish_kernel(start, stop)
+
     def _surprisal(self, p: np.ndarray) -> tuple[float, float, int]:
         """(score, T, T's bin in the second stage): T = -log10 of the smallest tail
         probability, the score -log10 of T's own tail probability (prior: K independent
@@ -409,11 +586,7 @@ class Detector:
         its slow average. Written in place into one fresh array (fewer small calls)."""
         n = self._n
         z = z_both[:n]
-        if self._moments is None:  # mean and energy as the rows of one array
-            if self._mean is None:
-                self._mean, self._energy = np.zeros_like(z), np.ones_like(z)
-            self._moments = np.stack([self._mean, self._energy])
-            self._mean, self._energy = self._moments
+        self._ensure_moments()
         step = np.empty((2, n))  # clip(z), then its square: both EWMAs in one update
         clipped = np.maximum(z, self._consts["-clip"], out=step[0])
         np.minimum(clipped, self._consts["clip"], out=clipped)
@@ -431,6 +604,13 @@ class Detector:
         np.abs(z, out=stats[:n])
         np.abs(z_both[n:], out=stats[4 * n :])
         return stats
+
+    def _ensure_moments(self) -> None:
+        if self._moments is None:  # mean and energy as the rows of one array
+            if self._mean is None:
+                self._mean, self._energy = np.zeros(self._n), np.ones(self._n)
+            self._moments = np.stack([self._mean, self._energy])
+            self._mean, self._energy = self._moments
 
     def _learn(self, stat_bins: np.ndarray, top_bin: int, weight: float) -> None:
         """Learn this sample's statistics (their first-stage bins) and T (its bin)."""
@@ -472,15 +652,21 @@ class Detector:
         period, max_bins = PERIODS[self._season()]
         self._profile = SeasonalProfile(2 * self._n, period, self._step, max_bins)
 
+    def _season_due(self) -> bool:
+        """Make the seasonal profile if it is due (the interval known, the season fine
+        enough for it); whether there is one."""
+        if self._profile is None and self._step is not None and self._season() is not None:
+            period, _ = PERIODS[self._season()]
+            if period / self._step >= 4:  # else sampled too coarsely for the season
+                self._make_season()
+        return self._profile is not None
+
     def _seasonal_center(self, when: Optional[float]) -> Optional[np.ndarray]:
         """The usual error at this time of day, once known (None without timestamps)."""
         if when is None or self._step is None or self._season() is None:
             return None
-        if self._profile is None:
-            period, _ = PERIODS[self._season()]
-            if period / self._step < 4:  # sampled too coarsely for the season
-                return None
-            self._make_season()
+        if self._profile is None and not self._season_due():
+            return None
         usual = self._profile.center(when)
         return None if usual is None else usual.copy()
 
@@ -528,6 +714,98 @@ class Detector:
         if not all(map(math.isfinite, arr.tolist())):  # cheaper than numpy at this size
             raise InputError(f"{what} holds NaN or inf")
         return arr
+
+
+@dataclass
+class BlockResult:
+    """score_block()'s verdicts, one entry per row (the fields of DetectorOutput)."""
+
+    score: np.ndarray  # (N,) 0.0 while warming up
+    anomaly: np.ndarray  # (N,) bool
+    onset: np.ndarray  # (N,) bool
+    warming_up: np.ndarray  # (N,) bool
+    threshold: np.ndarray  # (N,) NaN while warming up
+    event: np.ndarray  # (N,) id of the open event, 0 for none
+    contributions: np.ndarray  # (N, C)
+    opened: dict = field(default_factory=dict)  # row -> the event opened on it
+    closed: dict = field(default_factory=dict)  # row -> the event closed on it
+    raw_score: Optional[np.ndarray] = None  # the kernel's scores (warm-up rows too)
+    flags: Optional[np.ndarray] = None  # the kernel's row flags (ckernel.F_*)
+
+    @classmethod
+    def empty(cls, n: int, c: int) -> BlockResult:
+        return cls(
+            np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool),
+            np.ones(n, dtype=bool), np.full(n, math.nan), np.zeros(n, dtype=np.int64),
+            np.zeros((n, c)), raw_score=np.zeros(n), flags=np.zeros(n, dtype=np.int32),
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def set(self, i: int, out: DetectorOutput) -> None:
+        """Row i from a DetectorOutput (the numpy rows)."""
+        self.score[i], self.anomaly[i], self.onset[i] = out.score, out.anomaly, out.onset
+        self.warming_up[i] = out.warming_up
+        self.threshold[i] = math.nan if out.threshold is None else out.threshold
+        self.event[i] = out.event or 0
+        self.contributions[i] = out.contributions
+        if out.event_opened is not None:
+            self.opened[i] = out.event_opened
+        if out.event_closed is not None:
+            self.closed[i] = out.event_closed
+
+    def finish_kernel(self, start: int, stop: int) -> None:
+        """Rows [start, stop) from the kernel's flags and scores."""
+        flags = self.flags[start:stop]
+        warming = (flags & ckernel.F_LEARNING) != 0
+        self.warming_up[start:stop] = warming
+        self.anomaly[start:stop] = (flags & ckernel.F_FLAGGED) != 0
+        self.onset[start:stop] = (flags & ckernel.F_ONSET) != 0
+        self.score[start:stop] = np.where(warming, 0.0, self.raw_score[start:stop])
+        self.threshold[start:stop][warming] = math.nan
+
+    def output(self, i: int) -> DetectorOutput:
+        """Row i as score_one() returns it."""
+        warming = bool(self.warming_up[i])
+        return DetectorOutput(
+            float(self.score[i]), bool(self.anomaly[i]),
+            None if warming else float(self.threshold[i]), warming,
+            self.contributions[i].copy(), onset=bool(self.onset[i]),
+            event=int(self.event[i]) or None, event_opened=self.opened.get(i),
+            event_closed=self.closed.get(i),
+        )  # fmt: skip
+
+    def records(self) -> list[dict]:
+        """Each row's record fields, as runtime/monitor.py's _detector_fields makes them
+        from score_one()'s output (the same keys, in the same order)."""
+        scores, thresholds = self.score.tolist(), self.threshold.tolist()
+        anomaly, onset = self.anomaly.astype(int).tolist(), self.onset.astype(int).tolist()
+        records = [
+            {"score": s, "anomaly": a, "onset": o} if th != th
+            else {"score": s, "anomaly": a, "onset": o, "threshold": th}
+            for s, a, o, th in zip(scores, anomaly, onset, thresholds)
+        ]  # fmt: skip
+        for i in np.flatnonzero(self.event).tolist() + list(self.opened) + list(self.closed):
+            records[i] = _detector_fields_of(self.output(i))
+        return records
+
+
+def _detector_fields_of(out: DetectorOutput) -> dict[str, Any]:
+    record = out.to_record()
+    if out.threshold is not None:
+        record["threshold"] = out.threshold
+    return record
+
+
+def _matrix(v, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{what} are not numeric: {e}") from None
+    if arr.ndim != 2:
+        raise InputError(f"{what} must be a matrix [rows, channels], got shape {arr.shape}")
+    return arr
 
 
 # ------------------------------------------------------------------------- calibration

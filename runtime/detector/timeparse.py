@@ -9,8 +9,11 @@ any, is dropped rather than applied.
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timedelta
 from typing import Optional, Union
+
+import numpy as np
 
 EPOCH = datetime(1970, 1, 1)
 # Numbers this large are epoch seconds (from 1973 on); larger still, milliseconds.
@@ -67,6 +70,24 @@ def as_seconds(value: Union[str, float, int, None]) -> Optional[float]:
     if v >= EPOCH_MS_MIN:
         v /= 1000.0
     return v if abs(v) <= MAX_SECONDS else None
+
+
+def as_seconds_array(values) -> np.ndarray:
+    """as_seconds() of each value as a float64 array, NaN where it gives None. Text in
+    one plain layout (YYYY-MM-DD HH:MM:SS, or with a T) is parsed by numpy in one call
+    (the same seconds as datetime.fromisoformat); anything else value by value."""
+    values = list(values)
+    if values and all(isinstance(v, str) and _PLAIN.match(v) for v in values):
+        try:
+            stamps = np.array([v.replace("T", " ") for v in values], dtype="datetime64[s]")
+            return stamps.astype(np.int64).astype(np.float64)
+        except ValueError:
+            pass
+    out = [as_seconds(v) for v in values]
+    return np.array([math.nan if v is None else v for v in out], dtype=np.float64)
+
+
+_PLAIN = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}\Z")
 
 
 def _epoch_number(v: float) -> Optional[float]:

@@ -1,0 +1,205 @@
+"""The detector's compiled kernel (kernel.c): N samples per call, in place on the
+Detector's own numpy state, so state_dict() / load_state_dict() are unchanged and a
+state saved by one backend resumes on the other.
+
+The library is built, cached and checked by runtime/cstep.py's machinery (private
+cache folder, digest sidecar, a private copy dlopened, the source digest checked) and,
+on load, proved against the numpy detector on a short probe stream. No compiler, a
+failed build or a failed probe raises CStepUnavailable; the detector then runs numpy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import os
+from typing import Optional
+
+import numpy as np
+
+from edgernn.runtime.cstep import (
+    CStepUnavailable,
+    _dlopen_fresh,
+    _source_marker,
+    compile_library,
+    remove_library,
+)
+
+SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel.c")
+MAX_CHANNELS = 256  # kernel.c's stack buffers
+F_FLAGGED, F_LEARNING, F_ONSET, F_REPLAY = 1, 2, 4, 8
+PROBE_TOLERANCE = 1e-9  # relative, on the scores of the probe stream
+
+_p, _d, _l = ctypes.c_void_p, ctypes.c_double, ctypes.c_long
+
+
+class _Table(ctypes.Structure):
+    _fields_ = [("padded", _p), ("lo", _d), ("hi", _d), ("width", _d), ("decay", _d),
+                ("k", _l), ("bins", _l), ("log", _l)]  # fmt: skip
+
+
+class _Det(ctypes.Structure):
+    _fields_ = [
+        ("n", _l), ("first", _Table), ("second", _Table), ("center", _p), ("scale", _p),
+        ("means", _p), ("prev", _p), ("decimals", _p), ("neg_powers", _p), ("moments", _p),
+        ("level", _p), ("prof_mean", _p), ("prof_count", _p), ("prof_bins", _l),
+        ("period", _d), ("periods", _d), ("dbl", _p), ("cnt", _p),
+        ("alpha", _d), ("drift_unit", _d), ("level_span", _d), ("flagged_weight", _d),
+        ("level_floor", _d), ("memory", _d), ("scale_span", _d), ("threshold", _d),
+        ("anchor_fraction", _d), ("log_fit_ratio", _d), ("mean_abs_to_std", _d),
+        ("warmup", _l), ("holdoff", _l),
+    ]  # fmt: skip
+
+
+def kernel_source() -> str:
+    with open(SOURCE_PATH) as f:
+        return f.read()
+
+
+@functools.lru_cache(maxsize=1)
+def load_library() -> ctypes.CDLL:
+    """The compiled kernel (built once per machine, loaded once per process)."""
+    source = kernel_source()
+    problem = None
+    for rebuild in (False, True):  # a damaged cache is deleted and built again once
+        lib_path = compile_library(source, rebuild=rebuild)
+        try:
+            lib = _dlopen_fresh(lib_path)
+        except OSError as e:
+            problem = f"loading it failed ({str(e)[:160]})"
+            continue
+        try:
+            marker = (ctypes.c_char * 65).in_dll(lib, "edgernn_source_sha256").value
+        except ValueError:
+            marker = None
+        if marker != _source_marker(source)[1].encode():
+            problem = "it was built from other source"
+            continue
+        lib.edgernn_detect.argtypes = [_p, _l, _p, _p, _p, _p, _p, _p]
+        lib.edgernn_detect.restype = ctypes.c_int
+        problem = _probe(lib)
+        if problem is None:
+            return lib
+    remove_library(lib_path)
+    raise CStepUnavailable(f"the compiled detector kernel is unusable: {problem}")
+
+
+def _probe(lib) -> Optional[str]:
+    """A short stream (spikes, a quantised channel, timestamps) through both backends."""
+    from edgernn.runtime.detector.core import Detector
+
+    rng = np.random.default_rng(7)
+    n = 160
+    x = np.stack([np.sin(np.arange(n) / 5.0), np.round(5 * rng.random(n))], axis=1)
+    x[130, 0] += 6.0
+    f = x + 0.1 * rng.standard_normal(x.shape)
+    times = 1.7e9 + 600.0 * np.arange(n)
+    options = {"warmup": 40, "alarm_every": 50, "level_span": 30.0}
+    want = Detector(backend="numpy", **options)
+    got = Detector(backend="numpy", **options)
+    got._attach_kernel(lib)
+    a = np.array([want.score_one(x[i], f[i], time=times[i]).score for i in range(n)])
+    b = got.score_block(x, f, times=times).score
+    if not np.allclose(a, b, rtol=PROBE_TOLERANCE, atol=1e-12):
+        return f"its probe scores differ from numpy's by {float(np.max(np.abs(a - b))):.3g}"
+    return None
+
+
+class Kernel:
+    """One detector's binding: the C struct over its arrays, rebuilt when they change."""
+
+    def __init__(self, lib, det):
+        self.lib, self.det = lib, det
+        self.dbl = np.zeros(3)
+        self.cnt = np.zeros(7, dtype=np.int64)
+        self.ctx: Optional[_Det] = None
+        self._arrays: tuple = ()
+        self._one = None  # N = 1 buffers
+        self._neg_powers = 10.0 ** -np.arange(7).astype(float)
+
+    def invalidate(self) -> None:
+        self.ctx = None
+
+    def _bind(self) -> None:
+        det = self.det
+        cfg, n = det.config, det._n
+        floors, pair, profile = det._floors, det._pair, det._profile
+        arrays = [
+            det._first._padded, det._second._padded, pair.center, pair.scale, floors._means,
+            floors.prev, det._moments, det._level,
+        ]  # fmt: skip
+        if profile is not None:
+            arrays += [profile.mean, profile.count]
+        for a in arrays:
+            if a.dtype != np.float64 or not a.flags.c_contiguous:
+                raise ValueError("a detector state array is not contiguous float64")
+        if floors.decimals.dtype != np.int64 or not floors.decimals.flags.c_contiguous:
+            raise ValueError("the decimals are not contiguous int64")
+        if pair._moving != [0]:
+            raise ValueError("the kernel expects a centered level normaliser")
+        ctx = _Det()
+        ctx.n = n
+        for field, table in (("first", det._first), ("second", det._second)):
+            t = getattr(ctx, field)
+            t.padded = table._padded.ctypes.data
+            t.lo, t.hi, t.width, t.decay = table.lo, table.hi, table.width, table.decay
+            t.k, t.bins, t.log = table.k, table.bins, int(table.log)
+        ctx.center, ctx.scale = pair.center.ctypes.data, pair.scale.ctypes.data
+        ctx.means, ctx.prev = floors._means.ctypes.data, floors.prev.ctypes.data
+        ctx.decimals, ctx.neg_powers = floors.decimals.ctypes.data, self._neg_powers.ctypes.data
+        ctx.moments, ctx.level = det._moments.ctypes.data, det._level.ctypes.data
+        if profile is not None:
+            ctx.prof_mean, ctx.prof_count = profile.mean.ctypes.data, profile.count.ctypes.data
+            ctx.prof_bins, ctx.period, ctx.periods = profile.bins, profile.period, profile.periods
+        ctx.dbl, ctx.cnt = self.dbl.ctypes.data, self.cnt.ctypes.data
+        ctx.alpha, ctx.drift_unit = det._alpha, det._drift_unit
+        ctx.level_span, ctx.flagged_weight = float(cfg.level_span), float(cfg.flagged_weight)
+        ctx.level_floor, ctx.memory = float(cfg.level_floor), float(floors.memory)
+        ctx.scale_span = float(det._model.span)
+        from edgernn.runtime.detector.normalise import MEAN_ABS_TO_STD
+        from edgernn.runtime.detector.tails import _LOG_FIT_RATIO
+
+        ctx.log_fit_ratio, ctx.mean_abs_to_std = _LOG_FIT_RATIO, MEAN_ABS_TO_STD
+        ctx.warmup, ctx.holdoff = cfg.warmup, cfg.holdoff
+        self.ctx = ctx
+        self._address = ctypes.addressof(ctx)
+        self._arrays = (arrays, floors.decimals)  # kept alive with the struct
+        self._profile = profile
+
+    def run(self, X: np.ndarray, F: np.ndarray, when: np.ndarray, threshold: float,
+            anchor: float, score: np.ndarray, flags: np.ndarray, contrib: np.ndarray) -> None:
+        """Score rows X / F (contiguous float64 (N, C)), `when` (N,) seconds or NaN,
+        into score (N,), flags (N,) int32 and contrib (N, C); the detector's scalar
+        state goes in and out through dbl / cnt."""
+        det = self.det
+        if self.ctx is None or self._profile is not det._profile:
+            self._bind()
+        ctx = self.ctx
+        ctx.threshold, ctx.anchor_fraction = threshold, anchor
+        events, profile = det._events, det._profile
+        first_seen = math.nan if profile is None or profile.first is None else profile.first
+        self.dbl[:] = (det._first.total, det._second.total, first_seen)
+        self.cnt[:] = (det.t, det._floors.n, det._model.n, det._level_norm.n,
+                       events.open is not None, events.quiet, 0)  # fmt: skip
+        rc = self.lib.edgernn_detect(
+            self._address, len(X), X.ctypes.data, F.ctypes.data, when.ctypes.data,
+            score.ctypes.data, flags.ctypes.data, contrib.ctypes.data,
+        )  # fmt: skip
+        if rc != 0:
+            raise CStepUnavailable(f"the detector kernel refused the call ({rc})")
+        det._first.total, det._second.total, first_seen = self.dbl.tolist()
+        if profile is not None and not math.isnan(first_seen):
+            profile.first = first_seen
+        t, floors_n, model_n, level_n, _, _, decimals_changed = self.cnt.tolist()
+        det.t, det._floors.n, det._model.n, det._level_norm.n = t, floors_n, model_n, level_n
+        if decimals_changed:
+            det._floors._decimals_changed()
+
+    def one(self):
+        """Preallocated N = 1 buffers: x, f, when, score, flags, contrib."""
+        if self._one is None or self._one[0].shape[1] != self.det._n:
+            n = self.det._n
+            self._one = (np.zeros((1, n)), np.zeros((1, n)), np.full(1, math.nan),
+                         np.zeros(1), np.zeros(1, dtype=np.int32), np.zeros((1, n)))  # fmt: skip
+        return self._one

@@ -1,0 +1,365 @@
+/* The detector's per-sample computation (core.py Detector.score_one once its
+ * normalisers are ready), for N samples in one call, in place on the numpy state.
+ *
+ * Every formula is the numpy one, in the same order, in double precision: no
+ * contraction into FMAs (the pragmas below), no -ffast-math. The only differences
+ * left are libm's exp/log10/pow against numpy's own SIMD versions (an ulp or so).
+ * Built and loaded by ckernel.py through runtime/cstep.py's compile machinery.
+ */
+#pragma GCC optimize("fp-contract=off")
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define CLIP 3.0
+#define MAX_USUAL 1000.0
+#define MIN_ENERGY 0.01
+#define PRIOR_WEIGHT 10.0
+#define MAX_SCORE 50.0
+#define MIN_SECOND_STAGE 30.0
+#define TAIL_COUNT 25.0
+#define FIT_RATIO 4.0
+#define MIN_DECAY 0.05
+#define MAX_DECIMALS 6
+#define FLOAT32_TOL (4.0 * 5.9604644775390625e-08) /* 4 * 2^-24 */
+#define MAX_CHANNELS 256
+
+/* row flags written per sample */
+#define F_FLAGGED 1
+#define F_LEARNING 2
+#define F_ONSET 4
+#define F_REPLAY 8 /* the event tracker must see this row (flagged, or an event open) */
+
+typedef struct {
+    double *padded; /* (k, bins + 1), the last column 0 */
+    double lo, hi, width, decay;
+    long k, bins, log;
+} table_t;
+
+typedef struct {
+    long n;                    /* channels */
+    table_t first, second;
+    double *center, *scale;    /* (2, n): NormaliserPair rows: error, level deviation */
+    double *means, *prev;      /* SampleFloors: (2, n) mean_level, mean_change; (n,) */
+    int64_t *decimals;         /* (n,) */
+    double *neg_powers;        /* 10 ** -d, d = 0..MAX_DECIMALS (numpy's values) */
+    double *moments;           /* (2, n): EWMA of clip(z), of its square */
+    double *level;             /* (n,) slow average of the samples */
+    double *prof_mean, *prof_count; /* SeasonalProfile (bins, 2n), (bins,); NULL: none */
+    long prof_bins;
+    double period, periods;
+    double *dbl; /* first.total, second.total, profile.first (NaN: None) */
+    int64_t *cnt; /* t, floors.n, model.n, level_norm.n, event open, quiet, decimals changed */
+    /* constants */
+    double alpha, drift_unit, level_span, flagged_weight, level_floor, memory;
+    double scale_span, threshold, anchor_fraction, log_fit_ratio, mean_abs_to_std;
+    long warmup, holdoff;
+} det_t;
+
+static double dmax(double a, double b) { return a >= b ? a : b; }
+static double dmin(double a, double b) { return a <= b ? a : b; }
+
+/* Python's float %: the result has the sign of the divisor */
+static double pymod(double a, double b)
+{
+    double m = fmod(a, b);
+    if (m != 0.0) {
+        if ((b < 0) != (m < 0)) m += b;
+    } else {
+        m = copysign(0.0, b);
+    }
+    return m;
+}
+
+/* numpy's pairwise sum (np.add.reduce of a contiguous float64 array) */
+static double pairwise_sum(const double *a, long n)
+{
+    if (n < 8) {
+        double r = 0.0;
+        for (long i = 0; i < n; i++) r += a[i];
+        return r;
+    }
+    if (n <= 128) {
+        double r[8];
+        long i;
+        for (i = 0; i < 8; i++) r[i] = a[i];
+        for (i = 8; i < n - (n % 8); i += 8)
+            for (long j = 0; j < 8; j++) r[j] += a[i + j];
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) res += a[i];
+        return res;
+    }
+    long n2 = n / 2;
+    n2 -= n2 % 8;
+    return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
+}
+
+/* TailTable._quantiles for one row and one weight */
+static double quantile(const table_t *tb, const double *row, double w)
+{
+    long j = 0;
+    for (long b = 0; b <= tb->bins; b++) j += row[b] >= w;
+    j -= 1;
+    if (j < 0) j = 0;
+    double at = row[j], nxt = row[j + 1];
+    double span = at - nxt, frac = 0.0;
+    if (span > 0) frac = (at - w) / span;
+    frac = dmin(dmax(frac, 0.0), 1.0);
+    return ((double)j + frac) * tb->width + tb->lo;
+}
+
+/* TailTable._extrapolate for one row */
+static double extrapolate(const det_t *d, const table_t *tb, long r, double g, double counted,
+                          double anchor)
+{
+    const double *row = tb->padded + r * (tb->bins + 1);
+    double fit = FIT_RATIO * anchor;
+    double g_tail = quantile(tb, row, anchor), g_fit = quantile(tb, row, fit);
+    double v = g, v_tail = g_tail, v_fit = g_fit;
+    if (tb->log) {
+        v = pow(10.0, g);
+        v_tail = pow(10.0, g_tail);
+        v_fit = pow(10.0, g_fit);
+    }
+    double decay = (v_tail - v_fit) / d->log_fit_ratio;
+    double floor = dmax(fabs(v_tail), tb->width) * MIN_DECAY;
+    decay = dmax(decay, floor);
+    double excess = -dmax(v - v_tail, 0.0);
+    excess /= decay;
+    double tail = exp(excess) * anchor;
+    return (row[0] >= fit && g > g_tail) ? tail : counted;
+}
+
+/* counted weight at or above grid position (index, frac) of row r */
+static double counted_at(const det_t *d, const table_t *tb, double total, long r, double g,
+                         long index, double frac)
+{
+    if (total <= 0.0) return 0.0;
+    const double *cell = tb->padded + r * (tb->bins + 1) + index;
+    double at = cell[0], above = cell[1];
+    double counted = at - frac * (at - above);
+    double anchor = dmax(TAIL_COUNT, d->anchor_fraction * total);
+    if (counted < anchor) counted = extrapolate(d, tb, r, g, counted, anchor);
+    return counted;
+}
+
+static void locate(const table_t *tb, double value, double *g, long *index, double *frac)
+{
+    double v = tb->log ? log10(dmax(value, 1e-300)) : value;
+    v = dmin(dmax(v, tb->lo), tb->hi);
+    double pos = (v - tb->lo) / tb->width;
+    long i = (long)pos;
+    if (i > tb->bins - 1) i = tb->bins - 1;
+    *g = v;
+    *index = i;
+    *frac = pos - (double)i;
+}
+
+/* SampleFloors.observe and floor() */
+static void observe(det_t *d, const double *x, double *floor)
+{
+    long n = d->n;
+    int still = 1;
+    for (long c = 0; c < n && still; c++) {
+        long dec = d->decimals[c];
+        if (dec > MAX_DECIMALS) continue;
+        double y = x[c] * pow(10.0, (double)dec);
+        still = fabs(y - nearbyint(y)) <= FLOAT32_TOL * fabs(y) + 1e-9;
+    }
+    if (!still) {
+        for (long c = 0; c < n; c++) {
+            long needed = MAX_DECIMALS + 1;
+            for (long p = 0; p < MAX_DECIMALS; p++) {
+                double y = x[c] * pow(10.0, (double)p);
+                if (fabs(y - nearbyint(y)) <= FLOAT32_TOL * fabs(y) + 1e-9) {
+                    needed = p;
+                    break;
+                }
+            }
+            if (needed > d->decimals[c]) d->decimals[c] = needed;
+        }
+        d->cnt[6] = 1;
+    }
+    int64_t count = ++d->cnt[1];
+    double rate = dmax(1.0 / (double)count, 1.0 / d->memory);
+    double rate2 = dmax(1.0 / (double)(count - 1), 1.0 / d->memory);
+    double *ml = d->means, *mc = d->means + n;
+    for (long c = 0; c < n; c++) {
+        ml[c] += (fabs(x[c]) - ml[c]) * rate;
+        mc[c] += (fabs(x[c] - d->prev[c]) - mc[c]) * rate2;
+        d->prev[c] = x[c];
+        long dec = d->decimals[c];
+        double res = dec <= MAX_DECIMALS ? 0.25 * d->neg_powers[dec] : 0.0;
+        double f = dmax(res, d->level_floor * mc[c]);
+        double lv = 1e-6 * ml[c];
+        lv += 1e-12;
+        floor[c] = dmax(f, lv);
+    }
+}
+
+/* ErrorNormaliser.advance: the (scale, center) rates, 0 when the trackers stay */
+static int advance(const det_t *d, int64_t *count, int learning, double weight, double *rate,
+                   double *slow)
+{
+    *count += 1;
+    double n = (double)*count;
+    if (d->scale_span > 0) {
+        *rate = weight * dmax(1.0 / n, 2.0 / (d->scale_span + 1.0));
+        *slow = dmax(1.0 / n, *rate / 10.0);
+        return 1;
+    }
+    if (learning) {
+        *rate = *slow = 1.0 / n;
+        return 1;
+    }
+    return 0;
+}
+
+static void add_row_mask(double *row, long cells, long index, double decay, double weight)
+{
+    for (long b = 0; b < cells; b++) {
+        double v = row[b] * decay;
+        row[b] = b <= index ? v + weight : v;
+    }
+}
+
+/* One call: N samples x, f (N, n); when (N,) seconds or NaN; per sample out: score,
+ * flags, contrib (N, n). Returns 0. */
+int edgernn_detect(det_t *d, long N, const double *X, const double *F, const double *when,
+                   double *score_out, int *flags_out, double *contrib_out)
+{
+    long n = d->n, k = 5 * n, n2 = 2 * n;
+    if (n <= 0 || n > MAX_CHANNELS) return -1;
+    double floor[MAX_CHANNELS], z[2 * MAX_CHANNELS], usual[2 * MAX_CHANNELS];
+    double d0[2 * MAX_CHANNELS], bound[2 * MAX_CHANNELS], st[5 * MAX_CHANNELS];
+    double p[5 * MAX_CHANNELS], surprise[MAX_CHANNELS];
+    long idx[5 * MAX_CHANNELS];
+    table_t *t1 = &d->first, *t2 = &d->second;
+    for (long i = 0; i < N; i++) {
+        const double *x = X + i * n, *f = F + i * n;
+        long t = d->cnt[0]++;
+        int learning = t < d->warmup;
+        /* the forecast error and the level deviation; their normalised form */
+        observe(d, x, floor);
+        for (long c = 0; c < n; c++) {
+            double e0 = f[c] - x[c];
+            double e1 = d->level_span <= 0 ? 0.0 : x[c] - d->level[c];
+            d0[c] = e0 - d->center[c];
+            d0[n + c] = e1 - d->center[n + c];
+            bound[c] = dmax(d->scale[c], floor[c]);
+            bound[n + c] = dmax(d->scale[n + c], floor[c]);
+        }
+        for (long j = 0; j < n2; j++) z[j] = d0[j] / bound[j];
+        /* the seasonal baseline */
+        if (d->prof_mean != NULL && !isnan(when[i])) {
+            double w = when[i];
+            if (isnan(d->dbl[2])) d->dbl[2] = w;
+            long b = (long)(pymod(w, d->period) / d->period * (double)d->prof_bins);
+            b %= d->prof_bins;
+            int known = !(w - d->dbl[2] < d->period || d->prof_count[b] < 1);
+            double *m = d->prof_mean + b * n2;
+            if (known) memcpy(usual, m, sizeof(double) * n2);
+            d->prof_count[b] += 1;
+            double r = dmax(1.0 / d->prof_count[b], 1.0 / d->periods);
+            for (long j = 0; j < n2; j++) {
+                double cz = dmin(dmax(z[j], -MAX_USUAL), MAX_USUAL);
+                m[j] += r * (cz - m[j]);
+            }
+            if (known)
+                for (long j = 0; j < n2; j++) {
+                    double zu = z[j] - usual[j];
+                    if (fabs(zu) < fabs(z[j])) z[j] = zu;
+                }
+        }
+        /* the statistics */
+        double *mean = d->moments, *energy = d->moments + n;
+        for (long c = 0; c < n; c++) {
+            double s0 = dmin(dmax(z[c], -CLIP), CLIP), s1 = s0 * s0;
+            mean[c] += (s0 - mean[c]) * d->alpha;
+            energy[c] += (s1 - energy[c]) * d->alpha;
+            st[c] = fabs(z[c]);
+            st[n + c] = fabs(mean[c]) / d->drift_unit;
+            st[2 * n + c] = energy[c];
+            st[3 * n + c] = 1.0 / dmax(energy[c], MIN_ENERGY);
+            st[4 * n + c] = fabs(z[n + c]);
+        }
+        /* first stage: each statistic's tail probability */
+        double total1 = d->dbl[0], smallest = INFINITY;
+        for (long j = 0; j < k; j++) {
+            double g, frac;
+            locate(t1, st[j], &g, &idx[j], &frac);
+            double counted = counted_at(d, t1, total1, j, g, idx[j], frac);
+            p[j] = (counted + PRIOR_WEIGHT * exp(-st[j])) / (total1 + PRIOR_WEIGHT);
+            smallest = dmin(smallest, p[j]);
+        }
+        /* second stage: the score */
+        smallest = dmax(smallest, 1e-300);
+        double top = -log10(smallest);
+        double prior = dmin(1.0, (double)k * smallest);
+        double g2, frac2;
+        long bin2;
+        locate(t2, top, &g2, &bin2, &frac2);
+        double counted2 = counted_at(d, t2, d->dbl[1], 0, g2, bin2, frac2);
+        double tail = (counted2 + PRIOR_WEIGHT * prior) / (d->dbl[1] + PRIOR_WEIGHT);
+        double score = dmin(-log10(dmax(tail, 1e-300)), MAX_SCORE);
+        /* the verdict and what is learnt from it */
+        int flagged = !learning && score >= d->threshold;
+        int onset = flagged && !d->cnt[4];
+        int fl = (flagged ? F_FLAGGED : 0) | (learning ? F_LEARNING : 0) | (onset ? F_ONSET : 0);
+        if (onset || !flagged) {
+            if (total1 >= MIN_SECOND_STAGE) {
+                add_row_mask(t2->padded, t2->bins + 1, bin2, t2->decay, 1.0);
+                d->dbl[1] = d->dbl[1] * t2->decay + 1.0;
+            }
+            for (long j = 0; j < k; j++)
+                add_row_mask(t1->padded + j * (t1->bins + 1), t1->bins + 1, idx[j], t1->decay,
+                             1.0);
+            d->dbl[0] = total1 * t1->decay + 1.0;
+        }
+        double weight = flagged ? d->flagged_weight : 1.0;
+        if (weight > 0) {
+            double r0, s0, r1, s1;
+            int m0 = advance(d, &d->cnt[2], learning, weight, &r0, &s0);
+            int m1 = advance(d, &d->cnt[3], learning, weight, &r1, &s1);
+            if (m0 && m1) {
+                for (long c = 0; c < n; c++) {
+                    double size0 = dmin(fabs(d0[c]), CLIP * bound[c]);
+                    double size1 = dmin(fabs(d0[n + c]), CLIP * bound[n + c]);
+                    d->center[c] += copysign(size0, d0[c]) * s0; /* row 1 is centered */
+                    d->scale[c] += (d->mean_abs_to_std * size0 - d->scale[c]) * r0;
+                    d->scale[n + c] += (d->mean_abs_to_std * size1 - d->scale[n + c]) * r1;
+                }
+            }
+            if (d->level_span > 0) {
+                double rate = weight * (2.0 / (d->level_span + 1.0));
+                for (long c = 0; c < n; c++) d->level[c] += rate * (x[c] - d->level[c]);
+            }
+        }
+        /* each channel's share of the surprisal */
+        for (long c = 0; c < n; c++) {
+            double lowest = INFINITY;
+            for (long s = 0; s < 5; s++) lowest = dmin(lowest, log10(dmax(p[s * n + c], 1e-300)));
+            surprise[c] = -lowest;
+        }
+        double total = pairwise_sum(surprise, n);
+        double *contrib = contrib_out + i * n;
+        for (long c = 0; c < n; c++) contrib[c] = total > 0 ? surprise[c] / total : 0.0;
+        /* the event tracker's open / quiet state (alerts.py EventTracker.update) */
+        if (!learning) {
+            if (flagged || d->cnt[4]) fl |= F_REPLAY;
+            if (flagged) {
+                d->cnt[4] = 1;
+                d->cnt[5] = 0;
+            } else if (d->cnt[4] && ++d->cnt[5] >= d->holdoff) {
+                d->cnt[4] = 0;
+                d->cnt[5] = 0;
+            }
+        }
+        score_out[i] = score;
+        flags_out[i] = fl;
+    }
+    return 0;
+}
