@@ -226,43 +226,257 @@ def iter_csv(
                 f"{path}: decimal comma, but the header is comma-separated; a file with "
                 "decimal commas separates its columns with ';' or tabs"
             )
-        chunk = _Chunk(path)
-        layout: _Layout | None = None
-        reader_feed = _OneLine()
-        reader = csv.reader(reader_feed, delimiter=delim)
-        waiting: list[tuple[int, str]] = []  # bad/blank lines before the first data row
-        for line_no, text, why in _Lines(fh, first_line_no=2):
-            row = None
-            if text is not None:
-                row, why = _parse_line(reader, reader_feed, text)
-            if row is not None and not any(c.strip() for c in row):
-                # Blank lines carry no data: skipped in both modes, always counted.
-                chunk.blank(line_no, on_bad)
+        rd = _Reader(path, header, delim, decimal, channels, ignore, keep, on_bad, chunk_rows)
+        source, line_no = _Source(fh), 2
+        while True:
+            raw = source.block()
+            if raw is None:  # no line end within a block: this line is read on its own
+                yield from rd.line(*next(_Lines(source, line_no)))
+                line_no += 1
                 continue
-            if row is None:
-                if on_bad == "error":
-                    raise DataError(f"{path}: row {line_no} {why}")
-                if layout is None:
-                    waiting.append((line_no, why))
-                else:
-                    chunk.skip(line_no, why)
-                continue
-            if layout is None:
-                layout = _layout(path, header, delim, row, channels, ignore, keep)
-                layout.decimal = decimal
-                chunk.start(layout)
-                for n, w in waiting:
-                    chunk.skip(n, w)
-            chunk.add(line_no, row, on_bad)
-            if len(chunk) >= chunk_rows:
-                yield chunk.table()
-                chunk = _Chunk(path, layout)
-        if layout is None:
-            if waiting:
+            if not raw:
+                break
+            yield from (rd.block if fast_blocks[0] else rd.lines)(line_no, raw)
+            line_no += raw.count(b"\n") + (not raw.endswith(b"\n"))
+        if rd.layout is None:
+            if rd.waiting:
                 raise DataError(f"{path}: no valid data rows")
             raise DataError(f"{path}: no data rows after the header")
+        chunk = rd.chunk
         if len(chunk) or chunk.skipped or chunk.blanks or not chunk.yielded_any:
             yield chunk.table()
+
+
+# Whole blocks of lines are parsed at once where they are plain text (ASCII, no quote,
+# no control character but tabs and CRLF line ends): each line split on the delimiter,
+# each number column converted by one np.array call (Python's float() of every cell, in
+# C), ranges checked vectorised. A line the block parse does not vouch for (another cell
+# count, a cell float() refuses or that is not a finite float32, ...) goes through
+# _Reader.line, the per-line reader, which is also the reference: the same rows, values,
+# skip reasons, errors and chunk boundaries either way (tests/test_csv_speedpaths.py).
+BLOCK_BYTES = 1 << 15  # read ahead (at most a quarter of MAX_LINE_BYTES)
+_PLAIN = bytes(range(0x20, 0x7F)) + b"\t\n\r"
+_PLAIN_LINE = bytes(range(0x20, 0x7F)).replace(b'"', b"") + b"\t"
+
+
+def _plain(line: str) -> bool:
+    """The line is split as csv splits it, no quote or control character in it."""
+    return line.isascii() and not line.encode().translate(None, _PLAIN_LINE)
+
+
+SLOW_PIECE = 16  # a block with a bad cell is halved until its pieces are this short
+fast_blocks = [True]  # False: every line through the reference reader (tests, benchmarks)
+
+
+class _Source:
+    """The file after the header: blocks of whole lines, or readline() (for _Lines) where
+    no line end comes within a block's size."""
+
+    def __init__(self, fh):
+        self.fh, self.buf, self.eof = fh, b"", False
+        # a block is under twice this: every line in it is shorter than MAX_LINE_BYTES
+        self.size = min(BLOCK_BYTES, MAX_LINE_BYTES // 4)
+
+    def block(self) -> bytes | None:
+        """The next whole lines (the last one may lack its newline at the end of the
+        file); b"" at the end; None when the next line is too long for a block."""
+        if len(self.buf) < self.size and not self.eof:
+            more = self.fh.read(self.size)
+            self.eof = not more
+            self.buf += more
+        cut = self.buf.rfind(b"\n")
+        if cut < 0 and not self.eof:
+            return None if len(self.buf) >= self.size else self.block()
+        cut = len(self.buf) - 1 if cut < 0 else cut
+        raw, self.buf = self.buf[: cut + 1], self.buf[cut + 1 :]
+        return raw
+
+    def readline(self, limit: int) -> bytes:
+        if not self.buf:
+            return self.fh.readline(limit)
+        i = self.buf.find(b"\n", 0, limit)
+        if i >= 0 or len(self.buf) >= limit:
+            cut = i + 1 if i >= 0 else limit
+            line, self.buf = self.buf[:cut], self.buf[cut:]
+            return line
+        line, self.buf = self.buf, b""
+        return line + self.fh.readline(limit - len(line))
+
+
+class _Reader:
+    """iter_csv's state: the layout once the first data row is read, the chunk being
+    filled; lines come in one at a time (line) or as blocks of whole lines (block)."""
+
+    def __init__(self, path, header, delim, decimal, channels, ignore, keep, on_bad, chunk_rows):
+        self.path, self.header, self.delim, self.decimal = path, header, delim, decimal
+        self.channels, self.ignore, self.keep = channels, ignore, keep
+        self.on_bad, self.chunk_rows = on_bad, chunk_rows
+        self.layout: _Layout | None = None
+        self.chunk = _Chunk(path)
+        self.feed = _OneLine()
+        self.reader = csv.reader(self.feed, delimiter=delim)
+        self.waiting: list[tuple[int, str]] = []  # bad/blank lines before the first data row
+
+    def line(self, line_no: int, text: str | None, why: str) -> Iterator[Table]:
+        """One line (text None: not decodable, `why`), the reference for every row."""
+        row = None
+        if text is not None:
+            row, why = _parse_line(self.reader, self.feed, text)
+        if row is not None and not any(c.strip() for c in row):
+            # Blank lines carry no data: skipped in both modes, always counted.
+            self.chunk.blank(line_no, self.on_bad)
+            return
+        if row is None:
+            if self.on_bad == "error":
+                raise DataError(f"{self.path}: row {line_no} {why}")
+            if self.layout is None:
+                self.waiting.append((line_no, why))
+            else:
+                self.chunk.skip(line_no, why)
+            return
+        if self.layout is None:
+            self.layout = _layout(
+                self.path, self.header, self.delim, row, self.channels, self.ignore, self.keep
+            )
+            self.layout.decimal = self.decimal
+            self.chunk.start(self.layout)
+            for n, w in self.waiting:
+                self.chunk.skip(n, w)
+        self.chunk.add(line_no, row, self.on_bad)
+        if len(self.chunk) >= self.chunk_rows:
+            yield self.chunk.table()
+            self.chunk = _Chunk(self.path, self.layout)
+
+    def _raw_line(self, line_no: int, raw: bytes) -> Iterator[Table]:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.line(line_no, None, "is not UTF-8 text")
+        return self.line(line_no, text, "")
+
+    def lines(self, first: int, raw: bytes) -> Iterator[Table]:
+        """A block's lines one by one through line(), as _Lines would read them."""
+        pieces = raw.split(b"\n")
+        last = pieces.pop()  # b"" when the block ends with a newline
+        for k, piece in enumerate(pieces):
+            yield from self._raw_line(first + k, piece + b"\n")
+        if last:
+            yield from self._raw_line(first + len(pieces), last)
+
+    def block(self, first: int, raw: bytes) -> Iterator[Table]:
+        """A block's lines: the plain ones parsed at once, the rest through line()."""
+        pos = 0
+        while self.layout is None and pos < len(raw):  # the first data row sets the layout
+            nl = raw.find(b"\n", pos)
+            end = len(raw) if nl < 0 else nl + 1
+            yield from self._raw_line(first, raw[pos:end])
+            first, pos = first + 1, end
+        raw = raw[pos:]
+        if not raw:
+            return
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield from self.lines(first, raw)
+            return
+        lines = text.split("\n")
+        ended = lines[-1] == ""  # the last line has its newline
+        if ended:
+            lines.pop()
+        lay = self.layout
+        assert lay is not None
+        odd = not raw.isascii() or bool(raw.translate(None, _PLAIN))
+        parsed = _parse_block(lines, lay, odd)
+        if parsed is None:
+            yield from self.lines(first, raw)
+            return
+        fast, values, extras, times, index = parsed
+        n, done, pos = len(lines), 0, 0
+        for k in np.flatnonzero(~fast).tolist() + [n]:
+            if k > pos:  # lines pos..k-1, parsed
+                take = slice(done, done + k - pos)
+                yield from self._add_rows(
+                    first + pos, values[take], extras[take],
+                    None if times is None else times[take], None if index is None else index[take],
+                )  # fmt: skip
+                done += k - pos
+            if k < n:
+                yield from self.line(first + k, lines[k] + ("\n" if ended or k < n - 1 else ""), "")
+            pos = k + 1
+
+    def _add_rows(self, first, values, extras, times, index) -> Iterator[Table]:
+        at = 0
+        while at < len(values):
+            take = max(1, min(len(values) - at, self.chunk_rows - len(self.chunk)))
+            cut = slice(at, at + take)
+            self.chunk.add_rows(
+                range(first + at, first + at + take), values[cut], extras[cut],
+                None if times is None else times[cut], None if index is None else index[cut],
+            )  # fmt: skip
+            at += take
+            if len(self.chunk) >= self.chunk_rows:
+                yield self.chunk.table()
+                self.chunk = _Chunk(self.path, self.layout)
+
+
+def _parse_block(lines: list[str], lay: _Layout, odd: bool):
+    """(fast, values, extras, times, index) for a block's lines, `fast` marking the
+    lines the parse vouches for and the rest of the tuple theirs, in order (values
+    float32, extras float64, times and index lists of stripped cells or None); None when
+    there are none. `odd`: some line has a character other than printable ASCII or tab."""
+    d, ncols = lay.delimiter, len(lay.header)
+    clean = lines
+    if any("\r" in line for line in lines):  # CRLF: csv drops the \r
+        clean = [line[:-1] if line.endswith("\r") else line for line in lines]
+    ok = [line.count(d) == ncols - 1 for line in clean]
+    if odd or any('"' in line or "\r" in line for line in clean):  # quoted cells and such
+        ok = [o and _plain(line) for o, line in zip(ok, clean)]
+    good_at = np.flatnonzero(ok)
+    if not len(good_at):
+        return None
+    good = clean if len(good_at) == len(clean) else [clean[k] for k in good_at.tolist()]
+    cells = d.join(good).split(d)  # every good line has ncols cells
+    cols = lay.col_idx + lay.keep_idx
+    got = np.empty((len(good), len(cols)), dtype=np.float64)
+    parsed = np.zeros(len(good), dtype=bool)
+    pending = [(0, len(good))]
+    while pending:  # halved where a cell is refused, down to SLOW_PIECE lines
+        lo, hi = pending.pop()
+        try:
+            for i, j in enumerate(cols):
+                column = cells[lo * ncols + j : hi * ncols : ncols]
+                if lay.decimal != ".":
+                    column = d.join(column).replace(lay.decimal, ".").split(d)
+                got[lo:hi, i] = np.array(column, dtype=np.float64)
+            parsed[lo:hi] = True
+        except ValueError:
+            if hi - lo > SLOW_PIECE:
+                mid = (lo + hi) // 2
+                pending += [(mid, hi), (lo, mid)]
+    with np.errstate(invalid="ignore"):
+        vouched = parsed & (np.abs(got) <= FLOAT32_MAX).all(axis=1)  # NaN, inf: slow
+    if not vouched.any():
+        return None
+    fast = np.zeros(len(lines), dtype=bool)
+    fast[good_at[vouched]] = True
+    got = got[vouched]
+    c = len(lay.col_idx)
+
+    def leading(j):
+        if j is None:
+            return None
+        column = cells[j::ncols]
+        if not vouched.all():
+            column = [cell for cell, v in zip(column, vouched.tolist()) if v]
+        return [cell.strip() for cell in column]
+
+    return (
+        fast,
+        got[:, :c].astype(np.float32),
+        got[:, c:],
+        leading(lay.time_col),
+        leading(lay.index_col),
+    )
 
 
 def _read_header(fh, path: str) -> tuple[list[str], str]:
@@ -344,6 +558,7 @@ class _Chunk:
         self.path = path
         self.values: list[float] = []  # the kept rows' values, flat (float32 in table())
         self.extras: list[list[float]] = []
+        self.pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (values, extras) before them
         self.times: list[str] = []
         self.index: list[str] = []
         self.lines: list[int] = []
@@ -398,6 +613,28 @@ class _Chunk:
             self.index.append(row[lay.index_col].strip())
         self.lines.append(line_no)
 
+    def add_rows(self, lines, values: np.ndarray, extras: np.ndarray, times, index) -> None:
+        """Rows a block parse vouched for: float32 values, float64 extras, the stripped
+        time and index cells (None where the layout has none)."""
+        self._settle()
+        self.pieces.append((values, extras))
+        self.lines.extend(lines)
+        if times is not None:
+            self.times.extend(times)
+        if index is not None:
+            self.index.extend(index)
+
+    def _settle(self) -> None:
+        """The rows add() has kept so far, as arrays after the pieces before them."""
+        if self.extras:
+            lay = self.layout
+            assert lay is not None
+            n = len(self.extras)
+            values = np.array(self.values, dtype=np.float32).reshape(n, len(lay.channels))
+            extras = np.asarray(self.extras, dtype=np.float64).reshape(n, len(lay.keep_idx))
+            self.pieces.append((values, extras))
+            self.values, self.extras = [], []
+
     def _keep_leading(self, line_no: int, row: list[str]) -> None:
         lay = self.layout
         assert lay is not None
@@ -410,8 +647,12 @@ class _Chunk:
         lay = self.layout
         assert lay is not None
         n, c, k = len(self.lines), len(lay.channels), len(lay.keep_idx)
-        values = np.array(self.values, dtype=np.float32)
-        ex = np.asarray(self.extras, dtype=np.float64).reshape(n, k)
+        self._settle()
+        if len(self.pieces) == 1:
+            values, ex = self.pieces[0]
+        else:
+            values = np.concatenate([v for v, _ in self.pieces] or [np.zeros((0, c), np.float32)])
+            ex = np.concatenate([e for _, e in self.pieces] or [np.zeros((0, k))]).reshape(n, k)
         keep = [lay.header[j] for j in lay.keep_idx]
         self.yielded_any = True
         return Table(
