@@ -167,23 +167,33 @@ class _Forecasts:
 
     def score(self, detector, table, Y: np.ndarray) -> list[dict]:
         """The detector's fields for every row of the chunk, as Monitor.process makes
-        them; alert events reported on stderr in row order."""
+        them; alert events reported on stderr in row order. The rows go to the detector
+        as one block (Detector.score_block: one kernel call, the same verdicts as
+        score_one row by row)."""
         made = np.concatenate([self._tail, Y])  # made[i + len(tail) - horizon] is row i's
         lag = len(self._tail) - self.horizon
-        verdicts = []
-        for i in range(len(Y)):
-            when = table.time[i] if table.time is not None else None
-            if self.seen + i < self.horizon:
-                record = {"score": None, "anomaly": 0, "onset": 0}
-            else:
+        start = max(0, min(len(Y), self.horizon - self.seen))  # rows with no forecast due
+        verdicts = [{"score": None, "anomaly": 0, "onset": 0} for _ in range(start)]
+        if start < len(Y) and hasattr(detector, "score_block"):
+            times = None if table.time is None else table.time[start:]
+            block = detector.score_block(
+                table.values[start:], made[start + lag : len(Y) + lag], times=times
+            )
+            verdicts += block.records()
+            for i in sorted({*block.opened, *block.closed}):
+                row = start + i
+                where = f"line {table.lines[row]}" if table.time is None else table.time[row]
+                _report_event(verdicts[row], where)
+        else:  # a detector with score_one only
+            for i in range(start, len(Y)):
+                when = table.time[i] if table.time is not None else None
                 due, x = made[i + lag], table.values[i]
                 out = (
                     detector.score_one(x, due) if when is None
                     else detector.score_one(x, due, time=when)
                 )  # fmt: skip
-                record = _detector_fields(out)
-            _report_event(record, f"line {table.lines[i]}" if when is None else when)
-            verdicts.append(record)
+                verdicts.append(_detector_fields(out))
+                _report_event(verdicts[-1], f"line {table.lines[i]}" if when is None else when)
         self.seen += len(Y)
         self._tail = made[len(made) - min(self.horizon, len(made)) :].copy()
         return verdicts
