@@ -62,6 +62,12 @@ def main() -> int:
         help="SCHED_FIFO for the live run (its --realtime) and for this harness (the "
         "emulated device and the stdout reader), as on a dedicated Pi",
     )
+    ap.add_argument(
+        "--detector",
+        action="store_true",
+        help="the anomaly detector on (--alarm-every 10000: learnt from the stream when the "
+        "model carries no calibration); default: forecasts only (--no-detector)",
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args()
 
@@ -96,6 +102,7 @@ def main() -> int:
     run = subprocess.Popen(
         [sys.executable, "-m", "edgernn", "run", model, "--port", emu.path,
          "--no-reconnect", "--status-interval", "0", "--summary-json", summary_path,
+         *(["--alarm-every", "10000"] if args.detector else ["--no-detector"]),
          *(["--realtime"] if args.realtime else [])],
         stdout=subprocess.PIPE, stderr=err_file,
     )  # fmt: skip
@@ -136,6 +143,7 @@ def main() -> int:
     result = {
         "rate_hz": args.rate,
         "realtime": args.realtime,
+        "detector": args.detector,
         "loadavg_1min": os.getloadavg()[0],
         "channels": args.channels,
         "samples_per_frame": args.samples_per_frame,
@@ -162,8 +170,8 @@ def main() -> int:
         L = result["latency_ms"]
         print(
             f"{args.rate:g} Hz x {args.channels} channels, binary, {args.samples_per_frame} "
-            f"sample/frame, {result['measured_samples']} samples measured, realtime "
-            f"{args.realtime}, load average {result['loadavg_1min']:.2f}\n"
+            f"sample/frame, detector {'on' if args.detector else 'off'}, "
+            f"{result['measured_samples']} samples measured, realtime {args.realtime}, load average {result['loadavg_1min']:.2f}\n"
             f"latency frame written -> forecast emitted: p50 {L['p50']:.3f} ms, "
             f"p99 {L['p99']:.3f} ms, p99.9 {L['p99.9']:.3f} ms, max {L['max']:.3f} ms\n"
             f"CPU: live run {result['run_cpu_percent_of_one_core']}% of one core "

@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from bisect import bisect_left
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -46,6 +47,7 @@ from edgernn.firmware_bridge.framing import (
     SeqReset,
     TextMismatch,
 )
+from edgernn.firmware_bridge.jsonline import json_line
 from edgernn.firmware_bridge.port import (
     OVERFLOW_POLICIES,
     Closed,
@@ -401,10 +403,20 @@ class LatencyHistogram:
     def __init__(self):
         self.counts = np.zeros(len(self.EDGES) + 1, dtype=np.int64)
 
+    _EDGE_LIST = EDGES.tolist()  # bisect_left on these == np.searchsorted (side "left")
+
     def add(self, seconds: list[float]) -> None:
-        if seconds:
+        if len(seconds) <= 4:  # the live path's case (one read, a sample or a few): no numpy
+            for s in seconds:
+                self.counts[bisect_left(self._EDGE_LIST, s)] += 1
+        else:
             idx = np.searchsorted(self.EDGES, seconds)
             self.counts += np.bincount(idx, minlength=len(self.counts))
+
+    def add_repeated(self, seconds: float, n: int) -> None:
+        """n samples of the same latency (every sample of one write)."""
+        if n > 0:
+            self.counts[bisect_left(self._EDGE_LIST, seconds)] += n
 
     def percentile(self, q: float) -> Optional[float]:
         total = int(self.counts.sum())
@@ -496,6 +508,7 @@ class LiveRun:
             baud=args.baud,
             reconnect=args.reconnect,
             reconnect_timeout=args.reconnect_timeout,
+            inline=True,  # a local tty is read on this thread, between samples
         )
         from edgernn.firmware_bridge.mqtt_run import serial_publisher
 
@@ -542,8 +555,15 @@ class LiveRun:
         try:
             if self.publisher is not None:
                 self.publisher.start()
+            reader, queue = self.reader, self.queue
             while not self.stop.is_set():
-                event = self.queue.get(POLL_S)
+                if reader.inline:  # this thread reads the port when nothing is queued
+                    event = queue.get(0)
+                    if event is None:
+                        reader.pump(POLL_S)
+                        event = queue.get(0)
+                else:
+                    event = queue.get(POLL_S)
                 if event is not None and not self._handle(event):
                     break
                 if self.publisher is not None:
@@ -690,22 +710,49 @@ class LiveRun:
             "mode": self.decoder.mode, "session": self.decoder.session, "next_seq": self._next_seq
         }  # fmt: skip
         gap = event.gap
+        values = event.values
+        finite = np.isfinite(values).all(axis=1).tolist()
+        # JSON lines to stdout or a .jsonl: formatted here (the same bytes as
+        # RecordWriter.write) and written, flushed, once per event: one write per read.
+        lines: Optional[list[str]] = [] if self.writer.fmt == "jsonl" else None
         times = []
-        for i, x in enumerate(event.values):
-            if not np.isfinite(x).all():
-                self.stats.invalid += 1
-                self._pending_gap += 1
-                continue
-            gap += self._pending_gap
-            self._pending_gap = 0
-            record = self._process(x, (event.seq + i) & 0xFFFFFFFF, event, i, gap)
-            gap = 0
-            self.writer.write(record)
-            if self.publisher is not None:
-                self.publisher.record(record)
-            times.append(time.perf_counter() - event.t_read)
-        self.latency.add(times)
-        self.window.add(times)
+        try:
+            for i, x in enumerate(values):
+                if not finite[i]:
+                    self.stats.invalid += 1
+                    self._pending_gap += 1
+                    continue
+                gap += self._pending_gap
+                self._pending_gap = 0
+                record = self._process(x, (event.seq + i) & 0xFFFFFFFF, event, i, gap)
+                gap = 0
+                if lines is not None:
+                    lines.append(json_line(record))
+                else:
+                    self.writer.write(record)
+                    times.append(time.perf_counter() - event.t_read)
+                if self.publisher is not None:
+                    self.publisher.record(record)
+        finally:  # what was processed is written, even if a later sample failed
+            if lines:
+                self._write_lines(lines)
+                emitted = time.perf_counter() - event.t_read  # every line of the event, at once
+                self.latency.add_repeated(emitted, len(lines))
+                self.window.add_repeated(emitted, len(lines))
+            elif times:
+                self.latency.add(times)
+                self.window.add(times)
+
+    def _write_lines(self, lines: list[str]) -> None:
+        """JSON lines through the RecordWriter's stream (its lock, append and error
+        handling stay RecordWriter's), flushed: a live consumer sees them at once."""
+        w = self.writer
+        try:
+            w._fh.write(lines[0] if len(lines) == 1 else "".join(lines))
+            w._fh.flush()
+        except OSError as e:
+            w._raise_naming_output(e)
+        w.count += len(lines)
 
     def _process(self, x: np.ndarray, seq: int, event: Samples, i: int, gap: int) -> dict:
         reset = self._pending_reset

@@ -14,6 +14,9 @@ counted.
 
 from __future__ import annotations
 
+import errno
+import os
+import select
 import threading
 import time
 from collections import deque
@@ -26,6 +29,7 @@ from edgernn.firmware_bridge.framing import Decoder, Event, Samples
 
 BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # reopen delays; the last one repeats
 READ_TIMEOUT_S = 0.05  # how often a blocked read looks at the stop flag
+READ_SIZE = 1 << 16  # the most one read takes (a pty holds 4 KB, a USB tty ~64 KB)
 OVERFLOW_POLICIES = ("drop-oldest", "block")
 
 
@@ -216,6 +220,16 @@ class SampleQueue:
             self._items.append(event)
             self._cond.notify()
 
+    def put_many(self, events: list) -> None:
+        """put() each event in order, under one lock and with one wake-up."""
+        with self._cond:
+            for event in events:
+                if isinstance(event, Samples):
+                    self._make_room(len(event.values))
+                    self._samples += len(event.values)
+                self._items.append(event)
+            self._cond.notify()
+
     def _make_room(self, n: int) -> None:
         if self.policy == "block":
             start = time.perf_counter()
@@ -242,6 +256,8 @@ class SampleQueue:
 
     def get(self, timeout: Optional[float] = None):
         """The next event, or None after `timeout` seconds without one."""
+        if timeout == 0 and not self._items:
+            return None  # nothing queued: no lock taken, no wait set up
         with self._cond:
             if not self._items and not self._cond.wait_for(lambda: self._items, timeout):
                 return None
@@ -282,6 +298,7 @@ class PortReader:
         baud: int = 115200,
         reconnect: bool = True,
         reconnect_timeout: Optional[float] = None,
+        inline: bool = False,
     ):
         self.port = port
         self.decoder = decoder
@@ -296,11 +313,20 @@ class PortReader:
         self._stop = threading.Event()
         self._ser = None
         self._thread: Optional[threading.Thread] = None
+        # inline: the consumer reads the port itself with pump() (a local tty under the
+        # drop-oldest policy); the thread then only reopens a lost port.
+        self.inline_requested = inline and queue.policy == "drop-oldest"
+        self._fd: Optional[int] = None
+        self._poller = None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         self._ser = self._open_first()
         self.queue.put(Connected(self.device, reconnect=False))
+        if not self._go_inline():
+            self._start_thread()
+
+    def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name="edgernn-serial", daemon=True)
         self._thread.start()
 
@@ -309,11 +335,12 @@ class PortReader:
         self.queue.close()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._fd = None
         self._close()
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self.inline or (self._thread is not None and self._thread.is_alive())
 
     # -- opening ---------------------------------------------------------------------
     def _open_first(self):
@@ -371,15 +398,13 @@ class PortReader:
 
         error: Optional[str] = None
         while not self._stop.is_set():
-            try:
-                self._read_until_error()
-                break  # stop() was called
-            except (serial.SerialException, OSError, ValueError, TypeError) as e:
-                # ValueError/TypeError: pyserial on a port closed under it.
-                self._close()  # at once: a dead fd must not linger
-                self.disconnects += 1
-                self.queue.put(Disconnected(self.device or self.port, _reason(e)))
-                self.decoder.new_link()
+            if self._ser is not None:  # else: the inline reader lost the port, reopen it
+                try:
+                    self._read_until_error()
+                    break  # stop() was called
+                except (serial.SerialException, OSError, ValueError, TypeError) as e:
+                    # ValueError/TypeError: pyserial on a port closed under it.
+                    self._lost(e)
             if not self.reconnect or self._stop.is_set():
                 break
             self._ser = self._reopen()
@@ -389,11 +414,74 @@ class PortReader:
                 break
             self.reconnects += 1
             self.queue.put(Connected(self.device, reconnect=True))
+            if self._go_inline():
+                return  # the consumer reads the port again (pump)
         self._close()
         self.queue.put(Closed(error))
 
+    def _lost(self, e: BaseException) -> None:
+        self._close()  # at once: a dead fd must not linger
+        self.disconnects += 1
+        self.queue.put(Disconnected(self.device or self.port, _reason(e)))
+        self.decoder.new_link()
+
+    # -- inline reading ----------------------------------------------------------------
+    @property
+    def inline(self) -> bool:
+        """Whether the consumer reads the port itself now (pump); False while the
+        thread does (a URL, the "block" policy, a reconnect in progress)."""
+        return self._fd is not None
+
+    def _go_inline(self) -> bool:
+        fd = posix_fd(self._ser) if self.inline_requested else None
+        if fd is None:
+            return False
+        self._poller = select.poll()
+        self._poller.register(fd, select.POLLIN | select.POLLPRI)
+        self._fd = fd
+        return True
+
+    def pump(self, timeout: float) -> None:
+        """Inline mode: wait up to `timeout` s for the port, read what is there and queue
+        its events (on the consumer's thread: no hand-over between threads per read).
+        A read error hands the port to the thread, which reopens it as usual."""
+        import serial
+
+        fd = self._fd
+        if fd is None or self._stop.is_set():
+            return
+        try:
+            if self._poller.poll(timeout * 1000):
+                self._read_once(fd)
+        except (serial.SerialException, OSError, ValueError, TypeError) as e:
+            self._fd = None
+            self._lost(e)
+            if not self.reconnect or self._stop.is_set():
+                self.queue.put(Closed(None))
+                return
+            self._start_thread()
+
+    def _read_once(self, fd: int) -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except OSError as e:
+            if e.errno in _RETRY:
+                return
+            raise _serial_exception(f"read failed: {e}") from e
+        if not data:  # how a vanished device reads on Linux (as pyserial says it)
+            raise _serial_exception(_NO_DATA)
+        events = self.decoder.feed(data, time.perf_counter())
+        if len(events) > 1:
+            self.queue.put_many(events)
+        elif events:
+            self.queue.put(events[0])
+
     def _read_until_error(self) -> None:
         ser = self._ser
+        fd = posix_fd(ser)
+        if fd is not None:
+            self._read_fd(fd)
+            return
         decoder, queue = self.decoder, self.queue
         while not self._stop.is_set():
             # Wait for one byte (or the timeout), then take everything already there:
@@ -407,6 +495,61 @@ class PortReader:
             t_read = time.perf_counter()
             for event in decoder.feed(data, t_read):
                 queue.put(event)
+
+    def _read_fd(self, fd: int) -> None:
+        """The POSIX port's own file descriptor, read directly: one poll and one read of
+        everything already there per wake-up (pyserial's read(1) + in_waiting + read(n)
+        take five system calls), the same errors as pyserial's read raises."""
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        timeout_ms = READ_TIMEOUT_S * 1000
+        decoder, queue, stop = self.decoder, self.queue, self._stop
+        feed, put, clock, read = decoder.feed, queue.put, time.perf_counter, os.read
+        # put_many where put is SampleQueue's own (a subclass's put may do more per event)
+        put_many = queue.put_many if type(queue).put is SampleQueue.put else None
+        while not stop.is_set():
+            if not poller.poll(timeout_ms):
+                continue
+            try:
+                data = read(fd, READ_SIZE)
+            except OSError as e:
+                if e.errno in _RETRY:
+                    continue
+                raise _serial_exception(f"read failed: {e}") from e
+            if not data:  # how a vanished device reads on Linux (as pyserial says it)
+                raise _serial_exception(_NO_DATA)
+            events = feed(data, clock())
+            if put_many is not None and len(events) > 1:
+                put_many(events)
+            else:
+                for event in events:
+                    put(event)
+
+
+_RETRY = (errno.EAGAIN, errno.EALREADY, errno.EWOULDBLOCK, errno.EINPROGRESS, errno.EINTR)
+_NO_DATA = (
+    "device reports readiness to read but returned no data "
+    "(device disconnected or multiple access on port?)"
+)  # pyserial's words
+
+
+def _serial_exception(text: str) -> Exception:
+    import serial
+
+    return serial.SerialException(text)
+
+
+def posix_fd(ser) -> Optional[int]:
+    """The file descriptor of a local POSIX serial port (a tty, a pty), read directly
+    by PortReader; None for anything else (sockets, rfc2217, loop://, Windows)."""
+    try:
+        from serial.serialposix import Serial as PosixSerial
+    except ImportError:  # Windows
+        return None
+    if type(ser) is not PosixSerial or not ser.is_open:
+        return None
+    fd = getattr(ser, "fd", None)
+    return fd if isinstance(fd, int) and fd >= 0 else None
 
 
 __all__ = [
