@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean venv
+.PHONY: demo test lint clean venv pi-check
 
 venv: $(STAMP)
 
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# Not part of `make test`: Debian bookworm arm64 and armhf userlands under qemu-user, the
+# wheel installed and run in each (needs root; see benchmarks/pi_check.py). PI_CHECK_ARGS:
+# e.g. --fresh (rebuild the cached userlands), --only armhf.
+pi-check: $(STAMP)
+	$(BIN)/python benchmarks/pi_check.py $(PI_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) edgernn-demo build *.egg-info
