@@ -241,12 +241,20 @@ def test_no_compiler_falls_back_to_numpy(monkeypatch):
         ckernel.load_library.cache_clear()
 
 
-@pytest.mark.parametrize("cc", ["aarch64-linux-gnu-gcc", "arm-linux-gnueabihf-gcc"])
-def test_kernel_cross_compiles_for_the_pi(cc, tmp_path):
+FUSED = {"aarch64-linux-gnu-gcc": ("fmadd", "fmsub", "fnmadd", "fnmsub", "fmla", "fmls"),
+         "arm-linux-gnueabihf-gcc": ("vfma", "vfms", "vfnma", "vfnms")}  # fmt: skip
+
+
+@pytest.mark.parametrize("cc", sorted(FUSED))
+def test_kernel_cross_compiles_for_the_pi_without_fused_multiply_adds(cc, tmp_path):
+    # A contracted a * b + c rounds once, numpy twice: kernel.c turns contraction off.
     if shutil.which(cc) is None:
         pytest.skip(f"{cc} not installed")
+    asm = tmp_path / "k.s"
     proc = subprocess.run(
-        [cc, "-O3", "-Wall", "-Werror", "-fPIC", "-c", ckernel.SOURCE_PATH, "-o",
-         str(tmp_path / "k.o")], capture_output=True, text=True,
+        [cc, "-O3", "-Wall", "-Werror", "-fPIC", "-S", ckernel.SOURCE_PATH, "-o", str(asm)],
+        capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    words = set(asm.read_text().split())
+    assert not words & set(FUSED[cc])

@@ -111,8 +111,8 @@ class Kernel:
 
     def __init__(self, lib, det):
         self.lib, self.det = lib, det
-        self.dbl = np.zeros(3)
-        self.cnt = np.zeros(7, dtype=np.int64)
+        self.dbl = (ctypes.c_double * 3)()  # ctypes arrays: cheaper items than numpy's
+        self.cnt = (ctypes.c_int64 * 7)()
         self.ctx: Optional[_Det] = None
         self._arrays: tuple = ()
         self._one = None  # N = 1 buffers
@@ -152,7 +152,7 @@ class Kernel:
         if profile is not None:
             ctx.prof_mean, ctx.prof_count = profile.mean.ctypes.data, profile.count.ctypes.data
             ctx.prof_bins, ctx.period, ctx.periods = profile.bins, profile.period, profile.periods
-        ctx.dbl, ctx.cnt = self.dbl.ctypes.data, self.cnt.ctypes.data
+        ctx.dbl, ctx.cnt = ctypes.addressof(self.dbl), ctypes.addressof(self.cnt)
         ctx.alpha, ctx.drift_unit = det._alpha, det._drift_unit
         ctx.level_span, ctx.flagged_weight = float(cfg.level_span), float(cfg.flagged_weight)
         ctx.level_floor, ctx.memory = float(cfg.level_floor), float(floors.memory)
@@ -167,39 +167,42 @@ class Kernel:
         self._arrays = (arrays, floors.decimals)  # kept alive with the struct
         self._profile = profile
 
-    def run(self, X: np.ndarray, F: np.ndarray, when: np.ndarray, threshold: float,
-            anchor: float, score: np.ndarray, flags: np.ndarray, contrib: np.ndarray) -> None:
+    def run(self, X, F, when, threshold: float, anchor: float, score, flags, contrib) -> None:
         """Score rows X / F (contiguous float64 (N, C)), `when` (N,) seconds or NaN,
         into score (N,), flags (N,) int32 and contrib (N, C); the detector's scalar
         state goes in and out through dbl / cnt."""
+        self.call(len(X), X.ctypes.data, F.ctypes.data, when.ctypes.data, threshold, anchor,
+                  score.ctypes.data, flags.ctypes.data, contrib.ctypes.data)  # fmt: skip
+
+    def call(self, n, x, f, when, threshold, anchor, score, flags, contrib) -> None:
+        """run() on buffer addresses."""
         det = self.det
         if self.ctx is None or self._profile is not det._profile:
             self._bind()
         ctx = self.ctx
         ctx.threshold, ctx.anchor_fraction = threshold, anchor
-        events, profile = det._events, det._profile
-        first_seen = math.nan if profile is None or profile.first is None else profile.first
-        self.dbl[:] = (det._first.total, det._second.total, first_seen)
-        self.cnt[:] = (det.t, det._floors.n, det._model.n, det._level_norm.n,
-                       events.open is not None, events.quiet, 0)  # fmt: skip
-        rc = self.lib.edgernn_detect(
-            self._address, len(X), X.ctypes.data, F.ctypes.data, when.ctypes.data,
-            score.ctypes.data, flags.ctypes.data, contrib.ctypes.data,
-        )  # fmt: skip
+        events, profile, dbl, cnt = det._events, det._profile, self.dbl, self.cnt
+        floors, model, level = det._floors, det._model, det._level_norm
+        dbl[0], dbl[1] = det._first.total, det._second.total
+        dbl[2] = math.nan if profile is None or profile.first is None else profile.first
+        cnt[0], cnt[1], cnt[2], cnt[3] = det.t, floors.n, model.n, level.n
+        cnt[4], cnt[5], cnt[6] = events.open is not None, events.quiet, 0
+        rc = self.lib.edgernn_detect(self._address, n, x, f, when, score, flags, contrib)
         if rc != 0:
             raise CStepUnavailable(f"the detector kernel refused the call ({rc})")
-        det._first.total, det._second.total, first_seen = self.dbl.tolist()
-        if profile is not None and not math.isnan(first_seen):
-            profile.first = first_seen
-        t, floors_n, model_n, level_n, _, _, decimals_changed = self.cnt.tolist()
-        det.t, det._floors.n, det._model.n, det._level_norm.n = t, floors_n, model_n, level_n
-        if decimals_changed:
-            det._floors._decimals_changed()
+        det._first.total, det._second.total = dbl[0], dbl[1]
+        if profile is not None and dbl[2] == dbl[2]:
+            profile.first = dbl[2]
+        det.t, floors.n, model.n, level.n = cnt[0], cnt[1], cnt[2], cnt[3]
+        if cnt[6]:
+            floors._decimals_changed()
 
     def one(self):
-        """Preallocated N = 1 buffers: x, f, when, score, flags, contrib."""
-        if self._one is None or self._one[0].shape[1] != self.det._n:
+        """Preallocated N = 1 buffers (x, f, when, score, flags, contrib) and their
+        addresses."""
+        if self._one is None or self._one[0][0].shape[1] != self.det._n:
             n = self.det._n
-            self._one = (np.zeros((1, n)), np.zeros((1, n)), np.full(1, math.nan),
-                         np.zeros(1), np.zeros(1, dtype=np.int32), np.zeros((1, n)))  # fmt: skip
+            buffers = (np.zeros((1, n)), np.zeros((1, n)), np.full(1, math.nan),
+                       np.zeros(1), np.zeros(1, dtype=np.int32), np.zeros((1, n)))  # fmt: skip
+            self._one = buffers, tuple(b.ctypes.data for b in buffers)
         return self._one

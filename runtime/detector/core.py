@@ -452,10 +452,14 @@ class Detector:
         if when is not None:
             self._season_due()
         threshold = self._current_threshold()
-        X, F, W, score, flags, contrib = self._kernel.one()
+        (X, F, W, score, flags, contrib), (ax, af, aw, a_score, a_flags, a_contrib) = (
+            self._kernel.one()
+        )
         X[0], F[0], W[0] = x, forecast, math.nan if when is None else when
         t = self.t
-        self._kernel.run(X, F, W, threshold, self._anchor_fraction, score, flags, contrib)
+        self._kernel.call(
+            1, ax, af, aw, threshold, self._anchor_fraction, a_score, a_flags, a_contrib
+        )
         fl = int(flags[0])
         contributions = contrib[0].copy()
         if fl & ckernel.F_LEARNING:

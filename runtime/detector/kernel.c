@@ -59,6 +59,9 @@ typedef struct {
     long warmup, holdoff;
 } det_t;
 
+/* 10 ** d, d = 0..MAX_DECIMALS: exact, as numpy's _POWERS */
+static const double POWERS[MAX_DECIMALS + 1] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6};
+
 static double dmax(double a, double b) { return a >= b ? a : b; }
 static double dmin(double a, double b) { return a <= b ? a : b; }
 
@@ -166,14 +169,14 @@ static void observe(det_t *d, const double *x, double *floor)
     for (long c = 0; c < n && still; c++) {
         long dec = d->decimals[c];
         if (dec > MAX_DECIMALS) continue;
-        double y = x[c] * pow(10.0, (double)dec);
+        double y = x[c] * POWERS[dec];
         still = fabs(y - nearbyint(y)) <= FLOAT32_TOL * fabs(y) + 1e-9;
     }
     if (!still) {
         for (long c = 0; c < n; c++) {
             long needed = MAX_DECIMALS + 1;
             for (long p = 0; p < MAX_DECIMALS; p++) {
-                double y = x[c] * pow(10.0, (double)p);
+                double y = x[c] * POWERS[p];
                 if (fabs(y - nearbyint(y)) <= FLOAT32_TOL * fabs(y) + 1e-9) {
                     needed = p;
                     break;
@@ -218,12 +221,11 @@ static int advance(const det_t *d, int64_t *count, int learning, double weight, 
     return 0;
 }
 
+/* TailTable.add_at / add_scalar on one row: decay it all, `weight` at or below index */
 static void add_row_mask(double *row, long cells, long index, double decay, double weight)
 {
-    for (long b = 0; b < cells; b++) {
-        double v = row[b] * decay;
-        row[b] = b <= index ? v + weight : v;
-    }
+    for (long b = 0; b < cells; b++) row[b] *= decay;
+    for (long b = 0; b <= index; b++) row[b] += weight;
 }
 
 /* One call: N samples x, f (N, n); when (N,) seconds or NaN; per sample out: score,
@@ -338,11 +340,12 @@ int edgernn_detect(det_t *d, long N, const double *X, const double *F, const dou
                 for (long c = 0; c < n; c++) d->level[c] += rate * (x[c] - d->level[c]);
             }
         }
-        /* each channel's share of the surprisal */
+        /* each channel's share of the surprisal: -min over its statistics of log10 p,
+         * taken as -log10 of the smallest p (log10 is monotonic) */
         for (long c = 0; c < n; c++) {
-            double lowest = INFINITY;
-            for (long s = 0; s < 5; s++) lowest = dmin(lowest, log10(dmax(p[s * n + c], 1e-300)));
-            surprise[c] = -lowest;
+            double lowest = p[c];
+            for (long s = 1; s < 5; s++) lowest = dmin(lowest, p[s * n + c]);
+            surprise[c] = -log10(dmax(lowest, 1e-300));
         }
         double total = pairwise_sum(surprise, n);
         double *contrib = contrib_out + i * n;
