@@ -43,6 +43,7 @@ from edgernn.runtime.model import Model  # noqa: E402
 from edgernn.train.config import TrainConfig  # noqa: E402
 
 BUDGET = 1000.0  # the drift suite's false-alarm budget (samples per false alarm)
+HEAD_OPTIONS: dict = {}  # OnlineHead options (--head '{"memory": 500}'); defaults: adapt.py
 
 
 def replay(model_path: str, x: np.ndarray, settings: dict, calibration, adapt: bool):
@@ -56,7 +57,7 @@ def replay(model_path: str, x: np.ndarray, settings: dict, calibration, adapt: b
         error_scale=model.meta.error_scale, extra={"detector": calibration},
     )  # fmt: skip
     det = Detector.from_meta(meta, **settings)
-    head = OnlineHead.for_model(model) if adapt else None
+    head = OnlineHead.for_model(model, **HEAD_OPTIONS) if adapt else None
     flags = np.zeros(len(x), dtype=np.int8)
     scores = np.zeros(len(x))
     due = None
@@ -202,7 +203,9 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=2, help="use every k-th SKAB window")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", choices=["skab", "drift"], default=None)
+    ap.add_argument("--head", default="{}", help="OnlineHead options as JSON")
     args = ap.parse_args(argv)
+    HEAD_OPTIONS.update(json.loads(args.head))
     os.makedirs(args.out, exist_ok=True)
     began = time.time()
     result = {}

@@ -77,6 +77,8 @@ class OnlineHead:
     def reset(self) -> None:
         d, c = self.hidden + 1, self.channels
         self.A = np.zeros((d, c))  # (H+1, C): the correction, normalised units
+        self._A_rows = np.zeros((c, d))  # its transpose, for correct()
+        self._prior = self.ridge * np.eye(d)
         self._gram = np.zeros((d, d))  # forgetting sum of w phi phi^T ...
         self._cross = np.zeros((d, c))  # ... and of w phi r^T, up to the last solve
         self.made = 0  # forecasts corrected so far (the block clock)
@@ -116,9 +118,9 @@ class OnlineHead:
             self._solve(self.made)
         phi = np.ones((n, self.hidden + 1))
         phi[:, :-1] = H
-        # one row at a time in the same order for any n (not a BLAS product, whose
-        # rounding may depend on the row count): chunked and per-sample runs agree
-        correction = np.add.reduce(phi[:, :, None] * self.A, axis=1)
+        # each row's sums in the same order for any n (a BLAS product's rounding depends
+        # on the row count): chunked and per-sample runs agree to the bit
+        correction = np.add.reduce(phi[:, None, :] * self._A_rows, axis=2)
         self.made += n
         self._phi = np.concatenate([self._phi, phi])
         self._base = np.concatenate([self._base, Y])
@@ -157,8 +159,9 @@ class OnlineHead:
             self._cross += wphi.T @ r[now]
             later = ~now
             self._pairs = [(phi[later], r[later], w[later], index[later])] if later.any() else []
-        system = self._gram + self.ridge * np.eye(self.hidden + 1)
+        system = self._gram + self._prior
         self.A = np.linalg.solve(system, self._cross)
+        self._A_rows = np.ascontiguousarray(self.A.T)  # (C, H+1)
 
     # -- state -----------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -199,6 +202,7 @@ class OnlineHead:
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise InputError(f"damaged online head state ({e!r})") from None
         self.A, self._gram, self._cross = A, gram, cross
+        self._A_rows = np.ascontiguousarray(A.T)
         self._phi, self._base, self._pairs = phi, base, pairs
         self.made, self.seen = made, seen
 

@@ -224,6 +224,11 @@ class DeviceStream:
     def reset(self) -> None:
         self._rows.zero(self._row)
 
+    def features(self) -> np.ndarray:
+        """The row's head features now (Stream.features): state 0 (h), last layer."""
+        first = self._rows.model.meta.states[0].input
+        return np.asarray(self._rows.get(self._row)[first][-1], dtype=np.float32)
+
     @property
     def state(self) -> dict[str, np.ndarray]:
         return self._rows.get(self._row)

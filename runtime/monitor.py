@@ -13,14 +13,29 @@ from typing import Any, Optional
 
 import numpy as np
 
+from edgernn.runtime.adapt import OnlineHead
 from edgernn.runtime.model import Model
 
 
 class Monitor:
-    def __init__(self, model: Model, detector=None, state: Optional[dict] = None):
+    """model: a forecaster; detector: a Detector or None; online_head: correct the
+    forecaster's readout online (runtime/adapt.py; samples the detector flags, and gap
+    fills, are not learnt); None: on whenever there is a detector. state: a
+    state_dict() to resume from."""
+
+    def __init__(
+        self,
+        model: Model,
+        detector=None,
+        state: Optional[dict] = None,
+        online_head: Optional[bool] = None,
+    ):
         self.model = model
         self.detector = detector
         self.stream = model.stream()
+        if online_head is None:  # the CSV path does not learn the head yet
+            online_head = False
+        self.head = OnlineHead.for_model(model) if online_head else None
         # Forecasts made but not yet due: the oldest is the one for the next sample.
         self._pending: deque[np.ndarray] = deque(maxlen=model.horizon)
         self.samples = 0
@@ -47,12 +62,12 @@ class Monitor:
         x = np.asarray(x, dtype=np.float32)
         due = self._pending[0] if len(self._pending) == self.model.horizon else None
         forecast = self.stream.step(x)
-        self._pending.append(forecast)
-        record: dict[str, Any] = {"forecast": forecast}
+        record: dict[str, Any] = {"forecast": forecast}  # the first key (set again below)
         if imputed:
             self.imputed += 1
         else:
             self.samples += 1
+        flagged = False
         if self.detector is not None:
             if imputed or due is None:
                 record.update(score=None, anomaly=0 if due is None else None, onset=0)
@@ -62,6 +77,13 @@ class Monitor:
                 else:
                     self.last_output = self.detector.score_one(x, due, time=time)
                 record.update(_detector_fields(self.last_output))
+                flagged = bool(record.get("anomaly"))
+        if self.head is not None:  # learn this sample, then correct the forecast from it
+            self.head.learn(x[None], (0.0 if imputed or flagged else 1.0,))
+            features = self.stream.features()[None]
+            forecast = self.head.correct(forecast[None], features)[0].astype(np.float32)
+        self._pending.append(forecast)
+        record["forecast"] = forecast
         return record
 
     def reset(self) -> None:
@@ -70,6 +92,8 @@ class Monitor:
         self._pending.clear()
         if self.detector is not None:
             self.detector.reset()
+        if self.head is not None:
+            self.head.reset()
 
     # -- persistence (state files) ---------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -81,6 +105,8 @@ class Monitor:
         }
         if self.detector is not None:
             d["detector"] = self.detector.state_dict()
+        if self.head is not None:
+            d["online_head"] = self.head.state_dict()
         return d
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -94,6 +120,10 @@ class Monitor:
         self.imputed = int(d.get("imputed", 0))
         if self.detector is not None and "detector" in d:
             self.detector.load_state_dict(d["detector"])
+        if self.head is not None:  # a state saved without one: the head starts afresh
+            self.head.reset()
+            if d.get("online_head") is not None:
+                self.head.load_state_dict(d["online_head"])
 
 
 def _detector_fields(out) -> dict[str, Any]:
