@@ -196,6 +196,10 @@ class _CKernel(_Kernel):
         entry = ctypes.cast(self._step, ctypes.c_void_p).value
         self.direct_step = ctypes.PYFUNCTYPE(ctypes.c_int)(entry)
         self.direct_ctx = ctypes.c_void_p(address)
+        self.step_address = entry
+        # Faster still where Python's headers are installed: cstep's fast-call extension
+        # takes the sample itself (Stream binds it to the sample's shape).
+        self.fastcall = engine.cstep.fastcall()
 
     def step(self, cur: int) -> bool:
         return self._step(self._address, cur) == 0
@@ -648,6 +652,15 @@ class Stream:
         self._c_step = getattr(self._kernel, "direct_step", None)
         self._c_ctx = getattr(self._kernel, "direct_ctx", None)
         self._x_shape = concrete(model.input_shape, batch)
+        # faster: one extension call copies a float32 sample in and steps (cstep.py)
+        self._fast_step = self._fast_bound = None
+        fastcall = getattr(self._kernel, "fastcall", None)
+        if fastcall is not None and self._kernel.x.size == _size(self._x_shape):
+            k = self._kernel
+            self._fast_bound = fastcall.bind(
+                k.step_address, k._address, k.x.ctypes.data, tuple(self._x_shape)
+            )
+            self._fast_step = fastcall.step
         # the input buffer in the sample's own shape: step's copy needs no broadcasting
         x_buf = self._kernel.x
         self._x_in = x_buf.reshape(self._x_shape) if x_buf.size == _size(self._x_shape) else x_buf
@@ -755,6 +768,16 @@ class Stream:
     def step(self, x) -> np.ndarray:
         """Feed one sample ([channels], or [batch, channels]); return the forecast of the
         same shape, in raw units, `horizon` steps ahead of this sample."""
+        fast = self._fast_step
+        if fast is not None:  # a C-contiguous float32 sample of the right shape: one call
+            cur = self._cur
+            rc = fast(self._fast_bound, x, cur)
+            if rc == 0:
+                self._cur = cur ^ 1
+                return self._y_view.copy()
+            if rc == 1:  # the C step refuses NaN/inf itself, state untouched
+                raise InputError("sample holds NaN or inf")
+            # declined (another dtype or shape, not an array): the general path below
         kernel = self._kernel
         if type(x) is np.ndarray and x.dtype is _FLOAT32 and x.shape == self._x_shape:
             self._x_in[...] = x  # the fast path: one copy into the bound input buffer
