@@ -78,7 +78,10 @@ def load_library() -> ctypes.CDLL:
             continue
         lib.edgernn_detect.argtypes = [_p, _l, _p, _p, _p, _p, _p, _p]
         lib.edgernn_detect.restype = ctypes.c_int
-        problem = _probe(lib)
+        try:
+            problem = _probe(lib)
+        except Exception as e:  # a kernel that breaks the probe is no kernel
+            problem = f"its probe failed ({e!r:.160})"
         if problem is None:
             return lib
     remove_library(lib_path)

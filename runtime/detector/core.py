@@ -440,6 +440,8 @@ class Detector:
         if self._pair is None:
             if self._model is None or not self._model.ready or not self._level_norm.ready:
                 return False
+            if self._level is None or self._floors.prev is None:
+                return False
             self._pair = NormaliserPair(self._model, self._level_norm)
             self._kernel.invalidate()
         if self._moments is None:
@@ -451,7 +453,9 @@ class Detector:
         self._track_time(when)
         if when is not None:
             self._season_due()
-        threshold = self._current_threshold()
+        threshold = self._threshold  # the kernel takes the anchor as an argument
+        if self._threshold_step is not self._step:
+            threshold = self._current_threshold()
         (X, F, W, score, flags, contrib), (ax, af, aw, a_score, a_flags, a_contrib) = (
             self._kernel.one()
         )
