@@ -10,11 +10,12 @@ min/max (AArch64: compare and select) and divide or reciprocal in the gates). AR
 expansion, which shows the report is read. -fopt-info-vec is asked for too: it reports
 the loops the compiler vectorised by itself (the [x, h] copies), alongside.
 
-The Raspberry Pi's own cores are checked by name as well: AArch64 with -mcpu=cortex-a53
-(Pi 3, Zero 2), cortex-a72 (Pi 4) and cortex-a76 (Pi 5) on a 64-bit OS; ARMv7 NEON with
--mcpu=cortex-a7 -mfpu=neon-vfpv4 (Pi 2) and with -mcpu=cortex-a72 and Debian armhf's own
-FPU default (-mfpu=auto: what `-mcpu=native` means on a Pi 4 running 32-bit Debian), each
-with vectorised loops in the -fopt-info-vec report. Debian armhf's plain defaults
+The Raspberry Pi's own cores are checked by name as well (an LSTM, 2 x 24): AArch64 with
+-mcpu=cortex-a53 (Pi 3, Zero 2), cortex-a72 (Pi 4) and cortex-a76 (Pi 5) on a 64-bit OS;
+ARMv7 NEON with -mcpu=cortex-a7 -mfpu=neon-vfpv4 (Pi 2) and -mcpu=cortex-a72 -mfpu=auto;
+and the flags cstep.py's `-march=native` resolves to on each Pi under Debian bookworm's
+gcc 12 (armv8-a+crc, armv8.2-a+fp16+rcpc+dotprod; armhf: armv7ve+simd, armv8-a+crc+simd),
+each with vectorised loops in the -fopt-info-vec report. Debian armhf's plain defaults
 (armv7-a+fp: VFPv3-D16, no NEON), which is what cstep.py's portable `-O3` fallback
 compiles for on a 32-bit userland, report the piecewise expansion like ARMv6: scalar code.
 
@@ -52,18 +53,24 @@ TARGETS = {
         r"vfma\.f32\s+q", r"vmin\.f32\s+q", r"vrecpe\.f32\s+q",
     ),
 }  # fmt: skip
-# The Pi's cores by name (64-bit OS: AArch64; 32-bit OS: ARMv7 NEON, hard float).
-_A64 = (r"fmla\s+v\d+\.4s", r"fcmgt\s+v\d+\.4s", r"fdiv\s+v\d+\.4s")
-_A32 = (r"vfma\.f32\s+q", r"vmin\.f32\s+q", r"vrecpe\.f32\s+q")
-for _cpu, _boards in (("cortex-a53", "Pi 3, Zero 2"), ("cortex-a72", "Pi 4"),
-                      ("cortex-a76", "Pi 5")):  # fmt: skip
-    TARGETS[f"aarch64 {_cpu} ({_boards})"] = ("aarch64-linux-gnu-gcc", [f"-mcpu={_cpu}"], *_A64)
-TARGETS["armv7 cortex-a7 neon-vfpv4 (Pi 2)"] = (
-    "arm-linux-gnueabihf-gcc", ["-mcpu=cortex-a7", "-mfpu=neon-vfpv4", "-mfloat-abi=hard"], *_A32,
-)  # fmt: skip
-TARGETS["armv7 cortex-a72 -mfpu=auto (Pi 4, 32-bit)"] = (
-    "arm-linux-gnueabihf-gcc", ["-mcpu=cortex-a72", "-mfpu=auto", "-mfloat-abi=hard"], *_A32,
-)  # fmt: skip
+# The Pi's cores by name (64-bit OS: AArch64; 32-bit OS: ARMv7 NEON, hard float), and the
+# flags cstep.py's `-O3 -march=native` becomes on each (GCC 12's driver, as `make pi-check`
+# shows with each CPU's /proc/cpuinfo in Debian bookworm userlands).
+_A64 = ("aarch64-linux-gnu-gcc", r"fmla\s+v\d+\.4s", r"fcmgt\s+v\d+\.4s", r"fdiv\s+v\d+\.4s")
+_A32 = ("arm-linux-gnueabihf-gcc", r"vfma\.f32\s+q", r"vmin\.f32\s+q", r"vrecpe\.f32\s+q")
+PI_TARGETS = {
+    "aarch64 -mcpu=cortex-a53 (Pi 3, Zero 2)": (["-mcpu=cortex-a53"], _A64),
+    "aarch64 -mcpu=cortex-a72 (Pi 4)": (["-mcpu=cortex-a72"], _A64),
+    "aarch64 -mcpu=cortex-a76 (Pi 5)": (["-mcpu=cortex-a76"], _A64),
+    "aarch64 native on Pi 3/4": (["-march=armv8-a+crc"], _A64),
+    "aarch64 native on Pi 5": (["-march=armv8.2-a+fp16+rcpc+dotprod"], _A64),
+    "armv7 -mcpu=cortex-a7 neon-vfpv4 (Pi 2)": (
+        ["-mcpu=cortex-a7", "-mfpu=neon-vfpv4", "-mfloat-abi=hard"], _A32),
+    "armv7 -mcpu=cortex-a72 -mfpu=auto (Pi 4, 32-bit)": (
+        ["-mcpu=cortex-a72", "-mfpu=auto", "-mfloat-abi=hard"], _A32),
+    "armhf native on Pi 2": (["-march=armv7ve+simd", "-mfloat-abi=hard"], _A32),
+    "armhf native on Pi 3/4": (["-march=armv8-a+crc+simd", "-mfloat-abi=hard"], _A32),
+}  # fmt: skip
 SCALAR_ONLY = ("arm-linux-gnueabihf-gcc", ["-march=armv6", "-mfpu=vfp", "-mfloat-abi=hard"])
 # Debian armhf's configured defaults (--with-arch=armv7-a+fp --with-float=hard): no NEON.
 ARMHF_DEFAULT = ("arm-linux-gnueabihf-gcc", [])
@@ -126,6 +133,16 @@ def test_step_is_simd_on(tmp_path: Path, target: str, spec):
     assert re.search(minmax, asm), f"{target}: the tanh clamp is not a vector min"
     if net.cell != "rnn" or net.nonlinearity == "tanh":
         assert re.search(divide, asm), f"{target}: the tanh division is not a vector one"
+
+
+@pytest.mark.parametrize("target", sorted(PI_TARGETS))
+def test_step_is_simd_on_the_pi(tmp_path: Path, target: str):
+    flags, (compiler, fma, minmax, divide) = PI_TARGETS[target]
+    asm, report = _compile(tmp_path, compiler, flags, _network("lstm", 2, 24))
+    assert "expanded piecewise" not in report and "expanded in parallel" not in report, report
+    assert re.search(r"optimized: loop vectorized using 16 byte vectors", report), report
+    assert re.search(fma, _function(asm, "gemv")), f"{target}: no vector FMA in the GEMV"
+    assert re.search(minmax, asm) and re.search(divide, asm), f"{target}: scalar gates"
 
 
 def test_scalar_target_reports_the_expansion(tmp_path: Path):
