@@ -119,6 +119,7 @@ class Kernel:
         self.ctx: Optional[_Det] = None
         self._arrays: tuple = ()
         self._one = None  # N = 1 buffers
+        self._nan = np.full(4096, math.nan)
         self._neg_powers = 10.0 ** -np.arange(7).astype(float)
 
     def invalidate(self) -> None:
@@ -199,6 +200,12 @@ class Kernel:
         det.t, floors.n, model.n, level.n = cnt[0], cnt[1], cnt[2], cnt[3]
         if cnt[6]:
             floors._decimals_changed()
+
+    def nan_when(self, n: int) -> np.ndarray:
+        """(at least n,) NaN: no timestamps."""
+        if len(self._nan) < n:
+            self._nan = np.full(max(n, 2 * len(self._nan)), math.nan)
+        return self._nan
 
     def one(self):
         """Preallocated N = 1 buffers (x, f, when, score, flags, contrib) and their

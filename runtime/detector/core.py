@@ -492,8 +492,9 @@ class Detector:
         n_rows = len(X)
         if n_rows and (self._n is None or X.shape[1] != self._n):
             self._check(X[0], "sample")  # builds the detector, or raises its error
-        finite = np.isfinite(X).all(axis=1) & np.isfinite(F).all(axis=1)
-        bad = int(np.argmin(finite)) if n_rows and not finite.all() else n_rows
+        bad = n_rows
+        if not (np.isfinite(X).all() and np.isfinite(F).all()):
+            bad = int(np.argmin(np.isfinite(X).all(axis=1) & np.isfinite(F).all(axis=1)))
         result = BlockResult.empty(bad, self._n or X.shape[1])
         whens = None if times is None else as_seconds_array(times[:bad])
         i = 0
@@ -536,7 +537,7 @@ class Detector:
         bounds = [stretch[0] for stretch in stretches[1:]] + [stop]
         if len(stretches) > 1 and stretches[1][0] == start:
             stretches, bounds = stretches[1:], bounds[1:]
-        nan_when = np.full(stop, math.nan) if whens is None else None
+        nan_when = self._kernel.nan_when(stop) if whens is None else None
         for (lo, threshold, anchor, seasons), hi in zip(stretches, bounds):
             if seasons:
                 self._season_due()
@@ -546,7 +547,7 @@ class Detector:
             score, contrib = result.raw_score[lo:hi], result.contributions[lo:hi]
             Xs, Fs = np.ascontiguousarray(X[lo:hi]), np.ascontiguousarray(F[lo:hi])
             self._kernel.run(Xs, Fs, w, threshold, anchor, score, flags, contrib)
-            result.threshold[lo:hi] = threshold
+            result.raw_threshold[lo:hi] = threshold
             for r in np.flatnonzero(flags & ckernel.F_REPLAY).tolist():
                 i = lo + r
                 raw = None if times is None else times[i]
@@ -562,7 +563,6 @@ class Detector:
                     result.closed[i] = closed
                 if self._events.open is not None:
                     result.event[i] = self._events.open.id
-        result.finish_kernel(start, stop)
 
     def _surprisal(self, p: np.ndarray) -> tuple[float, float, int]:
         """(score, T, T's bin in the second stage): T = -log10 of the smallest tail
@@ -726,36 +726,55 @@ class Detector:
 
 @dataclass
 class BlockResult:
-    """score_block()'s verdicts, one entry per row (the fields of DetectorOutput)."""
+    """score_block()'s verdicts, one entry per row (the fields of DetectorOutput): the
+    kernel's raw arrays, with score / anomaly / onset / warming_up / threshold views."""
 
-    score: np.ndarray  # (N,) 0.0 while warming up
-    anomaly: np.ndarray  # (N,) bool
-    onset: np.ndarray  # (N,) bool
-    warming_up: np.ndarray  # (N,) bool
-    threshold: np.ndarray  # (N,) NaN while warming up
+    raw_score: np.ndarray  # (N,) the score as computed (warm-up rows too)
+    flags: np.ndarray  # (N,) int32, ckernel.F_* bits
+    raw_threshold: np.ndarray  # (N,) the threshold in force (warm-up rows too)
     event: np.ndarray  # (N,) id of the open event, 0 for none
     contributions: np.ndarray  # (N, C)
     opened: dict = field(default_factory=dict)  # row -> the event opened on it
     closed: dict = field(default_factory=dict)  # row -> the event closed on it
-    raw_score: Optional[np.ndarray] = None  # the kernel's scores (warm-up rows too)
-    flags: Optional[np.ndarray] = None  # the kernel's row flags (ckernel.F_*)
 
     @classmethod
     def empty(cls, n: int, c: int) -> BlockResult:
-        return cls(
-            np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool),
-            np.ones(n, dtype=bool), np.full(n, math.nan), np.zeros(n, dtype=np.int64),
-            np.zeros((n, c)), raw_score=np.zeros(n), flags=np.zeros(n, dtype=np.int32),
-        )  # fmt: skip
+        return cls(np.zeros(n), np.zeros(n, dtype=np.int32), np.zeros(n),
+                   np.zeros(n, dtype=np.int64), np.zeros((n, c)))  # fmt: skip
 
     def __len__(self) -> int:
-        return len(self.score)
+        return len(self.flags)
+
+    @property
+    def warming_up(self) -> np.ndarray:
+        return (self.flags & ckernel.F_LEARNING) != 0
+
+    @property
+    def anomaly(self) -> np.ndarray:
+        return (self.flags & ckernel.F_FLAGGED) != 0
+
+    @property
+    def onset(self) -> np.ndarray:
+        return (self.flags & ckernel.F_ONSET) != 0
+
+    @property
+    def score(self) -> np.ndarray:
+        """0.0 while warming up."""
+        return np.where(self.warming_up, 0.0, self.raw_score)
+
+    @property
+    def threshold(self) -> np.ndarray:
+        """NaN while warming up."""
+        return np.where(self.warming_up, math.nan, self.raw_threshold)
 
     def set(self, i: int, out: DetectorOutput) -> None:
         """Row i from a DetectorOutput (the numpy rows)."""
-        self.score[i], self.anomaly[i], self.onset[i] = out.score, out.anomaly, out.onset
-        self.warming_up[i] = out.warming_up
-        self.threshold[i] = math.nan if out.threshold is None else out.threshold
+        self.raw_score[i] = out.score
+        self.flags[i] = (
+            (ckernel.F_FLAGGED if out.anomaly else 0) | (ckernel.F_ONSET if out.onset else 0)
+            | (ckernel.F_LEARNING if out.warming_up else 0)
+        )  # fmt: skip
+        self.raw_threshold[i] = math.nan if out.threshold is None else out.threshold
         self.event[i] = out.event or 0
         self.contributions[i] = out.contributions
         if out.event_opened is not None:
@@ -763,23 +782,14 @@ class BlockResult:
         if out.event_closed is not None:
             self.closed[i] = out.event_closed
 
-    def finish_kernel(self, start: int, stop: int) -> None:
-        """Rows [start, stop) from the kernel's flags and scores."""
-        flags = self.flags[start:stop]
-        warming = (flags & ckernel.F_LEARNING) != 0
-        self.warming_up[start:stop] = warming
-        self.anomaly[start:stop] = (flags & ckernel.F_FLAGGED) != 0
-        self.onset[start:stop] = (flags & ckernel.F_ONSET) != 0
-        self.score[start:stop] = np.where(warming, 0.0, self.raw_score[start:stop])
-        self.threshold[start:stop][warming] = math.nan
-
     def output(self, i: int) -> DetectorOutput:
         """Row i as score_one() returns it."""
-        warming = bool(self.warming_up[i])
+        fl = int(self.flags[i])
+        warming = bool(fl & ckernel.F_LEARNING)
         return DetectorOutput(
-            float(self.score[i]), bool(self.anomaly[i]),
-            None if warming else float(self.threshold[i]), warming,
-            self.contributions[i].copy(), onset=bool(self.onset[i]),
+            0.0 if warming else float(self.raw_score[i]), bool(fl & ckernel.F_FLAGGED),
+            None if warming else float(self.raw_threshold[i]), warming,
+            self.contributions[i].copy(), onset=bool(fl & ckernel.F_ONSET),
             event=int(self.event[i]) or None, event_opened=self.opened.get(i),
             event_closed=self.closed.get(i),
         )  # fmt: skip
@@ -787,15 +797,17 @@ class BlockResult:
     def records(self) -> list[dict]:
         """Each row's record fields, as runtime/monitor.py's _detector_fields makes them
         from score_one()'s output (the same keys, in the same order)."""
-        scores, thresholds = self.score.tolist(), self.threshold.tolist()
-        anomaly, onset = self.anomaly.astype(int).tolist(), self.onset.astype(int).tolist()
+        warm = ckernel.F_LEARNING
         records = [
-            {"score": s, "anomaly": a, "onset": o} if th != th
-            else {"score": s, "anomaly": a, "onset": o, "threshold": th}
-            for s, a, o, th in zip(scores, anomaly, onset, thresholds)
+            {"score": 0.0, "anomaly": 0, "onset": 0} if fl & warm
+            else {"score": s, "anomaly": fl & 1, "onset": (fl >> 2) & 1, "threshold": th}
+            for s, fl, th in zip(
+                self.raw_score.tolist(), self.flags.tolist(), self.raw_threshold.tolist()
+            )
         ]  # fmt: skip
-        for i in np.flatnonzero(self.event).tolist() + list(self.opened) + list(self.closed):
-            records[i] = _detector_fields_of(self.output(i))
+        if self.opened or self.closed or self.event.any():
+            for i in np.flatnonzero(self.event).tolist() + list(self.opened) + list(self.closed):
+                records[i] = _detector_fields_of(self.output(i))
         return records
 
 
