@@ -15,7 +15,8 @@ records and on floats drawn over every float32 exponent.
 from __future__ import annotations
 
 import json
-from typing import Any
+from operator import add
+from typing import Any, Optional
 
 import numpy as np
 
@@ -63,4 +64,53 @@ def json_line(record: dict[str, Any]) -> str:
     return "{" + ",".join([_key(k) + json_value(v) for k, v in record.items()]) + "}\n"
 
 
-__all__ = ["json_float", "json_line", "json_value"]
+class RecordLines:
+    """json_line of the live run's records, made from the sample and forecast arrays:
+    {"seq", ["time_us"], <channels>: x, "forecast": {<channels>: forecast}, <rest>}.
+    Each float32 array's tokens come from one pass of numpy's shortest digits, checked
+    once for the rare token Python writes otherwise; `line` returns None when the record
+    would not come out in that layout (a channel named like another key), so the caller
+    uses json_line."""
+
+    _RESERVED = frozenset(("seq", "time_us", "forecast", "gap", "reset"))
+
+    def __init__(self, channels):
+        names = list(channels)
+        self.names = frozenset(names)
+        self.ok = (
+            all(type(c) is str for c in names)
+            and len(self.names) == len(names)
+            and not self.names & self._RESERVED
+        )
+        self.keys = [_key(c) for c in names] if self.ok else []
+
+    def line(self, seq: int, time_us, x: np.ndarray, forecast: np.ndarray, rest: dict,
+             gap: int, reset: bool) -> Optional[str]:  # fmt: skip
+        if not self.ok or x.dtype != _F32 or forecast.dtype != _F32 or self.names & rest.keys():
+            return None
+        if not all(type(k) is str for k in rest):
+            return None
+        xs, fs = list(map(str, x)), list(map(str, forecast))
+        joined = "".join(xs) + "".join(fs)
+        if "e" in joined or "n" in joined:  # an exponent, nan or inf: RecordWriter's formula
+            xs = [json_float(v) for v in x.tolist()]
+            fs = [json_float(v) for v in forecast.tolist()]
+        keys = self.keys
+        parts = ['{"seq":', int.__repr__(seq)]
+        if time_us is not None:
+            parts += (',"time_us":', int.__repr__(time_us))
+        parts += (",", ",".join(map(add, keys, xs)), ',"forecast":{', ",".join(map(add, keys, fs)),
+                  "}")  # fmt: skip
+        for k, v in rest.items():
+            parts += (",", _key(k), json_value(v))
+        if gap:
+            parts += (',"gap":', json_value(gap))
+        if reset:
+            parts.append(',"reset":1')
+        parts.append("}\n")
+        return "".join(parts)
+
+
+_F32 = np.dtype(np.float32)
+
+__all__ = ["RecordLines", "json_float", "json_line", "json_value"]

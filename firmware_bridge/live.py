@@ -47,7 +47,7 @@ from edgernn.firmware_bridge.framing import (
     SeqReset,
     TextMismatch,
 )
-from edgernn.firmware_bridge.jsonline import json_line
+from edgernn.firmware_bridge.jsonline import RecordLines, json_line
 from edgernn.firmware_bridge.port import (
     OVERFLOW_POLICIES,
     Closed,
@@ -525,6 +525,9 @@ class LiveRun:
             flush=True,  # a live consumer (a pipe, `tail -f`) sees each sample at once
             append=True,  # a restart (systemd, kill -9) adds to the records, never truncates
         )
+        # JSON lines (stdout, .jsonl): each record's line made as it is processed
+        self._lines = RecordLines(self.channels) if self.writer.fmt == "jsonl" else None
+        self._line = ""
         if self.writer.appended_to:
             header = ", no second CSV header" if self.writer.fmt == "csv" else ""
             self.note(f"appending to {out} ({self.writer.appended_to} bytes already there{header})")
@@ -714,7 +717,7 @@ class LiveRun:
         finite = np.isfinite(values).all(axis=1).tolist()
         # JSON lines to stdout or a .jsonl: formatted here (the same bytes as
         # RecordWriter.write) and written, flushed, once per event: one write per read.
-        lines: Optional[list[str]] = [] if self.writer.fmt == "jsonl" else None
+        lines: Optional[list[str]] = [] if self._lines is not None else None
         times = []
         try:
             for i, x in enumerate(values):
@@ -727,7 +730,7 @@ class LiveRun:
                 record = self._process(x, (event.seq + i) & 0xFFFFFFFF, event, i, gap)
                 gap = 0
                 if lines is not None:
-                    lines.append(json_line(record))
+                    lines.append(self._line)
                 else:
                     self.writer.write(record)
                     times.append(time.perf_counter() - event.t_read)
@@ -766,12 +769,16 @@ class LiveRun:
             step = event.period_us or 0.0
             record["time_us"] = int(event.time_us + round(i * step)) & 0xFFFFFFFF
         record.update(zip(self.channels, x.tolist()))
-        record["forecast"] = dict(zip(self.channels, np.asarray(result.pop("forecast")).tolist()))
+        forecast = np.asarray(result.pop("forecast"))
+        record["forecast"] = dict(zip(self.channels, forecast.tolist()))
         record.update(result)
         if gap:
             record["gap"] = gap
         if reset:
             record["reset"] = 1
+        if self._lines is not None:  # JSON lines: made from the arrays (RecordWriter's bytes)
+            line = self._lines.line(seq, record.get("time_us"), x, forecast, result, gap, reset)
+            self._line = line if line is not None else json_line(record)
         self.stats.anomalies += int(record.get("anomaly") or 0)
         if self.view is not None:
             self._track_alerts(record)

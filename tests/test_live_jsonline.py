@@ -90,3 +90,45 @@ def test_live_run_lines_are_recordwriter_lines_and_every_sample_is_accounted(tmp
     assert any(json.loads(line)["score"] is not None for line in lines)
     for line in lines:
         assert line == reference(json.loads(line))
+
+
+def _record(channels, seq, time_us, x, f, rest, gap, reset):
+    """What LiveRun._process builds."""
+    record = {"seq": seq}
+    if time_us is not None:
+        record["time_us"] = time_us
+    record.update(zip(channels, x.tolist()))
+    record["forecast"] = dict(zip(channels, f.tolist()))
+    record.update(rest)
+    if gap:
+        record["gap"] = gap
+    if reset:
+        record["reset"] = 1
+    return record
+
+
+def test_record_lines_from_arrays_equal_json_line():
+    from edgernn.firmware_bridge.jsonline import RecordLines
+
+    rng = np.random.default_rng(5)
+    rests = [{}, {"score": None, "anomaly": 0, "onset": 0},
+             {"score": 2.5, "anomaly": 1, "onset": 1, "threshold": np.float64(4.1),
+              "event_opened": {"id": 1, "top_channels": ["a"]}}]  # fmt: skip
+    for channels in (["a", "b", "ü"], ["seq", "b", "c"], ["a", "score", "c"], ["x"]):
+        lines = RecordLines(channels)
+        for k in range(300):
+            n = len(channels)
+            x = (rng.standard_normal(n) * 10.0 ** rng.integers(-9, 12, n)).astype(np.float32)
+            f = (rng.standard_normal(n) * 10.0 ** rng.integers(-9, 12, n)).astype(np.float32)
+            if k % 7 == 0:
+                f[0] = np.nan
+            rest = rests[k % 3]
+            args = (k, None if k % 5 == 0 else 1000 * k, x, f, rest, k % 4, k % 6 == 0)
+            line = lines.line(*args)
+            record = _record(channels, *args)
+            if line is None:
+                assert not lines.ok or set(channels) & rest.keys()
+            else:
+                assert line == json_line(record) == reference(record)
+    assert RecordLines(["a", "b"]).line(0, None, np.zeros(2), np.zeros(2, np.float32), {}, 0,
+                                        False) is None  # fmt: skip
