@@ -15,6 +15,7 @@ records and on floats drawn over every float32 exponent.
 from __future__ import annotations
 
 import json
+import os
 from operator import add
 from typing import Any, Optional
 
@@ -83,6 +84,7 @@ class RecordLines:
             and not self.names & self._RESERVED
         )
         self.keys = [_key(c) for c in names] if self.ok else []
+        self._tokens = _c_tokens()
 
     def line(self, seq: int, time_us, x: np.ndarray, forecast: np.ndarray, rest: dict,
              gap: int, reset: bool) -> Optional[str]:  # fmt: skip
@@ -90,11 +92,19 @@ class RecordLines:
             return None
         if not all(type(k) is str for k in rest):
             return None
-        xs, fs = list(map(str, x)), list(map(str, forecast))
-        joined = "".join(xs) + "".join(fs)
-        if "e" in joined or "n" in joined:  # an exponent, nan or inf: RecordWriter's formula
-            xs = [json_float(v) for v in x.tolist()]
-            fs = [json_float(v) for v in forecast.tolist()]
+        tokens = self._tokens
+        xj = fj = None
+        if tokens is not None:  # C: the same tokens, ~5x faster (None: one it is unsure of)
+            xj = tokens(x)
+            fj = tokens(forecast) if xj is not None else None
+        if fj is not None:
+            xs, fs = xj.split(","), fj.split(",")
+        else:
+            xs, fs = list(map(str, x)), list(map(str, forecast))
+            joined = "".join(xs) + "".join(fs)
+            if "e" in joined or "n" in joined:  # an exponent, nan, inf: RecordWriter's formula
+                xs = [json_float(v) for v in x.tolist()]
+                fs = [json_float(v) for v in forecast.tolist()]
         keys = self.keys
         parts = ['{"seq":', int.__repr__(seq)]
         if time_us is not None:
@@ -112,5 +122,16 @@ class RecordLines:
 
 
 _F32 = np.dtype(np.float32)
+
+
+def _c_tokens():
+    """The fast-call extension's f32_tokens (runtime/cstep.py), or None."""
+    if os.environ.get("EDGERNN_NO_FASTCALL"):
+        return None
+    from edgernn.runtime.cstep import fastcall_module
+
+    module = fastcall_module()
+    return None if module is None else module.f32_tokens
+
 
 __all__ = ["RecordLines", "json_float", "json_line", "json_value"]

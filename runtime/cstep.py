@@ -513,6 +513,7 @@ class CStep:
 _FASTCALL_SOURCE = r"""
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -603,9 +604,214 @@ static PyObject *fc_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     return PyLong_FromLong(b->fn(b->ctx, (int)cur) != 0);
 }
 
+/* f32_decimals(src, dst): for each float32 of src, float(str(np.float32(v))) into the
+   float64 dst (the shortest decimal that reads back as v, as the float64 nearest it):
+   output.float32_decimals' method, scalar. NaN where it is not sure (powers of two,
+   subnormals, huge or tiny values, near ties) or v is not finite: the caller formats
+   those itself. Returns how many NaN it wrote, or -1 when the buffers do not fit. */
+static double F_MUL[256], F_DIV[256], F_HALF[256];
+static char F_USABLE[256];
+static const double P10[23] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+                               1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+static void f32_tables(void) {
+    for (int e = 0; e < 256; e++) {
+        long k0 = (long)floor((e - 127) * 0.30102999566398120) - 8;
+        int usable = k0 >= -22 && k0 <= 12 && e > 0 && e < 255;
+        if (!usable)
+            k0 = 0;
+        F_MUL[e] = k0 < 0 ? P10[-k0] : 1.0;
+        F_DIV[e] = k0 < 0 ? 1.0 : P10[k0];
+        F_HALF[e] = ldexp(1.0, e - 151) * F_MUL[e] / F_DIV[e];
+        F_USABLE[e] = (char)usable;
+    }
+}
+
+static double f32_decimal(float v) {
+    uint32_t bits;
+    memcpy(&bits, &v, 4);
+    unsigned e = (bits >> 23) & 0xFF;
+    if (v == 0.0f)
+        return (double)v; /* -0.0 stays */
+    if (!F_USABLE[e] || (bits & 0x7FFFFF) == 0)
+        return NAN;
+    double s = fabs((double)v) * F_MUL[e] / F_DIV[e], half = F_HALF[e], digits = 0.0;
+    int found = 0;
+    for (int j = 0; j < 11; j++) {
+        double p = P10[j], scaled = s / p, point = rint(scaled) * p, dist = fabs(point - s);
+        if (fabs(dist - half) < 1e-5 * half)
+            return NAN;
+        if (!(dist < half))
+            break;
+        digits = point;
+        found = 1;
+        if (fabs(scaled - floor(scaled) - 0.5) < 1e-5)
+            return NAN;
+    }
+    if (!found)
+        return NAN;
+    return copysign(digits * F_DIV[e] / F_MUL[e], (double)v);
+}
+
+static PyObject *fc_f32_decimals(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "f32_decimals(src, dst)");
+        return NULL;
+    }
+    Py_buffer src, dst;
+    if (PyObject_GetBuffer(args[0], &src, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
+        PyErr_Clear();
+        return PyLong_FromLong(-1);
+    }
+    if (PyObject_GetBuffer(args[1], &dst, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE)
+        != 0) {
+        PyErr_Clear();
+        PyBuffer_Release(&src);
+        return PyLong_FromLong(-1);
+    }
+    long bad = -1;
+    if (src.itemsize == 4 && dst.itemsize == 8 && src.format && dst.format
+        && strcmp(src.format, "f") == 0 && strcmp(dst.format, "d") == 0
+        && src.len / 4 == dst.len / 8) {
+        const float *in = src.buf;
+        double *out = dst.buf;
+        bad = 0;
+        for (Py_ssize_t i = 0; i < src.len / 4; i++) {
+            out[i] = isfinite(in[i]) ? f32_decimal(in[i]) : NAN;
+            bad += isnan(out[i]) ? 1 : 0;
+        }
+    }
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&src);
+    return PyLong_FromLong(bad);
+}
+
+/* Python's repr of the float64 f32_decimal gives (the same digits: a decimal of at most
+   10 significant digits is the shortest that reads back as the float64 nearest it),
+   written from those digits. Returns the length, 0 when not sure (see above). */
+static int f32_token(float v, char *out) {
+    if (!isfinite(v))
+        return 0;
+    char *p = out;
+    if (signbit(v))
+        *p++ = '-';
+    if (v == 0.0f) {
+        memcpy(p, "0.0", 3);
+        return (int)(p - out) + 3;
+    }
+    double d = f32_decimal(v);
+    if (isnan(d))
+        return 0;
+    uint32_t bits;
+    memcpy(&bits, &v, 4);
+    unsigned e = (bits >> 23) & 0xFF;
+    /* d = digits * 10**k0 with digits an integer < 1e11 (exact in a double) */
+    long k0 = (long)floor(((int)e - 127) * 0.30102999566398120) - 8;
+    double digits = rint(fabs(d) * F_MUL[e] / F_DIV[e]);
+    if (!(digits >= 1.0 && digits < 1e11))
+        return 0;
+    unsigned long long n = (unsigned long long)digits;
+    char raw[24];
+    int len = 0;
+    while (n) {
+        raw[len++] = (char)('0' + n % 10);
+        n /= 10;
+    }
+    int decpt = len + (int)k0; /* value = 0.d1d2... * 10**decpt */
+    int start = 0;              /* raw is reversed: strip trailing zeros from its front */
+    while (start < len - 1 && raw[start] == '0')
+        start++;
+    char dig[24];
+    int nd = 0;
+    for (int i = len - 1; i >= start; i--)
+        dig[nd++] = raw[i];
+    if (decpt <= -4 || decpt > 16) {
+        *p++ = dig[0];
+        if (nd > 1) {
+            *p++ = '.';
+            memcpy(p, dig + 1, (size_t)(nd - 1));
+            p += nd - 1;
+        }
+        int x = decpt - 1;
+        *p++ = 'e';
+        *p++ = x < 0 ? '-' : '+';
+        if (x < 0)
+            x = -x;
+        if (x >= 100)
+            *p++ = (char)('0' + x / 100);
+        *p++ = (char)('0' + (x / 10) % 10);
+        *p++ = (char)('0' + x % 10);
+    } else if (decpt <= 0) {
+        *p++ = '0';
+        *p++ = '.';
+        for (int i = 0; i < -decpt; i++)
+            *p++ = '0';
+        memcpy(p, dig, (size_t)nd);
+        p += nd;
+    } else if (decpt < nd) {
+        memcpy(p, dig, (size_t)decpt);
+        p += decpt;
+        *p++ = '.';
+        memcpy(p, dig + decpt, (size_t)(nd - decpt));
+        p += nd - decpt;
+    } else {
+        memcpy(p, dig, (size_t)nd);
+        p += nd;
+        for (int i = nd; i < decpt; i++)
+            *p++ = '0';
+        *p++ = '.';
+        *p++ = '0';
+    }
+    return (int)(p - out);
+}
+
+/* f32_tokens(src) -> the tokens of every float32 of src (C-contiguous), comma-joined,
+   as RecordWriter writes them; None when one of them is not sure or not finite (the
+   caller then formats them itself) or src is not a float32 buffer. */
+static PyObject *fc_f32_tokens(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "f32_tokens(src)");
+        return NULL;
+    }
+    Py_buffer src;
+    if (PyObject_GetBuffer(args[0], &src, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t n = src.len / 4;
+    if (src.itemsize == 4 && src.format && strcmp(src.format, "f") == 0 && n <= 4096) {
+        char stack[2048], *buf = n <= 64 ? stack : PyMem_Malloc((size_t)n * 32);
+        if (!buf) {
+            PyBuffer_Release(&src);
+            return PyErr_NoMemory();
+        }
+        const float *in = src.buf;
+        Py_ssize_t at = 0;
+        int ok = 1;
+        for (Py_ssize_t i = 0; ok && i < n; i++) {
+            if (i)
+                buf[at++] = ',';
+            int w = f32_token(in[i], buf + at);
+            ok = w > 0;
+            at += w;
+        }
+        if (ok)
+            result = PyUnicode_FromStringAndSize(buf, at);
+        if (buf != stack)
+            PyMem_Free(buf);
+    }
+    PyBuffer_Release(&src);
+    if (result == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"f32_tokens", (PyCFunction)(void (*)(void))fc_f32_tokens, METH_FASTCALL, NULL},
     {"bind", fc_bind, METH_VARARGS, NULL},
     {"step", (PyCFunction)(void (*)(void))fc_step, METH_FASTCALL, NULL},
+    {"f32_decimals", (PyCFunction)(void (*)(void))fc_f32_decimals, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -613,6 +819,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_edgernn_fastcall", 
                                     methods};
 
 PyMODINIT_FUNC PyInit__edgernn_fastcall(void) {
+    f32_tables();
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddStringConstant(m, "SOURCE_SHA256", EDGERNN_FASTCALL_SHA256) < 0) {
         Py_DECREF(m);

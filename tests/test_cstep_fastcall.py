@@ -118,3 +118,32 @@ def test_a_reference_network_through_the_fast_call(fastcall):
     assert fastcall.step(bound, np.array([np.inf], np.float32), 1) == 1
     assert fastcall.step(bound, np.array([0.5]), 1) == -1
     assert fastcall.step(bound, np.array([0.5, 1.0], np.float32), 1) == -1
+
+
+def test_f32_tokens_are_recordwriter_tokens(fastcall):
+    import warnings
+
+    from edgernn.firmware_bridge.jsonline import json_float
+
+    rng = np.random.default_rng(9)
+    bits = rng.integers(0, 2**32, 40_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    scaled = rng.standard_normal(40_000) * 10.0 ** rng.integers(-20, 20, 40_000)
+    sensors = 30 + 10 * rng.standard_normal(40_000)
+    edges = [0.0, -0.0, 1e-4, 9.99999e-5, 1e-5, 1e15, 1e16, 1.5e16, 1e8, 16777216.0, 43.04,
+             3.4028235e38, 1e-38, 0.1, -1.0, np.nan, np.inf]  # fmt: skip
+    values = np.concatenate([bits, scaled, sensors, edges]).astype(np.float32)
+    sure = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for v in values:
+            token = fastcall.f32_tokens(np.array([v]))
+            if token is not None:  # None: not sure (powers of two, tiny, huge) or not finite
+                assert token == json_float(float(v)), v
+                sure += 1
+        assert sure > 60_000
+        row = values[80_000:80_016]  # sensor-like values: all sure
+        assert fastcall.f32_tokens(row) == ",".join(json_float(float(v)) for v in row)
+    assert fastcall.f32_tokens(np.array([1.0, np.nan], np.float32)) is None
+    assert fastcall.f32_tokens(np.zeros(3)) is None  # float64: not its buffer
+    assert fastcall.f32_tokens(np.zeros((4, 2), np.float32)[:, 0]) is None  # not contiguous
+    assert fastcall.f32_tokens(np.zeros(0, np.float32)) == ""
