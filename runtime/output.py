@@ -59,10 +59,10 @@ def _jsonable(v: Any) -> Any:
 _POW10 = 10.0 ** np.arange(23)  # exact in float64
 
 
-def _exponent_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _exponent_tables() -> tuple[np.ndarray, ...]:
     """Per float32 exponent field e: the scaling 10**k0 that leaves 9 or 10 significant
     digits above the point (as a multiplier and a divisor, one of them 1.0, both exact),
-    half an ulp in those units, and whether every grid 10**(k0 + j), j <= 10, is exact."""
+    half an ulp in those units, whether every grid 10**(k0 + j), j <= 10, is exact, k0."""
     e = np.arange(256)
     k0 = np.floor((e - 127) * np.log10(2.0)).astype(np.int64) - 8  # <= floor(log10 |v|) - 8
     usable = (k0 >= -22) & (k0 <= 12) & (e > 0) & (e < 255)
@@ -70,30 +70,20 @@ def _exponent_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     mul = np.where(k0 < 0, _POW10[np.abs(k0)], 1.0)
     div = np.where(k0 < 0, 1.0, _POW10[np.abs(k0)])
     half = np.ldexp(1.0, e - 151) * mul / div
-    return mul, div, half, usable
+    return mul, div, half, usable, k0
 
 
-_MUL, _DIV, _HALF, _USABLE = _exponent_tables()
+_MUL, _DIV, _HALF, _USABLE, _K0 = _exponent_tables()
 _SURE = 1e-5  # relative margin within which float64 does not decide a comparison for sure
 
 
-def float32_decimals(values) -> np.ndarray:
-    """float(str(np.float32(v))) for every value, vectorised: the float64 nearest the
-    shortest decimal that reads back as the same float32 (NaN where v is not finite).
-
-    s = |v| scaled to 9 or 10 digits above the point; the shortest digits lie on the
-    coarsest grid 10**j whose point nearest s is within v's half-ulp (then so is every
-    finer grid's, so j counts up until one fails; numpy's Dragon4 also takes the nearest
-    point). Exact where v's rounding interval is symmetric and float64 decides every
-    comparison beyond doubt; the rest (powers of two, subnormals, huge or tiny values,
-    near ties: a few in 100,000) go through numpy's scalar str, so every value equals
-    the scalar formula's."""
-    v = np.ascontiguousarray(values, dtype=np.float32).ravel()
+def _shortest(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sure, digits, expo) for a flat float32 array: where `sure`, |v|'s shortest
+    decimal is digits * 10**_K0[expo] (digits a whole float64); see float32_decimals."""
     bits = v.view(np.uint32)
     expo = (bits >> 23) & 0xFF
     with np.errstate(all="ignore"):  # signalling NaNs, inf: left to the scalar formula
-        out = v.astype(np.float64)  # zeros stay as they are (-0.0 too)
-        s = np.abs(out) * _MUL[expo] / _DIV[expo]  # one of the two is 1.0: one rounding
+        s = np.abs(v.astype(np.float64)) * _MUL[expo] / _DIV[expo]  # one is 1.0: one rounding
         half = _HALF[expo]
         sure = _USABLE[expo] & ((bits & 0x7FFFFF) != 0)
         digits = np.zeros_like(s)  # |v|'s shortest decimal, in units of 10**k0
@@ -114,12 +104,173 @@ def float32_decimals(values) -> np.ndarray:
             found[live] = True
             near_tie = np.abs(scaled[ok] - np.floor(scaled[ok]) - 0.5) < _SURE
             sure[live[near_tie]] = False  # which grid point is nearer: not sure
-        sure &= found
+    return sure & found, digits, expo
+
+
+def _shortest_bisected(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sure, m, q): where `sure`, |v|'s shortest decimal is m * 10**q, m a whole float64
+    with no trailing zero. _shortest's answer by bisection over the grids, on whole
+    arrays: grid j = 0 is always within v's half-ulp and grid 10 never is, and a grid
+    within it makes every finer one so, so four halvings find the coarsest j that is. It
+    is taken where both j and j + 1 are decided beyond doubt and j's nearest point is no
+    near tie (whatever the halvings decided on the way; then m, the point in units of
+    10**j, ends in no 0, else grid j + 1 would hold it), else left to the scalar formula
+    as _shortest leaves it."""
+    bits = v.view(np.uint32)
+    expo = (bits >> 23) & 0xFF
+    with np.errstate(all="ignore"):
+        s = np.abs(v.astype(np.float64)) * _MUL[expo] / _DIV[expo]
+        half = _HALF[expo]
+        lo = np.zeros(v.shape, dtype=np.intp)  # within half an ulp
+        hi = np.full(v.shape, 10, dtype=np.intp)  # not
+        for _ in range(4):  # 10 -> 5 -> 3 -> 2 -> 1 grids left
+            mid = (lo + hi) >> 1
+            p = _POW10[mid]
+            ok = np.abs(np.rint(s / p) * p - s) < half
+            lo = np.where(ok, mid, lo)
+            hi = np.where(ok, hi, mid)
+        p = _POW10[lo]
+        scaled = s / p
+        m = np.rint(scaled)
+        dist = np.abs(m * p - s)
+        p = _POW10[lo + 1]
+        dist_up = np.abs(np.rint(s / p) * p - s)
+        margin = _SURE * half
+        sure = (
+            _USABLE[expo]
+            & ((bits & 0x7FFFFF) != 0)
+            & (dist < half - margin)
+            & (dist_up > half + margin)
+            & (np.abs(scaled - np.floor(scaled) - 0.5) >= _SURE)
+            & (np.fmod(m, 10.0) != 0)
+        )
+    return sure, m, _K0[expo] + lo
+
+
+def float32_decimals(values) -> np.ndarray:
+    """float(str(np.float32(v))) for every value, vectorised: the float64 nearest the
+    shortest decimal that reads back as the same float32 (NaN where v is not finite).
+
+    s = |v| scaled to 9 or 10 digits above the point; the shortest digits lie on the
+    coarsest grid 10**j whose point nearest s is within v's half-ulp (then so is every
+    finer grid's, so j counts up until one fails; numpy's Dragon4 also takes the nearest
+    point). Exact where v's rounding interval is symmetric and float64 decides every
+    comparison beyond doubt; the rest (powers of two, subnormals, huge or tiny values,
+    near ties: a few in 100,000) go through numpy's scalar str, so every value equals
+    the scalar formula's."""
+    v = np.ascontiguousarray(values, dtype=np.float32).ravel()
+    sure, digits, expo = _shortest(v)
+    with np.errstate(all="ignore"):
+        out = v.astype(np.float64)  # zeros stay as they are (-0.0 too)
         out = np.where(sure, np.copysign(digits * _DIV[expo] / _MUL[expo], out), out)
     for i in np.flatnonzero(~sure & (out != 0)).tolist():
         x = v[i]
         out[i] = float(str(x)) if np.isfinite(x) else np.nan
     return out.reshape(np.shape(values))
+
+
+fast_format = [True]  # False: write_block formats through Python's repr (the reference)
+FORMAT_VALUES = 8192  # values formatted at once by float32_repr_lines
+
+
+def _repr_digits(text: str) -> tuple[int, int]:
+    """(m, q) with |float(text)| == m * 10**q and m ending in no 0 (or 0), for a repr
+    such as '-1.5e-07' or '120.0'."""
+    mantissa, _, exponent = text.lstrip("-").partition("e")
+    whole, _, frac = mantissa.partition(".")
+    digits = (whole + frac).rstrip("0")
+    q = int(exponent or 0) - len(frac) + len(whole + frac) - len(digits)
+    return int(digits or 0), q if digits else 0
+
+
+# "0000" .. "9999" as four ASCII bytes each, in memory order whatever the byte order
+_QUADS = np.frombuffer(b"".join(b"%04d" % i for i in range(10000)), dtype=np.uint32)
+
+
+def _digit_block(x: np.ndarray, width: int) -> np.ndarray:
+    """The last `width` decimal digits of whole float64s 0 <= x < 10**16, as ASCII
+    (len(x), width), most significant first: four digits at a time from _QUADS
+    (float64 arithmetic below 2**53, where x / 10**4 is one rounding off the exact
+    quotient, far less than its distance to the next integer; int64 above)."""
+    limbs = -(-width // 4)
+    parts = np.empty((len(x), limbs), dtype=np.uint32)
+    if len(x) and x.max() >= 2.0**53:
+        rest = x.astype(np.int64)
+        for k in range(limbs):
+            rest, parts[:, limbs - 1 - k] = np.divmod(rest, 10_000)
+        parts[:] = _QUADS[parts]
+    else:
+        rest = x
+        for k in range(limbs):
+            above = np.floor(rest / 1e4)
+            parts[:, limbs - 1 - k] = _QUADS[(rest - above * 1e4).astype(np.intp)]
+            rest = above
+    return parts.view(np.uint8).reshape(len(x), 4 * limbs)[:, 4 * limbs - width :]
+
+
+def float32_repr_lines(floats: np.ndarray) -> bytes:
+    """The rows of a 2-D float32 array as CSV lines, ASCII: each value as
+    repr(float(str(np.float32(v)))) (the shortest decimal that reads back as the same
+    float32, written as Python writes a float), empty where it is not finite; "," between
+    values, "\n" after each row. Vectorised: the digits from _shortest_bisected, the few
+    values it is not sure of through the scalar formula, then every character placed in a
+    grid of fixed columns (sign, integer digits right-aligned, point, fraction digits
+    left-aligned, exponent, separator) and the grid's used cells read out in order."""
+    floats = np.asarray(floats, dtype=np.float32)
+    step = max(1, FORMAT_VALUES // max(floats.shape[1], 1))
+    if len(floats) > step:  # a few thousand values at a time: the temporaries stay small
+        pieces = (float32_repr_lines(floats[i : i + step]) for i in range(0, len(floats), step))
+        return b"".join(pieces)
+    rows, width = floats.shape
+    v = np.ascontiguousarray(floats).ravel()
+    sure, m, q = _shortest_bisected(v)
+    keep = np.isfinite(v)
+    m = np.where(sure, m, 0.0)
+    q = np.where(sure, q, 0)
+    for i in np.flatnonzero(~sure & keep & (v != 0)).tolist():
+        m[i], q[i] = _repr_digits(repr(float(str(v[i]))))
+    # Python's repr: 0.d1..dn * 10**decpt, positional when -4 < decpt <= 16
+    nd = np.searchsorted(_POW10[1:10], m, side="right") + 1  # m < 10**9: 9 digits at most
+    decpt = nd + q
+    expo_form = (decpt <= -4) | (decpt > 16)
+    fw = np.where(expo_form, nd - 1, np.maximum(-q, 1)) * keep  # fraction digits (0: no point)
+    with np.errstate(all="ignore"):
+        cut = _POW10[np.where(expo_form, nd - 1, np.clip(-q, 0, 22))]  # <= 10**12
+        whole = np.floor(m / cut)  # m < 10**10: one rounding off, never across an integer
+        frac = m - whole * cut
+        whole = np.where(~expo_form & (q > 0), m * _POW10[np.clip(q, 0, 22)], whole)
+    ni = np.searchsorted(_POW10[1:17], whole, side="right") + 1
+    ni_max, fw_max = int(ni[keep].max(initial=1)), int(fw.max(initial=0))
+    neg = np.signbit(v) & keep
+    exp_at = keep & expo_form
+    blocks: list[tuple[np.ndarray | int, np.ndarray]] = []  # (characters, used): columns
+    if neg.any():
+        blocks.append((45, neg[:, None]))  # "-"
+    lead = np.arange(ni_max)[None, :] >= (ni_max - ni)[:, None]
+    blocks.append((_digit_block(whole, ni_max), lead & keep[:, None]))
+    if fw_max:
+        blocks.append((46, (fw > 0)[:, None]))  # "."
+        frac = frac * _POW10[fw_max - fw]  # left-aligned in fw_max digits
+        blocks.append((_digit_block(frac, fw_max), np.arange(fw_max)[None, :] < fw[:, None]))
+    if exp_at.any():
+        e = decpt - 1
+        chars = np.empty((v.size, 4), dtype=np.uint8)
+        chars[:, 0] = 101  # "e"
+        chars[:, 1] = np.where(e < 0, 45, 43)
+        chars[:, 2:] = _digit_block(np.abs(e).astype(np.float64), 2)
+        blocks.append((chars, np.repeat(exp_at[:, None], 4, axis=1)))
+    sep = np.full(width, 44, dtype=np.uint8)
+    sep[-1] = 10  # "\n"
+    blocks.append((np.tile(sep, rows)[:, None], np.ones((v.size, 1), dtype=bool)))
+    widths = [np.shape(used)[1] for _, used in blocks]
+    grid = np.empty((v.size, sum(widths)), dtype=np.uint8)
+    mask = np.empty(grid.shape, dtype=bool)
+    at = 0
+    for (chars, used), w in zip(blocks, widths):
+        grid[:, at : at + w] = chars
+        mask[:, at : at + w] = used
+        at += w
+    return grid[mask].tobytes()
 
 
 class RecordWriter:
@@ -209,11 +360,19 @@ class RecordWriter:
         block's output where an empty row goes (a skipped input row keeps its place)."""
         if self.fmt != "csv":
             raise ValueError("write_block writes CSV; JSON lines go through write()")
+        plain = not any(_needs_quotes(cell) for cell in leading or ())
+        if fast_format[0] and plain:  # the floats' lines made vectorised
+            text = float32_repr_lines(floats).decode("ascii")
+            if leading is None and trailing is None and not len(gaps):
+                self._write_text(text, len(floats))
+            else:
+                self._write_joined(text.split("\n")[:-1], leading, trailing, gaps)
+            return
         rows = float32_decimals(floats).tolist()
         if rows and not np.isfinite(floats).all():
             rows = [[x if math.isfinite(x) else None for x in row] for row in rows]
-        elif not any(_needs_quotes(cell) for cell in leading or ()):
-            self._write_joined(rows, leading, trailing, gaps)
+        elif plain:
+            self._write_joined([",".join(map(repr, row)) for row in rows], leading, trailing, gaps)
             return
         if leading is not None:
             rows = [[first, *row] for first, row in zip(leading, rows)]
@@ -232,10 +391,10 @@ class RecordWriter:
             self._raise_naming_output(e)
         self.count += len(rows)
 
-    def _write_joined(self, rows: list, leading, trailing, gaps: Sequence[int]) -> None:
-        """write_block's common case, the lines joined directly: every float finite (its
-        repr is what the csv module writes), no leading cell that csv would quote."""
-        lines = [",".join(map(repr, row)) for row in rows]
+    def _write_joined(self, lines: list[str], leading, trailing, gaps: Sequence[int]) -> None:
+        """write_block's common case, the lines joined directly from the floats' cells
+        (a finite float's repr is what the csv module writes; a non-finite one is empty):
+        no leading cell that csv would quote."""
         if leading is not None:
             lines = [f"{first},{line}" for first, line in zip(leading, lines)]
         if trailing is not None:
@@ -248,13 +407,16 @@ class RecordWriter:
                 len(self.channels) if self.values is None else len(self.values)
             )
             lines = _with_gaps(lines, gaps, "," * (width - 1))
+        self._write_text("".join(line + "\n" for line in lines), len(lines))
+
+    def _write_text(self, text: str, rows: int) -> None:
         try:
-            self._fh.write("".join(line + "\n" for line in lines))
+            self._fh.write(text)
             if self.flush:
                 self._fh.flush()
         except OSError as e:
             self._raise_naming_output(e)
-        self.count += len(lines)
+        self.count += rows
 
     def close(self) -> None:
         try:

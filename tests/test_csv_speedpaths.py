@@ -9,11 +9,16 @@ import io
 import random
 from contextlib import redirect_stderr
 
+import numpy as np
 import pytest
 
-from edgernn.errors import DataError
-from edgernn.runtime import csvdata
+from edgernn.errors import DataError, EdgernnError
+from edgernn.runtime import csvdata, output
 from edgernn.runtime.csvdata import iter_csv
+from edgernn.runtime.csvrun import run_csv
+from edgernn.runtime.detector import Detector
+from edgernn.runtime.model import Model
+from edgernn.runtime.output import float32_repr_lines
 
 GOOD_CELLS = [
     "0", "1", "-7", "+3", "12345678", "0.5", "-0.25", ".5", "5.", "3.14159", "-0.000001",
@@ -31,12 +36,12 @@ ODD_LINES = [
 ]  # fmt: skip
 
 
-def _messy(rng: random.Random, rows: int, bad: float) -> tuple[bytes, dict]:
+def _messy(rng: random.Random, rows: int, bad: float, channels=None, good=GOOD_CELLS):
     """A CSV with a random layout (delimiter, decimal mark, time / index / label columns,
     line ends) and cells, `bad` the share of odd cells and lines."""
     decimal = rng.choice([".", ".", ","])
     delim = rng.choice([";", "\t"]) if decimal == "," else rng.choice([",", ",", ";", "\t"])
-    names = [f"ch{k}" for k in range(rng.choice([1, 2, 3, 5]))]
+    names = [f"ch{k}" for k in range(channels or rng.choice([1, 2, 3, 5]))]
     lead = []
     if rng.random() < 0.4:
         lead.append("index")
@@ -62,7 +67,7 @@ def _messy(rng: random.Random, rows: int, bad: float) -> tuple[bytes, dict]:
             if rng.random() < bad:
                 cells.append(rng.choice(BAD_CELLS))
             elif rng.random() < 0.3:
-                cells.append(rng.choice(GOOD_CELLS))
+                cells.append(rng.choice(good))
             else:
                 cells.append(f"{rng.gauss(0, 10 ** rng.randint(-3, 4)):.{rng.randint(0, 7)}f}")
         if decimal == ",":
@@ -150,3 +155,87 @@ def test_a_long_line_between_blocks(tmp_path, monkeypatch):
     got, want = _both(monkeypatch, path, on_bad="skip", chunk_rows=64)
     assert got == want
     assert want[0][0]["skip_reasons"] == {52: "is over 0 MB long"}
+
+
+def _scalar_lines(floats: np.ndarray) -> bytes:
+    """RecordWriter.write's formula for every value: repr(float(str(np.float32(v))))."""
+    return "".join(
+        ",".join(repr(float(str(np.float32(x)))) if np.isfinite(x) else "" for x in row) + "\n"
+        for row in floats.tolist()
+    ).encode()
+
+
+def test_float32_repr_lines_writes_every_value_as_the_scalar_formula():
+    rng = np.random.default_rng(11)
+    with np.errstate(all="ignore"):  # 1e39 and up: inf
+        values = _values(rng)
+    values = np.concatenate([values, np.zeros(-len(values) % 8, np.float32)]).reshape(-1, 8)
+    assert float32_repr_lines(values) == _scalar_lines(values)
+    for shape in [(1, 1), (3, 2), (0, 4), (5000, 3)]:  # one block and several
+        part = values.ravel()[: shape[0] * shape[1]].reshape(shape)
+        assert float32_repr_lines(part) == _scalar_lines(part), shape
+
+
+def _values(rng) -> np.ndarray:
+    return np.concatenate([
+        rng.integers(0, 2**32, 120_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        rng.standard_normal(40_000).astype(np.float32) * 10.0 ** rng.integers(-8, 9, 40_000),
+        *[np.round(rng.uniform(-500, 500, 6000), k).astype(np.float32) for k in range(7)],
+        (10.0 ** np.arange(-45, 39)).astype(np.float32),  # powers of ten, subnormal to huge
+        -(10.0 ** np.arange(-45, 39)).astype(np.float32),
+        np.ldexp(1.0, np.arange(-149, 128)).astype(np.float32),  # powers of two
+        np.nextafter(np.float32([1e16, 1e-4, 1e-3, 1e15, 1e9]), np.float32(0)),  # notation edges
+        np.float32([1e16, 9.999999e15, 1e-4, 9.99999e-5, 0.001, 123456789, 16777217, 0.1]),
+        np.float32([0.0, -0.0, np.inf, -np.inf, np.nan, 1 / 3, 3.4028235e38, 1e-45, -1e-45]),
+    ])  # fmt: skip
+
+
+def _run(model, path, out, fast: bool, detector) -> tuple[bytes, str, tuple]:
+    csvdata.fast_blocks[0] = output.fast_format[0] = fast
+    try:
+        with redirect_stderr(io.StringIO()) as err:
+            try:
+                s = run_csv(model, str(path), str(out), skip_bad=True, detector=detector,
+                            chunk_rows=97)  # fmt: skip
+                summary = (
+                    s.rows,
+                    s.forecasts,
+                    s.skipped,
+                    s.anomalies,
+                    s.skipped_lines,
+                    s.skipped_at,
+                )
+            except EdgernnError as e:  # e.g. a forecast gone inf on a huge input
+                summary = (type(e).__name__, str(e))
+    finally:
+        csvdata.fast_blocks[0] = output.fast_format[0] = True
+    return (open(out, "rb").read() if out.exists() else b""), err.getvalue(), summary
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl"])
+@pytest.mark.parametrize("seed", range(8))
+def test_run_writes_the_same_bytes_as_the_reference(
+    exported_models, tmp_path, monkeypatch, ext, seed
+):
+    """`edgernn run --csv --skip-bad-rows` on messy files: output, stderr and summary as
+    with the per-line reader and Python's repr (CSV and JSON lines, with the detector on
+    in odd seeds)."""
+    model = Model(exported_models[("lstm", 1)][1])
+    rng = random.Random(100 + seed)
+    tame = [c for c in GOOD_CELLS if abs(float(c)) < 1e6]  # the detector wants finite forecasts
+    good = tame if seed % 2 else GOOD_CELLS  # (huge inputs: inf forecasts, empty cells)
+    data, opts = _messy(
+        rng, rows=rng.choice([150, 500]), bad=0.05 * (seed % 3 > 0), channels=3, good=good
+    )
+    monkeypatch.setattr(csvdata, "_default_decimal", [opts["decimal"]])
+    monkeypatch.setattr(csvdata, "BLOCK_BYTES", rng.choice([200, csvdata.BLOCK_BYTES]))
+    path = tmp_path / "in.csv"
+    path.write_bytes(data)
+
+    def detector():
+        return Detector(channels=model.channels, warmup=30, alarm_every=50) if seed % 2 else None
+
+    got = _run(model, path, tmp_path / f"fast.{ext}", True, detector())
+    want = _run(model, path, tmp_path / f"ref.{ext}", False, detector())
+    assert got == want
+    assert len(want[2]) > 2 and want[2][1] > 100  # it ran to the end
