@@ -418,7 +418,8 @@ def cmd_run(args) -> int:
     from edgernn.runtime.csvrun import run_csv
 
     summary = run_csv(model, args.csv, args.out, skip_bad=args.skip_bad_rows, detector=detector,
-                      decider=make_decider(model, args))  # fmt: skip
+                      decider=make_decider(model, args),
+                      online_head=not args.no_online_head)  # fmt: skip
     print(summary.line(), file=sys.stderr)
     return 0
 

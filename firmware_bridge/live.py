@@ -58,6 +58,7 @@ from edgernn.firmware_bridge.port import (
 )
 from edgernn.firmware_bridge.protocol import U32
 from edgernn.firmware_bridge.serial_fleet import PortsAction
+from edgernn.runtime.adapt import online_head_wanted
 from edgernn.runtime.filelocks import SidecarLock
 from edgernn.runtime.liveview import LiveView, Snapshot, printable
 
@@ -475,10 +476,11 @@ class LiveRun:
         from edgernn.runtime.monitor import Monitor
         from edgernn.runtime.output import RecordWriter
 
+        head = online_head_wanted(args, detector)
         problem = None if state is None else monitor_state_problem(state, model)
         if problem is None and state is not None:
             try:
-                self.monitor = Monitor(model, detector=detector, state=state)
+                self.monitor = Monitor(model, detector=detector, state=state, online_head=head)
             except (EdgernnError, KeyError, ValueError, TypeError, AttributeError, IndexError,
                     RecursionError) as e:  # fmt: skip
                 problem = f"{e.__class__.__name__}: {str(e)[:100]}"
@@ -491,7 +493,7 @@ class LiveRun:
         if state is None:
             if detector is not None:
                 detector.reset()  # a failed load may have left part of a state in it
-            self.monitor = Monitor(model, detector=detector)
+            self.monitor = Monitor(model, detector=detector, online_head=head)
         if line:
             self.note(line)
         # Where the device's stream was when the state was saved: the first sample of

@@ -51,6 +51,7 @@ from edgernn.firmware_bridge.mqtt import (
     read_password,
 )
 from edgernn.firmware_bridge.payload import ChannelNames, PayloadError, PayloadParser
+from edgernn.runtime.adapt import online_head_wanted
 from edgernn.runtime.output import _jsonable
 
 POLL_S = 0.05  # longest wait for a message: how fast the loop notices a stop request
@@ -404,7 +405,8 @@ class MqttRun:
         self.parser = PayloadParser(self.channels)
         has_detector = detector_factory is not None
         self.fleet = Fleet(model, detector_factory, on_gap=args.on_gap, gap_fill=args.gap_fill,
-                           max_devices=args.max_devices, note=note)  # fmt: skip
+                           max_devices=args.max_devices, note=note,
+                           online_head=online_head_wanted(args, detector_factory))  # fmt: skip
         self.latency = LatencyHistogram()
         self.window = LatencyHistogram()
         self.notifier = Notifier()

@@ -41,6 +41,7 @@ from edgernn.firmware_bridge.port import (
     SampleQueue,
 )
 from edgernn.firmware_bridge.protocol import U32
+from edgernn.runtime.adapt import online_head_wanted
 
 POLL_S = 0.05
 
@@ -111,8 +112,8 @@ class SerialFleetRun:
             raise InputError("the same --port is given twice")
         # time_us is the board's microsecond counter: recorded, but no clock for the detector.
         self.fleet = Fleet(model, detector_factory, on_gap=args.on_gap, gap_fill=args.gap_fill,
-                           max_devices=len(ports), time_key="time_us",
-                           wall_clock=False)  # fmt: skip
+                           max_devices=len(ports), time_key="time_us", wall_clock=False,
+                           online_head=online_head_wanted(args, detector_factory))  # fmt: skip
         self.wake = threading.Event()
         self.boards: list[Board] = []
         for port, name in zip(ports, board_names(ports)):

@@ -215,3 +215,9 @@ def _matrix(v, shape: tuple) -> np.ndarray:
     if arr.shape != want or not np.isfinite(arr).all():
         raise ValueError(f"shape {arr.shape}, expected {want}")
     return arr
+
+
+def online_head_wanted(args, detector) -> bool:
+    """The command line's choice: the online head runs with the detector (an object or
+    a factory), unless --no-online-head."""
+    return detector is not None and not getattr(args, "no_online_head", False)

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from edgernn.errors import DataError, EdgernnError
+from edgernn.runtime.adapt import OnlineHead
 from edgernn.runtime.csvdata import iter_csv
 from edgernn.runtime.model import Model
 from edgernn.runtime.monitor import _detector_fields
@@ -68,12 +69,14 @@ def run_csv(
     detector=None,
     chunk_rows: int = RUN_CHUNK_ROWS,
     decider=None,
+    online_head: bool = True,
 ) -> RunSummary:
     """The file in chunks of rows (bounded memory, whatever its length): each chunk read
     and checked, stepped through the model in one Stream.run, scored sample by sample
     and written in one block; the output holds the same values as stepping row by row.
     A bad row (without skip_bad) past the first chunk ends the run with the rows before
-    its chunk written."""
+    its chunk written. online_head: with a detector, correct the forecaster's readout
+    online (runtime/adapt.py), as Monitor does."""
     chunks = iter_csv(
         in_path, channels=model.channels, on_bad="skip" if skip_bad else "error",
         chunk_rows=chunk_rows,
@@ -98,7 +101,7 @@ def run_csv(
     leading = _leading_columns(first)
     trailing = ["score", "anomaly", "onset"] if detector is not None else []
     summary = RunSummary()
-    forecasts = _Forecasts(model)
+    forecasts = _Forecasts(model, online_head=detector is not None and online_head)
     start = time.perf_counter()
     with RecordWriter(out_path, model.channels, leading=leading, trailing=trailing) as out:
         for table in tables:
@@ -156,45 +159,76 @@ class _Forecasts:
     """The stream's forecasts, a chunk at a time, and the forecast each sample is due
     to be scored against (the one made `horizon` samples before it, across chunks)."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, online_head: bool = False):
         self.stream = model.stream()
         self.horizon = model.horizon
         self.seen = 0  # samples stepped so far
         self._tail = np.zeros((0, model.n_channels), dtype=np.float32)  # the last `horizon`
+        self.head = OnlineHead.for_model(model) if online_head else None
+        self._features: Optional[np.ndarray] = None  # the chunk's, for the head
 
     def run(self, X: np.ndarray) -> np.ndarray:
-        return self.stream.run(X) if len(X) else np.zeros_like(X)
+        """The trained model's forecasts for the chunk (score() corrects them in place
+        when there is an online head)."""
+        if not len(X):
+            return np.zeros_like(X)
+        if self.head is None:
+            return self.stream.run(X)
+        Y, self._features = self.stream.run_features(X)
+        return Y
 
     def score(self, detector, table, Y: np.ndarray) -> list[dict]:
         """The detector's fields for every row of the chunk, as Monitor.process makes
-        them; alert events reported on stderr in row order. The rows go to the detector
-        as one block (Detector.score_block: one kernel call, the same verdicts as
-        score_one row by row)."""
-        made = np.concatenate([self._tail, Y])  # made[i + len(tail) - horizon] is row i's
+        them; alert events reported on stderr in row order. With an online head, Y is
+        corrected in place and the rows are scored in pieces that end where the head
+        re-solves (the same order as Monitor: a piece's forecasts corrected, its rows
+        scored, then learnt unless flagged)."""
+        if self.head is None:
+            return self._score(detector, table, Y, 0, len(Y))
+        verdicts: list[dict] = []
+        a = 0
+        while a < len(Y):
+            b = a + min(self.head.room, len(Y) - a)
+            Y[a:b] = self.head.correct(Y[a:b], self._features[a:b])
+            piece = self._score(detector, table, Y, a, b)
+            flagged = [bool(r.get("anomaly")) for r in piece]
+            self.head.learn(table.values[a:b], [0.0 if f else 1.0 for f in flagged])
+            verdicts += piece
+            a = b
+        return verdicts
+
+    def _score(self, detector, table, Y: np.ndarray, a: int, b: int) -> list[dict]:
+        """score() of rows a..b-1 (Y[:b] final). The rows go to the detector as one
+        block (Detector.score_block: one kernel call, the same verdicts as score_one
+        row by row)."""
+        made = np.concatenate([self._tail, Y[a:b]])  # made[i + len(tail) - horizon] is row a+i's
         lag = len(self._tail) - self.horizon
-        start = max(0, min(len(Y), self.horizon - self.seen))  # rows with no forecast due
+        n = b - a
+        start = max(0, min(n, self.horizon - self.seen))  # rows with no forecast due
         verdicts = [{"score": None, "anomaly": 0, "onset": 0} for _ in range(start)]
-        if start < len(Y) and hasattr(detector, "score_block"):
-            times = None if table.time is None else table.time[start:]
+        if start < n and hasattr(detector, "score_block"):
+            rows = slice(a + start, b)
+            times = None if table.time is None else table.time[rows]
             block = detector.score_block(
-                table.values[start:], made[start + lag : len(Y) + lag], times=times
+                table.values[rows], made[start + lag : n + lag], times=times
             )
             verdicts += block.records()
             for i in sorted({*block.opened, *block.closed}):
-                row = start + i
+                row = a + start + i
                 where = f"line {table.lines[row]}" if table.time is None else table.time[row]
-                _report_event(verdicts[row], where)
+                _report_event(verdicts[start + i], where)
         else:  # a detector with score_one only
-            for i in range(start, len(Y)):
-                when = table.time[i] if table.time is not None else None
-                due, x = made[i + lag], table.values[i]
+            for i in range(start, n):
+                row = a + i
+                when = table.time[row] if table.time is not None else None
+                due, x = made[i + lag], table.values[row]
                 out = (
                     detector.score_one(x, due) if when is None
                     else detector.score_one(x, due, time=when)
                 )  # fmt: skip
                 verdicts.append(_detector_fields(out))
-                _report_event(verdicts[-1], f"line {table.lines[i]}" if when is None else when)
-        self.seen += len(Y)
+                _report_event(verdicts[-1], f"line {table.lines[row]}" if when is None else when)
+        self.seen += n
         self._tail = made[len(made) - min(self.horizon, len(made)) :].copy()
         return verdicts
 

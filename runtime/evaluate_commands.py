@@ -166,7 +166,9 @@ class Streamed:
     channels: list[str]  # the model's channels (the forecasts' columns)
 
 
-def stream_file(model_path: str, table: Table, detector_options: dict[str, Any]) -> Streamed:
+def stream_file(
+    model_path: str, table: Table, detector_options: dict[str, Any], online_head: bool = True
+) -> Streamed:
     """Stream every row of `table` through Model + Monitor + Detector, one at a time,
     with the row's timestamp when the file has a time column."""
     from edgernn.runtime.model import Model
@@ -180,7 +182,7 @@ def stream_file(model_path: str, table: Table, detector_options: dict[str, Any])
         raise DataError(f"the model's channel(s) {', '.join(missing)} are not in the file")
     values = table.values[:, [table.channels.index(c) for c in model.channels]]
     detector = Detector.from_meta(model.meta, **detector_options)
-    monitor = Monitor(model, detector=detector)
+    monitor = Monitor(model, detector=detector, online_head=online_head)
     n = len(table)
     flags = np.zeros(n, dtype=np.int8)
     onsets = np.zeros(n, dtype=np.int8)
@@ -212,6 +214,7 @@ def evaluate_file(
     log: Callable[[str], None] = lambda msg: None,
     model_path: Optional[str] = None,
     windows: Optional[dict] = None,
+    online_head: bool = True,
 ) -> FileEvaluation:
     """Fit on the first `train_rows` rows (+ normal_files) unless `model_path` names a
     model to use as it is; stream the file; score the rows from `train_rows` on."""
@@ -223,7 +226,7 @@ def evaluate_file(
         )
     options = dict(detector_kwargs or {})
     if model_path is not None:
-        streamed = stream_file(model_path, table, options)
+        streamed = stream_file(model_path, table, options, online_head)
     else:
         with tempfile.TemporaryDirectory(prefix="edgernn-eval-") as tmp:
             work = work_dir or tmp
@@ -231,7 +234,7 @@ def evaluate_file(
             head = os.path.join(tmp, "train_head.csv")
             write_table_head(table, train_rows, head)
             trained = train_and_export([head, *normal_files], train_config, work, table.channels, log)
-            streamed = stream_file(trained, table, options)
+            streamed = stream_file(trained, table, options, online_head)
     labels = table.extra[label].astype(np.int8)
     test = slice(train_rows, None)
     events = [e for e in streamed.events if e["end"] >= train_rows]
@@ -349,6 +352,12 @@ def add_detector_arguments(parser) -> None:
         "--detector-config", metavar="FILE",
         help="expert detector options, JSON or TOML (see the README's detector section)",
     )  # fmt: skip
+    g.add_argument(
+        "--no-online-head", action="store_true",
+        help="keep the trained forecaster's head: by default, with the detector on, its "
+        "readout keeps learning from the stream (samples flagged anomalous excepted), "
+        "and the forecasts written are those",
+    )  # fmt: skip
 
 
 def detector_kwargs_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -391,6 +400,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     path, train_rows, cfg, det_kwargs, label=args.label,
                     normal_files=args.normal, channels=args.channels, ignore=args.ignore,
                     log=log, model_path=args.model, windows=windows,
+                    online_head=not args.no_online_head,
                 )
             )  # fmt: skip
         except ValueError as e:  # a training setting the data cannot satisfy

@@ -299,6 +299,7 @@ class Fleet:
         time_key: str = "time",
         wall_clock: bool = True,
         note: Optional[Callable[[str], None]] = None,
+        online_head: Optional[bool] = None,
     ):
         if on_gap not in GAP_POLICIES:
             raise InputError(f"on_gap must be one of {', '.join(GAP_POLICIES)}, got {on_gap!r}")
@@ -313,6 +314,8 @@ class Fleet:
         self.time_key = time_key  # the record field of a sample's timestamp
         self.wall_clock = wall_clock  # timestamps are wall-clock time (not a device counter)
         self.note = note
+        # Monitor's online_head, when said (a monitor_class of tests may not take it)
+        self._head_option = {} if online_head is None else {"online_head": online_head}
         self.devices: dict[str, Device] = {}
         self.refused: dict[str, int] = {}  # devices beyond max_devices: payloads ignored
         self.ticks = 0
@@ -345,7 +348,8 @@ class Fleet:
         row = self.rows.add()
         stream = DeviceStream(self.rows, row)
         detector = self.detector_factory() if self.detector_factory is not None else None
-        monitor = self._monitor_class(_DeviceModel(self.model, stream), detector=detector)
+        monitor = self._monitor_class(_DeviceModel(self.model, stream), detector=detector,
+                                      **self._head_option)  # fmt: skip
         dev = Device(name, row, monitor, time.time())
         saved = self._saved.pop(name, None)
         if saved is not None:
@@ -421,10 +425,11 @@ class Fleet:
         self.ticks += 1
         self.batched_samples += len(ready)
         now = time.perf_counter()
-        return [
-            Result(d, self._process(d, s, y, reset), now - s.t_recv, y)
-            for d, s, y, reset in zip(ready, samples, Y, resets)
-        ]
+        results = []
+        for d, s, y, reset in zip(ready, samples, Y, resets):
+            record, forecast = self._process(d, s, y, reset)
+            results.append(Result(d, record, now - s.t_recv, forecast))
+        return results
 
     def drain(self) -> Iterator[Result]:
         while True:
@@ -455,7 +460,11 @@ class Fleet:
         c.gap_resets += 1
         return True
 
-    def _process(self, dev: Device, s: Sample, forecast: np.ndarray, reset: bool) -> dict:
+    def _process(
+        self, dev: Device, s: Sample, forecast: np.ndarray, reset: bool
+    ) -> tuple[dict, np.ndarray]:
+        """The device's record for sample s, and its forecast (the Monitor's: the online
+        head may have corrected the model's)."""
         dev.stream.prime(forecast)
         clock = self._clock(dev, s.time) if self._monitor_takes_time else None
         if clock is not None:
@@ -467,14 +476,15 @@ class Fleet:
         if s.time is not None:
             record[self.time_key] = _exact_time(s.time)
         record.update(zip(self.channels, s.values.tolist()))
-        record["forecast"] = dict(zip(self.channels, np.asarray(result.pop("forecast")).tolist()))
+        out = np.asarray(result.pop("forecast"))
+        record["forecast"] = dict(zip(self.channels, out.tolist()))
         record.update(result)
         if s.gap:
             record["gap"] = s.gap
         if reset:
             record["reset"] = 1
         self._track_alert(dev, record)
-        return record
+        return record, out
 
     def _clock(self, dev: Device, t: Any) -> Any:
         """A sample's timestamp as the detector takes it (text, or epoch seconds), or None.

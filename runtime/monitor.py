@@ -33,8 +33,8 @@ class Monitor:
         self.model = model
         self.detector = detector
         self.stream = model.stream()
-        if online_head is None:  # the CSV path does not learn the head yet
-            online_head = False
+        if online_head is None:
+            online_head = detector is not None
         self.head = OnlineHead.for_model(model) if online_head else None
         # Forecasts made but not yet due: the oldest is the one for the next sample.
         self._pending: deque[np.ndarray] = deque(maxlen=model.horizon)

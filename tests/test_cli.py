@@ -47,12 +47,24 @@ def test_run_csv_one_row_per_input_row(trained, tmp_path):
     # the same numbers as the Python API streaming the same file
     from edgernn.runtime import Model, read_csv
 
+    from edgernn.runtime.detector import Detector
+    from edgernn.runtime.monitor import Monitor
+
     model = Model(trained / "model.onnx")
-    expected = model.stream().run(read_csv(inp, channels=model.channels).values)
+    values = read_csv(inp, channels=model.channels).values
+    # with the detector, the forecasts are the online head's (runtime/adapt.py)
+    monitor = Monitor(model, Detector.from_meta(model))
+    expected = np.array([monitor.process(x)["forecast"] for x in values])
     got = np.array([[float(r[f"{c}_forecast"]) for c in "abc"] for r in rows])
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
-    proc = run_cli("run", str(trained / "model.onnx"), "--csv", inp, "--no-detector")
-    assert proc.stdout.splitlines()[0].split(",") == forecast_cols
+    trained_head = model.stream().run(values)
+    assert np.abs(got - trained_head).max() > 1e-4  # the head did learn
+    for flag in ("--no-detector", "--no-online-head"):  # the trained model's own forecasts
+        proc = run_cli("run", str(trained / "model.onnx"), "--csv", inp, flag)
+        lines = proc.stdout.splitlines()
+        assert lines[0].split(",")[:7] == forecast_cols
+        plain = np.array([[float(v) for v in line.split(",")[4:7]] for line in lines[1:]])
+        np.testing.assert_allclose(plain, trained_head, rtol=1e-6, atol=1e-5)
 
 
 def test_run_matches_columns_by_name_and_writes_jsonl(trained, tmp_path):

@@ -630,6 +630,7 @@ def run_main_err(main, argv) -> str:
 def test_state_file_resumes_every_device(broker, model_path, tmp_path):
     """Stopped after 40 samples and started again: each device resumes its own state
     and sequence, and its forecasts are those of one unbroken stream."""
+    from edgernn.cli import make_detector
     from edgernn.runtime import Model
     from edgernn.runtime.monitor import Monitor
 
@@ -653,7 +654,9 @@ def test_state_file_resumes_every_device(broker, model_path, tmp_path):
     for d in x:
         mine = [r for r in records if r["device"] == d]
         assert [r["seq"] for r in mine] == list(range(80)) and not any("gap" in r for r in mine)
-        mon = Monitor(model)
+        # the run's detector, so its online head too: saved and resumed with the state
+        args = run_args(model_path, "--mqtt", broker.url("s/+"))
+        mon = Monitor(model, detector=make_detector(model, args))
         want = np.array([mon.process(v)["forecast"] for v in x[d]])
         got = np.array([[r["forecast"][c] for c in CHANNELS] for r in mine], np.float32)
         np.testing.assert_array_equal(got, want)
