@@ -46,7 +46,6 @@ def test_run_csv_one_row_per_input_row(trained, tmp_path):
     assert {r["anomaly"] for r in rows} <= {"0", "1"}
     # the same numbers as the Python API streaming the same file
     from edgernn.runtime import Model, read_csv
-
     from edgernn.runtime.detector import Detector
     from edgernn.runtime.monitor import Monitor
 
