@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,11 @@ def main() -> int:
         help="the anomaly detector on (--alarm-every 10000: learnt from the stream when the "
         "model carries no calibration); default: forecasts only (--no-detector)",
     )
+    ap.add_argument(
+        "--run-args", default="", metavar="ARGS",
+        help="more arguments for the live run, one string (e.g. '--backend numpy')",
+    )  # fmt: skip
+    ap.add_argument("--out", metavar="PATH", help="also write the result as JSON here")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args()
 
@@ -103,6 +109,7 @@ def main() -> int:
         [sys.executable, "-m", "edgernn", "run", model, "--port", emu.path,
          "--no-reconnect", "--status-interval", "0", "--summary-json", summary_path,
          *(["--alarm-every", "10000"] if args.detector else ["--no-detector"]),
+         *shlex.split(args.run_args),
          *(["--realtime"] if args.realtime else [])],
         stdout=subprocess.PIPE, stderr=err_file,
     )  # fmt: skip
@@ -144,6 +151,7 @@ def main() -> int:
         "rate_hz": args.rate,
         "realtime": args.realtime,
         "detector": args.detector,
+        "run_args": args.run_args,
         "loadavg_1min": os.getloadavg()[0],
         "channels": args.channels,
         "samples_per_frame": args.samples_per_frame,
@@ -164,6 +172,10 @@ def main() -> int:
         "sent_without_forecast_line": missing_lines,
         "run_latency_p99_ms": summary["latency_p99_ms"],
     }
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -263,6 +263,7 @@ class Decoder:
         self._next_seq: Optional[int] = None  # u32 seq expected next
         self._index: Optional[np.ndarray] = None  # device columns in model order
         self._index_width: Optional[int] = None
+        self._identity = False  # _index takes every column in order: no copy needed
         self._period_us: Optional[float] = None
         self._reset_pending = False  # a SeqReset waits for the new session's hello
 
@@ -438,6 +439,7 @@ class Decoder:
         if changed:
             self._index, how = channel_index(self.channels, hello.names, len(hello.names))
             self._index_width = len(hello.names)
+            self._identity = _is_identity(self._index, self._index_width)
             events.append(DeviceInfo(hello, how))
             if self._index is None:
                 events.append(ChannelMismatch(how))
@@ -460,23 +462,31 @@ class Decoder:
         if self._index_width != width and self.hello is None:
             self._index, _ = channel_index(self.channels, [], width)
             self._index_width = width
+            self._identity = _is_identity(self._index, width)
         if self._index is None or self._index_width != width:
             # Before a hello, a channel count unlike the model's cannot be mapped (the
             # hello may map it by name); after one, the frame contradicts it.
             c.unmapped += n
             return
         c.samples += n
-        values = frame.samples if self.channels is None else frame.samples[:, self._index]
+        if self.channels is None or self._identity:
+            values = frame.samples  # decode_frame's own copy, C-contiguous
+        else:
+            values = np.ascontiguousarray(frame.samples[:, self._index])
         events.append(
             Samples(
                 frame.seq,
-                np.ascontiguousarray(values),
+                values,
                 gap,
                 frame.time_us,
                 self._period_us,
                 t_read,
             )
         )
+
+
+def _is_identity(index: Optional[np.ndarray], width: int) -> bool:
+    return index is not None and len(index) == width and bool((index == np.arange(width)).all())
 
 
 def _is_frame(chunk: bytes) -> bool:

@@ -21,6 +21,7 @@ one after a Pi reboot).
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -557,6 +558,10 @@ class LiveRun:
             self.writer.close()
             raise
         status, save = status_ticker(self.args), Ticker(self.args.state_interval)
+        # Everything loaded so far (modules, the model, numpy) lives as long as the run: out
+        # of the collector's reach, a full collection no longer walks it (a pause of
+        # several ms, every few thousand samples, in the latency tail).
+        gc.freeze()
         try:
             if self.publisher is not None:
                 self.publisher.start()

@@ -39,6 +39,7 @@ MAX_NAME = 32  # bytes of UTF-8 per channel name
 MAX_RAW = 4096  # largest raw (un-stuffed) frame a receiver must accept
 MAX_ENCODED = MAX_RAW + MAX_RAW // 254 + 2  # COBS overhead is at most 1 byte in 254
 U32 = 0xFFFFFFFF
+_F4LE = np.dtype("<f4")
 
 
 class FrameError(ValueError):
@@ -175,8 +176,8 @@ def decode_frame(chunk: bytes) -> DataFrame | HelloFrame | UnknownFrame:
     if ftype == TYPE_DATA:
         if c == 0 or s == 0 or len(body) != HEADER_SIZE + 4 * c * s:
             raise FrameError("length", f"{len(body)} bytes for {s} x {c} samples")
-        samples = np.frombuffer(body, dtype="<f4", offset=HEADER_SIZE).reshape(s, c)
-        return DataFrame(seq, time_us, samples.astype(np.float32))
+        samples = np.frombuffer(body, dtype=_F4LE, offset=HEADER_SIZE).reshape(s, c)
+        return DataFrame(seq, time_us, samples.astype(np.float32))  # a copy, C-contiguous
     if ftype == TYPE_HELLO:
         return _decode_hello(body, c, seq, time_us)
     return UnknownFrame(ftype)
