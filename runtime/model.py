@@ -675,6 +675,7 @@ class Stream:
         else:
             self._y_view = self._kernel.y[0] if batch is None else self._kernel.y
             self._out_views = {model.meta.output: self._y_view}
+        self._y_copy = self._y_view.copy  # step's return: a new array of the forecast
         if state is not None:
             self.state = state
 
@@ -774,7 +775,7 @@ class Stream:
             rc = fast(self._fast_bound, x, cur)
             if rc == 0:
                 self._cur = cur ^ 1
-                return self._y_view.copy()
+                return self._y_copy()
             if rc == 1:  # the C step refuses NaN/inf itself, state untouched
                 raise InputError("sample holds NaN or inf")
             # declined (another dtype or shape, not an array): the general path below
