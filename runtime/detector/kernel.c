@@ -224,8 +224,12 @@ static int advance(const det_t *d, int64_t *count, int learning, double weight, 
 /* TailTable.add_at / add_scalar on one row: decay it all, `weight` at or below index */
 static void add_row_mask(double *row, long cells, long index, double decay, double weight)
 {
-    for (long b = 0; b < cells; b++) row[b] *= decay;
-    for (long b = 0; b <= index; b++) row[b] += weight;
+    long b = 0;
+    for (; b <= index; b++) {
+        double v = row[b] * decay; /* rounded, then the weight added: numpy's two steps */
+        row[b] = v + weight;
+    }
+    for (; b < cells; b++) row[b] *= decay;
 }
 
 /* One call: N samples x, f (N, n); when (N,) seconds or NaN; per sample out: score,
