@@ -79,9 +79,9 @@ class Monitor:
                 record.update(_detector_fields(self.last_output))
                 flagged = bool(record.get("anomaly"))
         if self.head is not None:  # learn this sample, then correct the forecast from it
-            self.head.learn(x[None], (0.0 if imputed or flagged else 1.0,))
-            features = self.stream.features()[None]
-            forecast = self.head.correct(forecast[None], features)[0].astype(np.float32)
+            weight = 0.0 if imputed or flagged else 1.0
+            corrected = self.head.step(x, forecast, self.stream.features(), weight)
+            forecast = corrected.astype(np.float32)
         self._pending.append(forecast)
         record["forecast"] = forecast
         return record
