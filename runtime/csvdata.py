@@ -255,8 +255,8 @@ def iter_csv(
 # _Reader.line, the per-line reader, which is also the reference: the same rows, values,
 # skip reasons, errors and chunk boundaries either way (tests/test_csv_speedpaths.py).
 BLOCK_BYTES = 1 << 15  # read ahead (at most a quarter of MAX_LINE_BYTES)
-_PLAIN = bytes(range(0x20, 0x7F)) + b"\t\n\r"
 _PLAIN_LINE = bytes(range(0x20, 0x7F)).replace(b'"', b"") + b"\t"
+_PLAIN_TEXT = _PLAIN_LINE + b"\n"
 
 
 def _plain(line: str) -> bool:
@@ -385,8 +385,10 @@ class _Reader:
             lines.pop()
         lay = self.layout
         assert lay is not None
-        odd = not raw.isascii() or bool(raw.translate(None, _PLAIN))
-        parsed = _parse_block(lines, lay, odd)
+        cr = b"\r" in raw
+        plain = raw.replace(b"\r\n", b"\n") if cr else raw  # csv drops a CR before the LF
+        odd = not plain.isascii() or bool(plain.translate(None, _PLAIN_TEXT))
+        parsed = _parse_block(lines, lay, odd, cr)
         if parsed is None:
             yield from self.lines(first, raw)
             return
@@ -419,17 +421,16 @@ class _Reader:
                 self.chunk = _Chunk(self.path, self.layout)
 
 
-def _parse_block(lines: list[str], lay: _Layout, odd: bool):
+def _parse_block(lines: list[str], lay: _Layout, odd: bool, cr: bool):
     """(fast, values, extras, times, index) for a block's lines, `fast` marking the
     lines the parse vouches for and the rest of the tuple theirs, in order (values
     float32, extras float64, times and index lists of stripped cells or None); None when
-    there are none. `odd`: some line has a character other than printable ASCII or tab."""
+    there are none. `odd`: some line may hold a quote, a control character or non-ASCII
+    text; `cr`: some line ends in CR LF (csv drops the CR)."""
     d, ncols = lay.delimiter, len(lay.header)
-    clean = lines
-    if any("\r" in line for line in lines):  # CRLF: csv drops the \r
-        clean = [line[:-1] if line.endswith("\r") else line for line in lines]
+    clean = [line[:-1] if line.endswith("\r") else line for line in lines] if cr else lines
     ok = [line.count(d) == ncols - 1 for line in clean]
-    if odd or any('"' in line or "\r" in line for line in clean):  # quoted cells and such
+    if odd:  # quoted cells and such: those lines are read on their own
         ok = [o and _plain(line) for o, line in zip(ok, clean)]
     good_at = np.flatnonzero(ok)
     if not len(good_at):
