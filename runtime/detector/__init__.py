@@ -1,4 +1,5 @@
-"""Streaming anomaly detection on forecast errors (numpy only; runs on the Pi).
+"""Streaming anomaly detection on forecast errors (numpy, and a C kernel compiled at
+load where there is a compiler; runs on the Pi).
 
     from edgernn.runtime.detector import Detector
     det = Detector.from_meta(model)                  # or Detector(channels=[...])
@@ -6,11 +7,14 @@
     out.score      # -log10 P(a normal sample scores this high): 3 = a 1-in-1,000 sample
     out.anomaly    # score >= det.threshold = log10(samples per false alarm)
     out.onset      # this sample opens an alert event (det.events: the closed ones)
+    block = det.score_block(X, F, times)             # N rows at once: the same verdicts
 
 Modules, by responsibility: normalise.py (per-channel robust error scale with floors,
 seasonal baseline), tails.py (online tail probabilities), alerts.py (events),
 config.py (options, the false-alarm budget, JSON/TOML config files), timeparse.py
-(timestamps), core.py (the Detector that ties them together, calibrate()).
+(timestamps), core.py (the Detector that ties them together, calibrate()), kernel.c and
+ckernel.py (the per-sample computation compiled, `Detector(backend="c")`, the default
+where it builds; numpy is the reference and the fallback).
 """
 
 from edgernn.runtime.detector.alerts import Event
