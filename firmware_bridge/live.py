@@ -1,9 +1,12 @@
 """`edgernn run MODEL --port PORT`: forecast every sample as it arrives.
 
-Two threads: the reader (port.PortReader) reads and decodes into a bounded queue;
-this loop takes samples off it, runs each through the Monitor (the same per-sample
-processing as `edgernn run --csv`) and writes one record per sample. stderr gets a
-status line every few seconds and a summary at the end.
+The reader (port.PortReader) decodes into a bounded queue; this loop takes samples
+off it, runs each through the Monitor (the same per-sample processing as `edgernn run
+--csv`) and writes one record per sample (JSON lines: all of one read in one flushed
+write). A local tty is read on this thread whenever the queue is empty (PortReader's
+inline mode: no hand-over between threads per read); the reader's own thread reopens a
+lost port, and reads pyserial URLs and under --on-overflow block. stderr gets a status
+line every few seconds and a summary at the end.
 
 Every received sample ends up in exactly one place: a forecast record, `invalid`
 (non-finite values), or `overflow` (dropped by the queue policy when inference fell

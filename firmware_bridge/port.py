@@ -1,4 +1,4 @@
-"""The transport: open a serial port, read it in its own thread, decode into a queue.
+"""The transport: open a serial port, read it, decode into a queue.
 
 Ports open through pyserial's `serial_for_url`, so a device path, `loop://`,
 `socket://host:port` and `rfc2217://host:port` all work; `usb:VID:PID[:SERIAL]`
@@ -7,9 +7,12 @@ closed at once and, unless reconnect is off, reopened with backoff: the same pat
 first, then any port with the same USB VID/PID/serial number (a replugged board can
 come back as /dev/ttyACM1).
 
-The reader never blocks on inference: decoded samples go into a bounded
+The reader thread never blocks on inference: decoded samples go into a bounded
 `SampleQueue`, whose overflow policy ("drop-oldest" or "block") is explicit and
-counted.
+counted. Inline mode (a local tty, drop-oldest): the consumer reads the port itself
+with `pump()` whenever it has nothing queued, one poll and one read per wake-up; a read
+brings at most what the OS buffered meanwhile, and what exceeds the queue's bound is
+dropped oldest-first and counted as before. The thread then only reopens a lost port.
 """
 
 from __future__ import annotations
@@ -282,7 +285,8 @@ class SampleQueue:
 
 # -- the reader thread -----------------------------------------------------------------
 class PortReader:
-    """Reads a port in its own thread, decodes, and feeds a SampleQueue.
+    """Reads a port in its own thread (or, inline, on the consumer's: see `pump`),
+    decodes, and feeds a SampleQueue.
 
     >>> reader = PortReader("/dev/ttyACM0", decoder, queue)
     >>> reader.start()              # opens the port; raises PortError if it cannot
