@@ -49,7 +49,9 @@ class _Det(ctypes.Structure):
         ("level_floor", _d), ("memory", _d), ("scale_span", _d), ("threshold", _d),
         ("anchor_fraction", _d), ("log_fit_ratio", _d), ("mean_abs_to_std", _d),
         ("warmup", _l), ("holdoff", _l),
+        ("x", _p), ("f", _p), ("when", _p), ("score", _p), ("flags", _p), ("contrib", _p),
     ]  # fmt: skip
+    _io = ("x", "f", "when", "score", "flags", "contrib")
 
 
 def kernel_source() -> str:
@@ -76,7 +78,7 @@ def load_library() -> ctypes.CDLL:
         if marker != _source_marker(source)[1].encode():
             problem = "it was built from other source"
             continue
-        lib.edgernn_detect.argtypes = [_p, _l, _p, _p, _p, _p, _p, _p]
+        lib.edgernn_detect.argtypes = [_p, _l]
         lib.edgernn_detect.restype = ctypes.c_int
         try:
             problem = _probe(lib)
@@ -119,6 +121,7 @@ class Kernel:
         self.ctx: Optional[_Det] = None
         self._arrays: tuple = ()
         self._one = None  # N = 1 buffers
+        self._io = None  # "one" while the struct points at them
         self._nan = np.full(4096, math.nan)
         self._neg_powers = 10.0 ** -np.arange(7).astype(float)
 
@@ -166,6 +169,7 @@ class Kernel:
 
         ctx.log_fit_ratio, ctx.mean_abs_to_std = _LOG_FIT_RATIO, MEAN_ABS_TO_STD
         ctx.warmup, ctx.holdoff = cfg.warmup, cfg.holdoff
+        self._io = None
         self.ctx = ctx
         self._address = ctypes.addressof(ctx)
         self._arrays = (arrays, floors.decimals)  # kept alive with the struct
@@ -175,23 +179,30 @@ class Kernel:
         """Score rows X / F (contiguous float64 (N, C)), `when` (N,) seconds or NaN,
         into score (N,), flags (N,) int32 and contrib (N, C); the detector's scalar
         state goes in and out through dbl / cnt."""
-        self.call(len(X), X.ctypes.data, F.ctypes.data, when.ctypes.data, threshold, anchor,
-                  score.ctypes.data, flags.ctypes.data, contrib.ctypes.data)  # fmt: skip
+        self.call(len(X), threshold, anchor, (X, F, when, score, flags, contrib))
 
-    def call(self, n, x, f, when, threshold, anchor, score, flags, contrib) -> None:
-        """run() on buffer addresses."""
+    def call(self, n: int, threshold: float, anchor: float, buffers=None) -> None:
+        """run() on `buffers` (x, f, when, score, flags, contrib), or on one()'s."""
         det = self.det
         if self.ctx is None or self._profile is not det._profile:
             self._bind()
         ctx = self.ctx
         ctx.threshold, ctx.anchor_fraction = threshold, anchor
+        if buffers is not None:
+            ctx.x, ctx.f, ctx.when, ctx.score, ctx.flags, ctx.contrib = (
+                b.ctypes.data for b in buffers
+            )
+            self._io = None
+        elif self._io is None:
+            ctx.x, ctx.f, ctx.when, ctx.score, ctx.flags, ctx.contrib = self._one_addresses()
+            self._io = "one"
         events, profile, dbl, cnt = det._events, det._profile, self.dbl, self.cnt
         floors, model, level = det._floors, det._model, det._level_norm
         dbl[0], dbl[1] = det._first.total, det._second.total
         dbl[2] = math.nan if profile is None or profile.first is None else profile.first
         cnt[0], cnt[1], cnt[2], cnt[3] = det.t, floors.n, model.n, level.n
         cnt[4], cnt[5], cnt[6] = events.open is not None, events.quiet, 0
-        rc = self.lib.edgernn_detect(self._address, n, x, f, when, score, flags, contrib)
+        rc = self.lib.edgernn_detect(self._address, n)
         if rc != 0:
             raise CStepUnavailable(f"the detector kernel refused the call ({rc})")
         det._first.total, det._second.total = dbl[0], dbl[1]
@@ -208,11 +219,14 @@ class Kernel:
         return self._nan
 
     def one(self):
-        """Preallocated N = 1 buffers (x, f, when, score, flags, contrib) and their
-        addresses."""
-        if self._one is None or self._one[0][0].shape[1] != self.det._n:
+        """Preallocated N = 1 buffers: x, f, when, score, flags, contrib (call(1, ...)
+        without buffers runs on them)."""
+        if self._one is None or self._one[0].shape[1] != self.det._n:
             n = self.det._n
-            buffers = (np.zeros((1, n)), np.zeros((1, n)), np.full(1, math.nan),
-                       np.zeros(1), np.zeros(1, dtype=np.int32), np.zeros((1, n)))  # fmt: skip
-            self._one = buffers, tuple(b.ctypes.data for b in buffers)
+            self._one = (np.zeros((1, n)), np.zeros((1, n)), np.full(1, math.nan),
+                         np.zeros(1), np.zeros(1, dtype=np.int32), np.zeros((1, n)))  # fmt: skip
+            self._io = None
         return self._one
+
+    def _one_addresses(self) -> tuple:
+        return tuple(b.ctypes.data for b in self.one())

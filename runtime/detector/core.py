@@ -456,14 +456,10 @@ class Detector:
         threshold = self._threshold  # the kernel takes the anchor as an argument
         if self._threshold_step is not self._step:
             threshold = self._current_threshold()
-        (X, F, W, score, flags, contrib), (ax, af, aw, a_score, a_flags, a_contrib) = (
-            self._kernel.one()
-        )
+        X, F, W, score, flags, contrib = self._kernel.one()
         X[0], F[0], W[0] = x, forecast, math.nan if when is None else when
         t = self.t
-        self._kernel.call(
-            1, ax, af, aw, threshold, self._anchor_fraction, a_score, a_flags, a_contrib
-        )
+        self._kernel.call(1, threshold, self._anchor_fraction)
         fl = int(flags[0])
         contributions = contrib[0].copy()
         if fl & ckernel.F_LEARNING:

@@ -57,6 +57,12 @@ typedef struct {
     double alpha, drift_unit, level_span, flagged_weight, level_floor, memory;
     double scale_span, threshold, anchor_fraction, log_fit_ratio, mean_abs_to_std;
     long warmup, holdoff;
+    /* the call's rows: x, f (N, n); when (N,) seconds or NaN; out: score (N,), flags
+     * (N,), contrib (N, n) */
+    const double *X, *F, *when;
+    double *score_out;
+    int *flags_out;
+    double *contrib_out;
 } det_t;
 
 /* 10 ** d, d = 0..MAX_DECIMALS: exact, as numpy's _POWERS */
@@ -232,11 +238,12 @@ static void add_row_mask(double *row, long cells, long index, double decay, doub
     for (; b < cells; b++) row[b] *= decay;
 }
 
-/* One call: N samples x, f (N, n); when (N,) seconds or NaN; per sample out: score,
- * flags, contrib (N, n). Returns 0. */
-int edgernn_detect(det_t *d, long N, const double *X, const double *F, const double *when,
-                   double *score_out, int *flags_out, double *contrib_out)
+/* One call: the N rows the struct points at. Returns 0. */
+int edgernn_detect(det_t *d, long N)
 {
+    const double *X = d->X, *F = d->F, *when = d->when;
+    double *score_out = d->score_out, *contrib_out = d->contrib_out;
+    int *flags_out = d->flags_out;
     long n = d->n, k = 5 * n, n2 = 2 * n;
     if (n <= 0 || n > MAX_CHANNELS) return -1;
     double floor[MAX_CHANNELS], z[2 * MAX_CHANNELS], usual[2 * MAX_CHANNELS];
