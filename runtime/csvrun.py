@@ -10,6 +10,7 @@ forecast cells, counted, and do not advance the model. A graph that is not a for
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ from edgernn.runtime.adapt import OnlineHead
 from edgernn.runtime.csvdata import iter_csv
 from edgernn.runtime.model import Model
 from edgernn.runtime.monitor import _detector_fields
-from edgernn.runtime.output import RecordWriter
+from edgernn.runtime.output import RecordWriter, _jsonable
 
 
 @dataclass
@@ -277,6 +278,8 @@ def _int_cell(v) -> Optional[int]:
 
 def _write_records(out: RecordWriter, table, Y: np.ndarray, verdicts, channels) -> None:
     """JSON lines: one record per row, skipped rows in their place."""
+    if out.fmt == "jsonl" and _write_json_block(out, table, Y, verdicts, channels):
+        return
     skipped = sorted(table.skipped_rows)
     rows = sorted([(line, i) for i, line in enumerate(table.lines)] + [(n, -1) for n in skipped])
     for line, i in rows:
@@ -289,6 +292,39 @@ def _write_records(out: RecordWriter, table, Y: np.ndarray, verdicts, channels) 
         if verdicts is not None:
             record.update(verdicts[i])
         out.write(record)
+
+
+def _write_json_block(out: RecordWriter, table, Y: np.ndarray, verdicts, channels) -> bool:
+    """_write_records' lines in one RecordWriter.write_json_block call (the same bytes);
+    False, nothing written, where a key would repeat (a channel named like the time
+    column, "forecast" or a detector field: write() keeps such a key's first place)."""
+    if not json_blocks[0]:
+        return False
+    lead = _leading_columns(table)
+    fixed = [*lead, *channels, "forecast"]
+    if len(set(fixed)) < len(fixed):
+        return False
+    heads = tails = None
+    if lead:
+        names = [json.dumps(c) for c in lead]
+        cells = [table.index] if table.index_column is not None else []
+        cells += [table.time] if table.time_column is not None else []
+        heads = ["".join(f"{k}:{json.dumps(v)}," for k, v in zip(names, row)) for row in zip(*cells)]
+    if verdicts is not None:
+        taken = set(fixed)
+        if any(not taken.isdisjoint(r) for r in verdicts):
+            return False
+        tails = [
+            "," + json.dumps(_jsonable(r), separators=(",", ":"))[1:-1] if r else ""
+            for r in verdicts
+        ]
+    skipped = sorted(table.skipped_rows)
+    inserts = [(int(k), _skipped_record(table, n)) for k, n in zip(_gaps(table), skipped)]
+    out.write_json_block(np.hstack([table.values, Y]), heads, tails, inserts)
+    return True
+
+
+json_blocks = [True]  # False: JSON lines record by record through RecordWriter.write (the reference)
 
 
 def _run_graph(model: Model, first, tables, out_path: Optional[str], decider=None) -> RunSummary:

@@ -418,6 +418,44 @@ class RecordWriter:
             self._raise_naming_output(e)
         self.count += rows
 
+    def write_json_block(
+        self,
+        floats: np.ndarray,
+        heads: Optional[Sequence[str]] = None,
+        tails: Optional[Sequence[str]] = None,
+        inserts: Sequence[tuple[int, dict[str, Any]]] = (),
+    ) -> None:
+        """JSON lines in one call, each as write() writes it: row i is {heads[i] (the
+        JSON text of its leading fields, each followed by ","), the channel values
+        floats[i, :C], "forecast": {the channels: floats[i, C:]}, then tails[i] (JSON
+        text of its trailing fields, each after a ",")}; the floats as float32 shortest
+        decimals, null where not finite. `inserts`: (output position, record) of records
+        placed between them (written as write() writes them). The caller makes sure no
+        key repeats (write() would keep the first place and the last value)."""
+        if self.fmt != "jsonl":
+            raise ValueError("write_json_block writes JSON lines")
+        n, w = floats.shape
+        cells = float32_repr_lines(floats).decode("ascii").replace("\n", ",").split(",")[:-1]
+        if not np.isfinite(floats).all():
+            cells = [cell or "null" for cell in cells]
+        keys = [json.dumps(c).replace("%", "%%") for c in self.channels]
+        template = "{%s" + ",".join(f"{k}:%s" for k in keys) + ',"forecast":{'
+        template += ",".join(f"{k}:%s" for k in keys) + "}%s}\n"
+        args: list[str] = [""] * (n * (w + 2))
+        if heads is not None:
+            args[0 :: w + 2] = heads
+        for j in range(w):
+            args[j + 1 :: w + 2] = cells[j::w]
+        if tails is not None:
+            args[w + 1 :: w + 2] = tails
+        text = (template * n) % tuple(args)
+        if len(inserts):
+            lines = text.split("\n")[:-1]
+            for at, record in inserts:  # ascending output positions
+                lines.insert(at, json.dumps(_jsonable(record), separators=(",", ":")))
+            text = "".join(line + "\n" for line in lines)
+        self._write_text(text, n + len(inserts))
+
     def close(self) -> None:
         try:
             try:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgernn.errors import DataError, EdgernnError
-from edgernn.runtime import csvdata, output
+from edgernn.runtime import csvdata, csvrun, output
 from edgernn.runtime.csvdata import iter_csv
 from edgernn.runtime.csvrun import run_csv
 from edgernn.runtime.detector import Detector
@@ -191,7 +191,7 @@ def _values(rng) -> np.ndarray:
 
 
 def _run(model, path, out, fast: bool, detector) -> tuple[bytes, str, tuple]:
-    csvdata.fast_blocks[0] = output.fast_format[0] = fast
+    csvdata.fast_blocks[0] = output.fast_format[0] = csvrun.json_blocks[0] = fast
     try:
         with redirect_stderr(io.StringIO()) as err:
             try:
@@ -208,7 +208,7 @@ def _run(model, path, out, fast: bool, detector) -> tuple[bytes, str, tuple]:
             except EdgernnError as e:  # e.g. a forecast gone inf on a huge input
                 summary = (type(e).__name__, str(e))
     finally:
-        csvdata.fast_blocks[0] = output.fast_format[0] = True
+        csvdata.fast_blocks[0] = output.fast_format[0] = csvrun.json_blocks[0] = True
     return (open(out, "rb").read() if out.exists() else b""), err.getvalue(), summary
 
 
