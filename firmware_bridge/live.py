@@ -534,6 +534,8 @@ class LiveRun:
         # JSON lines (stdout, .jsonl): each record's line made as it is processed
         self._lines = RecordLines(self.channels) if self.writer.fmt == "jsonl" else None
         self._line = ""
+        # no publisher, no live view: a record is only ever its line (_process skips it)
+        self._lines_only = self._lines is not None and self.publisher is None and self.view is None
         if self.writer.appended_to:
             header = ", no second CSV header" if self.writer.fmt == "csv" else ""
             self.note(f"appending to {out} ({self.writer.appended_to} bytes already there{header})")
@@ -767,19 +769,29 @@ class LiveRun:
             w._raise_naming_output(e)
         w.count += len(lines)
 
-    def _process(self, x: np.ndarray, seq: int, event: Samples, i: int, gap: int) -> dict:
+    def _process(self, x: np.ndarray, seq: int, event: Samples, i: int, gap: int) -> Optional[dict]:
+        """The sample's record (None when only its JSON line, self._line, is needed)."""
         reset = self._pending_reset
         self._pending_reset = False
         if gap:
             reset = self._on_gap(gap) or reset
         result = self.monitor.process(x)
         self.stats.forecasts += 1
-        record: dict[str, Any] = {"seq": seq}
+        time_us = None
         if event.time_us is not None:
             step = event.period_us or 0.0
-            record["time_us"] = int(event.time_us + round(i * step)) & 0xFFFFFFFF
-        record.update(zip(self.channels, x.tolist()))
+            time_us = int(event.time_us + round(i * step)) & 0xFFFFFFFF
         forecast = np.asarray(result.pop("forecast"))
+        if self._lines_only:  # nothing but the JSON line needs the record: no dict made
+            line = self._lines.line(seq, time_us, x, forecast, result, gap, reset)
+            if line is not None:
+                self._line = line
+                self.stats.anomalies += int(result.get("anomaly") or 0)
+                return None
+        record: dict[str, Any] = {"seq": seq}
+        if time_us is not None:
+            record["time_us"] = time_us
+        record.update(zip(self.channels, x.tolist()))
         record["forecast"] = dict(zip(self.channels, forecast.tolist()))
         record.update(result)
         if gap:
@@ -787,7 +799,7 @@ class LiveRun:
         if reset:
             record["reset"] = 1
         if self._lines is not None:  # JSON lines: made from the arrays (RecordWriter's bytes)
-            line = self._lines.line(seq, record.get("time_us"), x, forecast, result, gap, reset)
+            line = self._lines.line(seq, time_us, x, forecast, result, gap, reset)
             self._line = line if line is not None else json_line(record)
         self.stats.anomalies += int(record.get("anomaly") or 0)
         if self.view is not None:
