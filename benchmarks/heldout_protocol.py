@@ -145,6 +145,10 @@ def write_csv(path: str, x: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------------------ methods
+RUN_ARGS: list = []  # extra `edgernn run` arguments (--run-args), e.g. a detector config
+REUSE = [False]  # --reuse: keep a model trained by an earlier run of this script
+
+
 def edgernn_scores(path: str, work: str) -> tuple[np.ndarray, np.ndarray]:
     """`edgernn train` on the first 15 % then `edgernn run` on all, both defaults:
     (score column, anomaly column)."""
@@ -155,11 +159,13 @@ def edgernn_scores(path: str, work: str) -> tuple[np.ndarray, np.ndarray]:
     with open(head, "w") as fh:
         fh.write("\n".join(rows[: 1 + int(TRAIN_FRAC * (len(rows) - 1))]) + "\n")
     run_dir, model, out = (os.path.join(work, p) for p in ("run", "model.onnx", "out.csv"))
-    for cmd in (
+    steps = [
         [*edgernn, "train", head, "--out", run_dir, "--no-progress"],
         [*edgernn, "export", run_dir, "-o", model],
-        [*edgernn, "run", model, "--csv", path, "-o", out],
-    ):
+    ]
+    if REUSE[0] and os.path.exists(model):
+        steps = []
+    for cmd in (*steps, [*edgernn, "run", model, "--csv", path, "-o", out, *RUN_ARGS]):
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[2:4])}: {proc.stderr.strip()[-400:]}")
@@ -233,7 +239,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds", type=int, default=2, help="streams per kind")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--reuse", action="store_true", help="reuse models OUT holds already")
+    ap.add_argument("--run-args", default="", help="extra `edgernn run` arguments")
     args = ap.parse_args(argv)
+    RUN_ARGS.extend(args.run_args.split())
+    REUSE[0] = args.reuse
     os.makedirs(args.out, exist_ok=True)
     began = time.time()
     jobs = [(k, s, args.out) for s in range(args.seeds) for k in KINDS]
