@@ -438,13 +438,18 @@ def _parse_block(lines: list[str], lay: _Layout, odd: bool, cr: bool):
     good = clean if len(good_at) == len(clean) else [clean[k] for k in good_at.tolist()]
     cells = d.join(good).split(d)  # every good line has ncols cells
     cols = lay.col_idx + lay.keep_idx
+    every = lay.decimal == "." and cols == list(range(ncols))
     got = np.empty((len(good), len(cols)), dtype=np.float64)
     parsed = np.zeros(len(good), dtype=bool)
     pending = [(0, len(good))]
     while pending:  # halved where a cell is refused, down to SLOW_PIECE lines
         lo, hi = pending.pop()
         try:
-            for i, j in enumerate(cols):
+            if every:  # all the columns, in order: one call
+                got[lo:hi] = np.array(cells[lo * ncols : hi * ncols], dtype=np.float64).reshape(
+                    hi - lo, ncols
+                )
+            for i, j in enumerate(() if every else cols):
                 column = cells[lo * ncols + j : hi * ncols : ncols]
                 if lay.decimal != ".":
                     column = d.join(column).replace(lay.decimal, ".").split(d)

@@ -127,8 +127,8 @@ def _shortest_bisected(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
             mid = (lo + hi) >> 1
             p = _POW10[mid]
             ok = np.abs(np.rint(s / p) * p - s) < half
-            lo = np.where(ok, mid, lo)
-            hi = np.where(ok, hi, mid)
+            lo = np.maximum(lo, mid * ok)  # mid where ok (mid > lo), else lo
+            hi = np.minimum(hi, mid + 10 * ok)  # mid where not ok (mid < hi), else hi
         p = _POW10[lo]
         scaled = s / p
         m = np.rint(scaled)
