@@ -288,8 +288,14 @@ def prepare(stage: Path) -> dict:
     if stage.exists():
         shutil.rmtree(stage)
     (stage / "ref").mkdir(parents=True)
-    p = sh([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-            "-w", str(stage), str(REPO)])  # fmt: skip
+    # Built from a copy of the checkout: an in-tree build leaves build/ behind, whose
+    # stale files a later in-tree build would ship (as tests/test_packaging.py does).
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "*.egg-info", "__pycache__"))  # fmt: skip
+        p = sh([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                "-q", "-w", str(stage), str(src)])  # fmt: skip
     wheels = list(stage.glob("edgernn-*.whl"))
     if p.returncode or len(wheels) != 1:
         raise RuntimeError(f"building the wheel failed: {p.stderr[-1500:]}")
