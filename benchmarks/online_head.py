@@ -36,13 +36,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import skab_validation as sv  # noqa: E402  (beside this script)
 from skab import CHOSEN as SKAB_CHOSEN  # noqa: E402
 
-from edgernn.runtime.adapt import OnlineHead  # noqa: E402
+from edgernn.runtime.adapt import OnlineHead, learn_weight  # noqa: E402
 from edgernn.runtime.detector import Detector  # noqa: E402
 from edgernn.runtime.evaluate import point_metrics  # noqa: E402
 from edgernn.runtime.model import Model  # noqa: E402
 from edgernn.train.config import TrainConfig  # noqa: E402
 
 BUDGET = 1000.0  # the drift suite's false-alarm budget (samples per false alarm)
+SUSPICIOUS = [True]  # --flagged-only: the head skips flagged samples only (the first rule)
 HEAD_OPTIONS: dict = {}  # OnlineHead options (--head '{"memory": 500}'); defaults: adapt.py
 
 
@@ -62,15 +63,16 @@ def replay(model_path: str, x: np.ndarray, settings: dict, calibration, adapt: b
     scores = np.zeros(len(x))
     due = None
     for t in range(len(x)):
-        flagged = False
+        verdict = None
         if due is not None:
             out = det.score_one(x[t], due)
-            flags[t], scores[t], flagged = out.anomaly, out.score, out.anomaly
+            flags[t], scores[t] = out.anomaly, out.score
+            verdict = {"anomaly": out.anomaly, "score": out.score, "threshold": out.threshold}
         if head is None:
             due = Y[t].astype(np.float64)
         else:
-            head.learn(x[t : t + 1], [0.0 if flagged else 1.0])
-            due = head.correct(Y[t : t + 1], H[t : t + 1])[0]
+            weight = learn_weight(verdict) if SUSPICIOUS[0] else float(not flags[t])
+            due = head.step(x[t], Y[t], H[t], weight)
     return flags, scores
 
 
@@ -204,8 +206,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", choices=["skab", "drift"], default=None)
     ap.add_argument("--head", default="{}", help="OnlineHead options as JSON")
+    ap.add_argument("--flagged-only", action="store_true",
+                    help="the head skips flagged samples only, not suspicious ones")
     args = ap.parse_args(argv)
     HEAD_OPTIONS.update(json.loads(args.head))
+    SUSPICIOUS[0] = not args.flagged_only
     os.makedirs(args.out, exist_ok=True)
     began = time.time()
     result = {}

@@ -31,6 +31,23 @@ from edgernn.errors import InputError
 BLOCK = 64  # forecasts between solves (a solve is the costly part: ~1 per 64 samples)
 MEMORY = 2000.0  # samples the fit remembers (forgetting factor 1 - 1/MEMORY)
 RIDGE = 100.0  # prior weight on A = 0, in samples' worth of unit-size features
+SUSPICIOUS = 0.5  # samples scoring this fraction of the detector's threshold are not learnt
+
+
+def learn_weight(record) -> float:
+    """The weight the head learns a sample with, from the detector's record of it: 0
+    when flagged or suspicious (score >= SUSPICIOUS x threshold: a tail probability
+    below the square root of the false-alarm rate, ~1 % of normal samples at one false
+    alarm per 10,000 but most samples of a fault, flagged or not), else 1. Without a
+    verdict (warm-up, no detector) 1."""
+    if not record:
+        return 1.0
+    if record.get("anomaly"):
+        return 0.0
+    score, threshold = record.get("score"), record.get("threshold")
+    if score is not None and threshold is not None and score >= SUSPICIOUS * threshold:
+        return 0.0
+    return 1.0
 
 
 class OnlineHead:

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from edgernn.errors import DataError, EdgernnError
-from edgernn.runtime.adapt import OnlineHead
+from edgernn.runtime.adapt import OnlineHead, learn_weight
 from edgernn.runtime.csvdata import iter_csv
 from edgernn.runtime.model import Model
 from edgernn.runtime.monitor import _detector_fields
@@ -192,8 +192,7 @@ class _Forecasts:
             b = a + min(self.head.room, len(Y) - a)
             Y[a:b] = self.head.correct(Y[a:b], self._features[a:b])
             piece = self._score(detector, table, Y, a, b)
-            flagged = [bool(r.get("anomaly")) for r in piece]
-            self.head.learn(table.values[a:b], [0.0 if f else 1.0 for f in flagged])
+            self.head.learn(table.values[a:b], [learn_weight(r) for r in piece])
             verdicts += piece
             a = b
         return verdicts

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgernn.runtime.adapt import OnlineHead
+from edgernn.runtime.adapt import OnlineHead, learn_weight
 from edgernn.runtime.model import Model
 
 
@@ -67,7 +67,7 @@ class Monitor:
             self.imputed += 1
         else:
             self.samples += 1
-        flagged = False
+        verdict: Optional[dict] = None
         if self.detector is not None:
             if imputed or due is None:
                 record.update(score=None, anomaly=0 if due is None else None, onset=0)
@@ -76,10 +76,10 @@ class Monitor:
                     self.last_output = self.detector.score_one(x, due)
                 else:
                     self.last_output = self.detector.score_one(x, due, time=time)
-                record.update(_detector_fields(self.last_output))
-                flagged = bool(record.get("anomaly"))
+                verdict = _detector_fields(self.last_output)
+                record.update(verdict)
         if self.head is not None:  # learn this sample, then correct the forecast from it
-            weight = 0.0 if imputed or flagged else 1.0
+            weight = 0.0 if imputed else learn_weight(verdict)
             corrected = self.head.step(x, forecast, self.stream.features(), weight)
             forecast = corrected.astype(np.float32)
         self._pending.append(forecast)

@@ -176,3 +176,14 @@ def test_step_is_learn_then_correct(exported_models):
     head = OnlineHead.for_model(model)
     stepped = np.array([head.step(X[t], Y[t], H[t], w[t]) for t in range(len(X))])
     np.testing.assert_array_equal(stepped, whole)
+
+
+def test_learn_weight_skips_flagged_and_suspicious_samples():
+    from edgernn.runtime.adapt import learn_weight
+
+    assert learn_weight(None) == 1.0  # no verdict: warm-up, no detector
+    assert learn_weight({"score": None, "anomaly": 0, "onset": 0}) == 1.0
+    assert learn_weight({"score": 0.0, "anomaly": 0, "onset": 0}) == 1.0  # warming up
+    assert learn_weight({"score": 1.9, "anomaly": 0, "threshold": 4.0}) == 1.0
+    assert learn_weight({"score": 2.0, "anomaly": 0, "threshold": 4.0}) == 0.0  # suspicious
+    assert learn_weight({"score": 9.0, "anomaly": 1, "threshold": 4.0}) == 0.0
