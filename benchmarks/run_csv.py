@@ -5,8 +5,9 @@
 
 Every variant runs as its own process on the same file (the wall time includes the
 interpreter start and the model load, for all of them alike), the variants interleaved
-within each repeat; the report gives medians over the repeats and the peak RSS of each
-child (os.wait4's ru_maxrss):
+within each repeat; the report gives medians over the repeats of the wall time and of the
+CPU time (user + system: less moved by other load on a shared machine) and the peak RSS
+of each child (os.wait4's rusage):
   bare          np.loadtxt + Stream.run + np.savetxt ("%.9g": float32 exact)
   no-detector   edgernn run MODEL --csv IN -o OUT.csv --no-detector
   detector      edgernn run MODEL --csv IN -o OUT.csv (the model's calibration)
@@ -86,7 +87,7 @@ def in_child(function: str, *args):
 
 
 def run_child(cmd: list[str]) -> dict:
-    """Wall seconds and peak RSS (MB) of one child process."""
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of one child process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -96,7 +97,8 @@ def run_child(cmd: list[str]) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-500:]}")
-    return {"seconds": wall, "rss_mb": usage.ru_maxrss / 1024}
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"seconds": wall, "cpu_s": cpu, "rss_mb": usage.ru_maxrss / 1024}
 
 
 def commands(model: str, data: str, folder: str) -> dict[str, list[str]]:
@@ -123,30 +125,37 @@ def bench_size(model: str, rows: int, folder: str, repeats: int, det_repeats: in
     out = {}
     for name, got in runs.items():
         seconds = statistics.median(r["seconds"] for r in got)
+        cpu = statistics.median(r["cpu_s"] for r in got)
         out[name] = {
             "repeats": len(got),
             "median_s": round(seconds, 3),
             "us_per_sample": round(1e6 * seconds / rows, 2),
+            "cpu_median_s": round(cpu, 3),
+            "cpu_us_per_sample": round(1e6 * cpu / rows, 2),
             "rss_mb": round(max(r["rss_mb"] for r in got), 1),
             "runs_s": [round(r["seconds"], 3) for r in got],
+            "runs_cpu_s": [round(r["cpu_s"], 3) for r in got],
         }
-    bare = out["bare"]["median_s"]
+    bare, bare_cpu = out["bare"]["median_s"], out["bare"]["cpu_median_s"]
     for name in ("no-detector", "detector"):
         out[name]["x_bare"] = round(out[name]["median_s"] / bare, 2)
+        out[name]["x_bare_cpu"] = round(out[name]["cpu_median_s"] / bare_cpu, 2)
     return out
 
 
 def table(results: dict) -> list[str]:
     lines = [
-        "| rows × 8 | variant | µs/sample | × bare | peak RSS MB | repeats |",
-        "|---|---|---:|---:|---:|---:|",
+        "| rows × 8 | variant | µs/sample | × bare | CPU µs/sample | CPU × bare | peak RSS MB "
+        "| repeats |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for rows, variants in results["sizes"].items():
         for name, r in variants.items():
-            ratio = r.get("x_bare", 1.0)
+            ratio, cpu_ratio = r.get("x_bare", 1.0), r.get("x_bare_cpu", 1.0)
             lines.append(
                 f"| {int(rows):,} | {name} | {r['us_per_sample']:.1f} | {ratio:.2f} | "
-                f"{r['rss_mb']:.0f} | {r['repeats']} |"
+                f"{r['cpu_us_per_sample']:.1f} | {cpu_ratio:.2f} | {r['rss_mb']:.0f} | "
+                f"{r['repeats']} |"
             )
     return lines
 
@@ -171,7 +180,8 @@ def main(argv=None) -> int:
             sizes[str(rows)] = bench_size(model, rows, folder, args.repeats, det)
     results = {
         "what": "edgernn run --csv vs bare numpy loadtxt + Stream.run + savetxt, one process "
-        "each, same file; medians of interleaved repeats, wall time incl. start and load",
+        "each, same file; medians of interleaved repeats, wall and CPU time incl. start and "
+        "load",
         "model": "LSTM-32, 8 channels" if not args.model else os.path.basename(args.model),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"python {platform.python_version()}, numpy {np.__version__}",
