@@ -52,8 +52,7 @@ def add_commands(sub) -> None:
         help="list or copy the systemd units, environment files and logrotate rule",
         description="The deploy files installed with edgernn: without --to, print their "
         "paths; with --to DIR, copy them into DIR (never over an existing file). Then "
-        "edit the environment file and install the unit: see the README's 'Deploying on a "
-        "Raspberry Pi'.",
+        "edit the environment file and install the unit: see the README's 'Raspberry Pi'.",
     )
     p.add_argument("--to", metavar="DIR", help="copy the files into DIR")
     p.set_defaults(func=cmd_deploy)

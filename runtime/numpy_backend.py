@@ -512,6 +512,21 @@ def _reshape(x, shape):
     return x.reshape(shape)
 
 
+def _where_these_ops_run(ops) -> str:
+    """What to do about ops numpy lacks: onnxruntime where it is installed; where it is
+    not (32-bit ARM has no wheel), quantised ops mean: deploy the float or fp16 model."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        quantised = any("Quantize" in op or "Integer" in op for op in ops)
+        return (
+            "onnxruntime, which runs them, is not installed (none exists for 32-bit ARM): "
+            + ("deploy the float or fp16 model instead of the int8 one" if quantised
+               else "install it, or export the model with ops numpy runs")
+        )  # fmt: skip
+    return "use backend='onnxruntime'"
+
+
 class Interpreter:
     """Execute a Graph with numpy. Constant subgraphs (weights behind DequantizeLinear,
     Constant nodes) are folded once at construction; `run` executes the rest."""
@@ -524,7 +539,7 @@ class Interpreter:
             ops = unknown or sorted({f"{n.domain}.{n.op_type}" for n in graph.nodes if n.domain})
             raise ModelFormatError(
                 f"{source}: the numpy backend does not implement ops {ops}; "
-                "use backend='onnxruntime'"
+                + _where_these_ops_run(ops)
             )
         self.graph, self.source = graph, source
         self.constants: dict[str, np.ndarray] = {"": None, **graph.initializers}
