@@ -50,6 +50,15 @@ def learn_weight(record) -> float:
     return 1.0
 
 
+def learn_weights(anomaly, score, threshold) -> np.ndarray:
+    """learn_weight() of a block's verdicts from their arrays (threshold NaN while the
+    detector warms up)."""
+    anomaly = np.asarray(anomaly, dtype=bool)
+    with np.errstate(invalid="ignore"):  # NaN thresholds compare False: learnt
+        suspicious = np.asarray(score) >= SUSPICIOUS * np.asarray(threshold)
+    return np.where(anomaly | suspicious, 0.0, 1.0)
+
+
 class OnlineHead:
     """A forecaster's head, corrected online (module docstring).
 

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from edgernn.errors import DataError, EdgernnError
-from edgernn.runtime.adapt import OnlineHead, learn_weight
+from edgernn.runtime.adapt import OnlineHead, learn_weight, learn_weights
 from edgernn.runtime.csvdata import iter_csv
 from edgernn.runtime.model import Model
 from edgernn.runtime.monitor import _detector_fields
@@ -185,27 +185,29 @@ class _Forecasts:
         re-solves (the same order as Monitor: a piece's forecasts corrected, its rows
         scored, then learnt unless flagged)."""
         if self.head is None:
-            return self._score(detector, table, Y, 0, len(Y))
+            return self._score(detector, table, Y, 0, len(Y))[0]
         verdicts: list[dict] = []
         a = 0
         while a < len(Y):
             b = a + min(self.head.room, len(Y) - a)
             Y[a:b] = self.head.correct(Y[a:b], self._features[a:b])
-            piece = self._score(detector, table, Y, a, b)
-            self.head.learn(table.values[a:b], [learn_weight(r) for r in piece])
+            piece, weights = self._score(detector, table, Y, a, b)
+            self.head.learn(table.values[a:b], weights)
             verdicts += piece
             a = b
         return verdicts
 
-    def _score(self, detector, table, Y: np.ndarray, a: int, b: int) -> list[dict]:
-        """score() of rows a..b-1 (Y[:b] final). The rows go to the detector as one
-        block (Detector.score_block: one kernel call, the same verdicts as score_one
-        row by row)."""
+    def _score(self, detector, table, Y: np.ndarray, a: int, b: int) -> tuple[list[dict], np.ndarray]:
+        """score() of rows a..b-1 (Y[:b] final), and the weight the online head learns
+        each row with (adapt.learn_weight's, from the block's arrays). The rows go to
+        the detector as one block (Detector.score_block: one kernel call, the same
+        verdicts as score_one row by row)."""
         made = np.concatenate([self._tail, Y[a:b]])  # made[i + len(tail) - horizon] is row a+i's
         lag = len(self._tail) - self.horizon
         n = b - a
         start = max(0, min(n, self.horizon - self.seen))  # rows with no forecast due
         verdicts = [{"score": None, "anomaly": 0, "onset": 0} for _ in range(start)]
+        weights = np.ones(n)
         if start < n and hasattr(detector, "score_block"):
             rows = slice(a + start, b)
             times = None if table.time is None else table.time[rows]
@@ -213,6 +215,7 @@ class _Forecasts:
                 table.values[rows], made[start + lag : n + lag], times=times
             )
             verdicts += block.records()
+            weights[start:] = learn_weights(block.anomaly, block.score, block.threshold)
             for i in sorted({*block.opened, *block.closed}):
                 row = a + start + i
                 where = f"line {table.lines[row]}" if table.time is None else table.time[row]
@@ -227,10 +230,11 @@ class _Forecasts:
                     else detector.score_one(x, due, time=when)
                 )  # fmt: skip
                 verdicts.append(_detector_fields(out))
+                weights[i] = learn_weight(verdicts[-1])
                 _report_event(verdicts[-1], f"line {table.lines[row]}" if when is None else when)
         self.seen += n
         self._tail = made[len(made) - min(self.horizon, len(made)) :].copy()
-        return verdicts
+        return verdicts, weights
 
 
 def _gaps(table) -> np.ndarray:

@@ -187,3 +187,18 @@ def test_learn_weight_skips_flagged_and_suspicious_samples():
     assert learn_weight({"score": 1.9, "anomaly": 0, "threshold": 4.0}) == 1.0
     assert learn_weight({"score": 2.0, "anomaly": 0, "threshold": 4.0}) == 0.0  # suspicious
     assert learn_weight({"score": 9.0, "anomaly": 1, "threshold": 4.0}) == 0.0
+
+
+def test_learn_weights_is_learn_weight_on_arrays():
+    from edgernn.runtime.adapt import learn_weight, learn_weights
+
+    rng = np.random.default_rng(5)
+    score = rng.uniform(0, 6, 200)
+    threshold = np.where(rng.random(200) < 0.2, np.nan, 4.0)  # NaN: warming up
+    anomaly = (score >= 4.0) & ~np.isnan(threshold)
+    records = [
+        {"score": s, "anomaly": int(a)} if t != t else {"score": s, "anomaly": int(a), "threshold": t}
+        for s, a, t in zip(score, anomaly, threshold)
+    ]
+    want = [learn_weight(r) for r in records]
+    np.testing.assert_array_equal(learn_weights(anomaly, score, threshold), want)
