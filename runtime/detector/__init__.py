@@ -12,12 +12,14 @@ load where there is a compiler; runs on the Pi).
 Modules, by responsibility: normalise.py (per-channel robust error scale with floors,
 seasonal baseline), tails.py (online tail probabilities), alerts.py (events),
 config.py (options, the false-alarm budget, JSON/TOML config files), timeparse.py
-(timestamps), core.py (the Detector that ties them together, calibrate()), kernel.c and
-ckernel.py (the per-sample computation compiled, `Detector(backend="c")`, the default
-where it builds; numpy is the reference and the fallback).
+(timestamps), core.py (the Detector that ties them together), outputs.py (what it
+returns: DetectorOutput, BlockResult), calibration.py (calibrate(): what export stores),
+kernel.c and ckernel.py (the per-sample computation compiled, `Detector(backend="c")`,
+the default where it builds; numpy is the reference and the fallback).
 """
 
 from edgernn.runtime.detector.alerts import Event
+from edgernn.runtime.detector.calibration import CALIBRATION_FORMAT, calibrate
 from edgernn.runtime.detector.config import (
     CONFIG_KEYS,
     Budget,
@@ -26,16 +28,13 @@ from edgernn.runtime.detector.config import (
     make_config,
     parse_budget,
 )
-from edgernn.runtime.detector.core import (
-    CALIBRATION_FORMAT,
-    Detector,
-    DetectorOutput,
-    calibrate,
-)
+from edgernn.runtime.detector.core import Detector
 from edgernn.runtime.detector.normalise import robust_center_scale
+from edgernn.runtime.detector.outputs import BlockResult, DetectorOutput
 from edgernn.runtime.detector.timeparse import format_time, parse_time
 
 __all__ = [
+    "BlockResult",
     "Budget",
     "CALIBRATION_FORMAT",
     "CONFIG_KEYS",

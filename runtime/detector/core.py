@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import numpy as np
 
-from edgernn.errors import InputError, ModelFormatError
+from edgernn.errors import InputError
 from edgernn.runtime.detector import ckernel
 from edgernn.runtime.detector.alerts import Event, EventTracker
+from edgernn.runtime.detector.calibration import _from_calibration
 from edgernn.runtime.detector.config import (
     CONFIG_KEYS,
     DEFAULT_ALARM_EVERY_DAYS,
@@ -48,10 +48,10 @@ from edgernn.runtime.detector.normalise import (
     SeasonalProfile,
     robust_center_scale,
 )
+from edgernn.runtime.detector.outputs import BlockResult, DetectorOutput
 from edgernn.runtime.detector.tails import TailTable
 from edgernn.runtime.detector.timeparse import as_seconds, as_seconds_array, format_time
 
-CALIBRATION_FORMAT = 2  # 1: the old detector's (center/scale are read, the rest ignored)
 MAX_SCORE = 50.0
 PRIOR_WEIGHT = 10.0  # samples' worth of the prior tails
 MIN_SECOND_STAGE = 30.0  # first-stage samples before the second stage learns
@@ -66,32 +66,6 @@ STAT_GRID = (-2.0, 4.0, 72)  # statistics: log10 from 0.01 to 10,000, 12 cells a
 TOP_GRID = (0.0, 30.0, 240)  # T = -log10 p_min: 0 to 30 in steps of 0.125
 N_STATS = 5  # statistics per channel (see _statistics)
 BACKENDS = ("auto", "c", "numpy")
-
-
-@dataclass
-class DetectorOutput:
-    """The verdict on one sample (JSON-friendly fields)."""
-
-    score: float  # -log10 of the tail probability; 0.0 while warming up
-    anomaly: bool  # this sample is flagged (score >= threshold)
-    threshold: Optional[float]  # None while warming up
-    warming_up: bool
-    contributions: np.ndarray  # (C,) each channel's share of the surprisal, sums to 1 or 0
-    onset: bool = False  # this sample opens an alert (the first flag of an event)
-    event: Optional[int] = None  # id of the open event
-    event_opened: Optional[dict] = None
-    event_closed: Optional[dict] = None
-
-    def to_record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "score": self.score,
-            "anomaly": int(self.anomaly),
-            "onset": int(self.onset),
-        }
-        for key in ("event", "event_opened", "event_closed"):
-            if getattr(self, key) is not None:
-                record[key] = getattr(self, key)
-        return record
 
 
 class Detector:
@@ -720,100 +694,6 @@ class Detector:
         return arr
 
 
-@dataclass
-class BlockResult:
-    """score_block()'s verdicts, one entry per row (the fields of DetectorOutput): the
-    kernel's raw arrays, with score / anomaly / onset / warming_up / threshold views."""
-
-    raw_score: np.ndarray  # (N,) the score as computed (warm-up rows too)
-    flags: np.ndarray  # (N,) int32, ckernel.F_* bits
-    raw_threshold: np.ndarray  # (N,) the threshold in force (warm-up rows too)
-    event: np.ndarray  # (N,) id of the open event, 0 for none
-    contributions: np.ndarray  # (N, C)
-    opened: dict = field(default_factory=dict)  # row -> the event opened on it
-    closed: dict = field(default_factory=dict)  # row -> the event closed on it
-
-    @classmethod
-    def empty(cls, n: int, c: int) -> BlockResult:
-        return cls(np.zeros(n), np.zeros(n, dtype=np.int32), np.zeros(n),
-                   np.zeros(n, dtype=np.int64), np.zeros((n, c)))  # fmt: skip
-
-    def __len__(self) -> int:
-        return len(self.flags)
-
-    @property
-    def warming_up(self) -> np.ndarray:
-        return (self.flags & ckernel.F_LEARNING) != 0
-
-    @property
-    def anomaly(self) -> np.ndarray:
-        return (self.flags & ckernel.F_FLAGGED) != 0
-
-    @property
-    def onset(self) -> np.ndarray:
-        return (self.flags & ckernel.F_ONSET) != 0
-
-    @property
-    def score(self) -> np.ndarray:
-        """0.0 while warming up."""
-        return np.where(self.warming_up, 0.0, self.raw_score)
-
-    @property
-    def threshold(self) -> np.ndarray:
-        """NaN while warming up."""
-        return np.where(self.warming_up, math.nan, self.raw_threshold)
-
-    def set(self, i: int, out: DetectorOutput) -> None:
-        """Row i from a DetectorOutput (the numpy rows)."""
-        self.raw_score[i] = out.score
-        self.flags[i] = (
-            (ckernel.F_FLAGGED if out.anomaly else 0) | (ckernel.F_ONSET if out.onset else 0)
-            | (ckernel.F_LEARNING if out.warming_up else 0)
-        )  # fmt: skip
-        self.raw_threshold[i] = math.nan if out.threshold is None else out.threshold
-        self.event[i] = out.event or 0
-        self.contributions[i] = out.contributions
-        if out.event_opened is not None:
-            self.opened[i] = out.event_opened
-        if out.event_closed is not None:
-            self.closed[i] = out.event_closed
-
-    def output(self, i: int) -> DetectorOutput:
-        """Row i as score_one() returns it."""
-        fl = int(self.flags[i])
-        warming = bool(fl & ckernel.F_LEARNING)
-        return DetectorOutput(
-            0.0 if warming else float(self.raw_score[i]), bool(fl & ckernel.F_FLAGGED),
-            None if warming else float(self.raw_threshold[i]), warming,
-            self.contributions[i].copy(), onset=bool(fl & ckernel.F_ONSET),
-            event=int(self.event[i]) or None, event_opened=self.opened.get(i),
-            event_closed=self.closed.get(i),
-        )  # fmt: skip
-
-    def records(self) -> list[dict]:
-        """Each row's record fields, as runtime/monitor.py's _detector_fields makes them
-        from score_one()'s output (the same keys, in the same order)."""
-        warm = ckernel.F_LEARNING
-        records = [
-            {"score": 0.0, "anomaly": 0, "onset": 0} if fl & warm
-            else {"score": s, "anomaly": fl & 1, "onset": (fl >> 2) & 1, "threshold": th}
-            for s, fl, th in zip(
-                self.raw_score.tolist(), self.flags.tolist(), self.raw_threshold.tolist()
-            )
-        ]  # fmt: skip
-        if self.opened or self.closed or self.event.any():
-            for i in np.flatnonzero(self.event).tolist() + list(self.opened) + list(self.closed):
-                records[i] = _detector_fields_of(self.output(i))
-        return records
-
-
-def _detector_fields_of(out: DetectorOutput) -> dict[str, Any]:
-    record = out.to_record()
-    if out.threshold is not None:
-        record["threshold"] = out.threshold
-    return record
-
-
 def _matrix(v, what: str) -> np.ndarray:
     try:
         arr = np.asarray(v, dtype=np.float64)
@@ -822,61 +702,6 @@ def _matrix(v, what: str) -> np.ndarray:
     if arr.ndim != 2:
         raise InputError(f"{what} must be a matrix [rows, channels], got shape {arr.shape}")
     return arr
-
-
-# ------------------------------------------------------------------------- calibration
-def calibrate(val_errors, **options) -> dict[str, Any]:
-    """The detector calibration export stores in the model ("detector" metadata):
-    robust per-channel center / scale of the validation forecast errors [T, C] (raw
-    units, forecast - sample), the options given, and the validation scores' spread."""
-    errors = np.asarray(val_errors, dtype=np.float64)
-    if errors.ndim != 2 or errors.shape[0] < 2:
-        raise InputError(f"validation errors must be [T >= 2, channels], got {errors.shape}")
-    errors = errors[np.isfinite(errors).all(axis=1)]
-    if len(errors) < 2:
-        raise InputError("validation errors hold fewer than 2 finite rows")
-    make_config(options)
-    center, scale = robust_center_scale(errors)
-    floor = 1e-6 * np.maximum(np.abs(errors).mean(axis=0), 1e-6)
-    scale = np.maximum(scale, floor)
-    probe = Detector(error_center=center, error_scale=scale, **{**options, "warmup": 2})
-    zero = np.zeros(errors.shape[1])
-    scores = np.array([probe.score_one(zero - err, zero).score for err in errors])[1:]
-    return {
-        "format": CALIBRATION_FORMAT,
-        "center": center.tolist(),
-        "scale": scale.tolist(),
-        "threshold": "budget",
-        "params": dict(options),
-        "validation": {
-            "rows": int(len(errors)),
-            "score_p50": float(np.median(scores)),
-            "score_p99": float(np.quantile(scores, 0.99)),
-            "score_max": float(scores.max()),
-        },
-    }
-
-
-def _from_calibration(cal: dict, n_channels: int) -> dict[str, Any]:
-    try:
-        if int(cal.get("format", 1)) > CALIBRATION_FORMAT:
-            raise ModelFormatError(
-                f"detector calibration format {cal['format']} is newer than this edgernn reads"
-            )
-        center = [float(v) for v in cal["center"]]
-        scale = [float(v) for v in cal["scale"]]
-        options = {}
-        if int(cal.get("format", 1)) >= 2:  # format 1's params belong to the old detector
-            options = {k: v for k, v in dict(cal.get("params", {})).items() if k in CONFIG_KEYS}
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelFormatError(f"damaged detector calibration in the model metadata ({e!r})") from None
-    if len(center) != n_channels or len(scale) != n_channels:
-        raise ModelFormatError(
-            f"detector calibration has {len(scale)} channels, the model {n_channels}"
-        )
-    if not all(math.isfinite(s) and s > 0 for s in scale):
-        raise ModelFormatError("detector calibration holds a scale that is not > 0")
-    return {"error_center": center, "error_scale": scale, **options}
 
 
 def _vector(v, name: str) -> Optional[list[float]]:
