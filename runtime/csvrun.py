@@ -24,7 +24,7 @@ from edgernn.runtime.adapt import OnlineHead, learn_weight, learn_weights
 from edgernn.runtime.csvdata import iter_csv
 from edgernn.runtime.model import Model
 from edgernn.runtime.monitor import _detector_fields
-from edgernn.runtime.output import RecordWriter, _jsonable
+from edgernn.runtime.output import RecordWriter, _jsonable, _needs_quotes
 
 
 @dataclass
@@ -111,8 +111,9 @@ def run_csv(
             verdicts = (
                 forecasts.score(detector, table, Y) if detector is not None else None
             )
-            if out.fmt == "csv" and table.index is None:  # a row index: two leading cells
-                _write_csv_block(out, table, Y, verdicts)
+            leading = _csv_leading(table) if out.fmt == "csv" else None
+            if leading is not None:
+                _write_csv_block(out, table, Y, verdicts, *leading)
             else:
                 _write_records(out, table, Y, verdicts, model.channels)
             if verdicts is not None:
@@ -245,7 +246,21 @@ def _gaps(table) -> np.ndarray:
     )
 
 
-def _write_csv_block(out: RecordWriter, table, Y: np.ndarray, verdicts) -> None:
+def _csv_leading(table) -> Optional[tuple[Optional[list[str]], bool]]:
+    """(leading cells, whether they are CSV text) of a chunk's kept rows for
+    _write_csv_block: the time cells, or a row index's and the time column's joined
+    ("i,t"); None where csv would quote one of those (then records go one by one)."""
+    if table.index is None:
+        return table.time, False
+    if not json_blocks[0]:
+        return None
+    cells = [table.index] + ([table.time] if table.time is not None else [])
+    if any(_needs_quotes(cell) for column in cells for cell in column):
+        return None
+    return [",".join(row) for row in zip(*cells)], True
+
+
+def _write_csv_block(out: RecordWriter, table, Y: np.ndarray, verdicts, leading, text) -> None:
     floats = [table.values, Y]
     trailing = None
     if verdicts is not None:
@@ -254,24 +269,26 @@ def _write_csv_block(out: RecordWriter, table, Y: np.ndarray, verdicts) -> None:
         trailing = [(_int_cell(r.get("anomaly")), _int_cell(r.get("onset"))) for r in verdicts]
     floats = np.hstack(floats)
     if not table.skipped_leading:
-        out.write_block(floats, leading=table.time, trailing=trailing, gaps=_gaps(table))
+        out.write_block(
+            floats, leading=leading, trailing=trailing, gaps=_gaps(table), leading_text=text
+        )
         return
     # Skipped rows keep their time cell (rare: the block is cut at each of them)
     skipped = sorted(table.skipped_rows)
     kept_before = np.searchsorted(np.asarray(table.lines, dtype=np.int64), skipped).tolist()
     start = 0
     for stop, line in zip(kept_before, skipped):
-        _write_rows(out, floats, table.time, trailing, start, stop)
+        _write_rows(out, floats, leading, trailing, start, stop, text)
         out.write(_skipped_record(table, line))
         start = stop
-    _write_rows(out, floats, table.time, trailing, start, len(floats))
+    _write_rows(out, floats, leading, trailing, start, len(floats), text)
 
 
-def _write_rows(out: RecordWriter, floats, leading, trailing, start: int, stop: int) -> None:
+def _write_rows(out, floats, leading, trailing, start: int, stop: int, text=False) -> None:
     if stop > start:
         out.write_block(
             floats[start:stop], leading=None if leading is None else leading[start:stop],
-            trailing=None if trailing is None else trailing[start:stop],
+            trailing=None if trailing is None else trailing[start:stop], leading_text=text,
         )  # fmt: skip
 
 

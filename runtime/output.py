@@ -352,15 +352,18 @@ class RecordWriter:
         leading: Optional[Sequence[Any]] = None,
         trailing: Optional[Sequence[Sequence[Any]]] = None,
         gaps: Sequence[int] = (),
+        leading_text: bool = False,
     ) -> None:
         """CSV rows in one call, every cell as write() formats it: row i is leading[i]
         (one cell, e.g. the time), floats[i] (the numeric cells: inputs, then forecasts
         or outputs, then any float trailing cells, as float32 shortest decimals; NaN and
         inf empty), then trailing[i] (int or None cells). `gaps`: positions in the
-        block's output where an empty row goes (a skipped input row keeps its place)."""
+        block's output where an empty row goes (a skipped input row keeps its place).
+        leading_text: leading[i] is CSV text already (cells csv writes unquoted, joined
+        by ","), written as it is."""
         if self.fmt != "csv":
             raise ValueError("write_block writes CSV; JSON lines go through write()")
-        plain = not any(_needs_quotes(cell) for cell in leading or ())
+        plain = leading_text or not any(_needs_quotes(cell) for cell in leading or ())
         if fast_format[0] and plain:  # the floats' lines made vectorised
             text = float32_repr_lines(floats).decode("ascii")
             if leading is None and trailing is None and not len(gaps):
@@ -371,6 +374,10 @@ class RecordWriter:
         rows = float32_decimals(floats).tolist()
         if rows and not np.isfinite(floats).all():
             rows = [[x if math.isfinite(x) else None for x in row] for row in rows]
+            if leading_text:
+                lines = [",".join("" if x is None else repr(x) for x in row) for row in rows]
+                self._write_joined(lines, leading, trailing, gaps)
+                return
         elif plain:
             self._write_joined([",".join(map(repr, row)) for row in rows], leading, trailing, gaps)
             return
