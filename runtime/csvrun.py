@@ -344,7 +344,7 @@ def _write_json_block(out: RecordWriter, table, Y: np.ndarray, verdicts, channel
     return True
 
 
-json_blocks = [True]  # False: JSON lines record by record through RecordWriter.write (the reference)
+json_blocks = [True]  # False: JSON lines (and CSV with a row index) record by record (the reference)
 
 
 def _run_graph(model: Model, first, tables, out_path: Optional[str], decider=None) -> RunSummary:
