@@ -358,7 +358,7 @@ def _fresh_copy(lib: str) -> str:
     _dlopen_fresh); the caller loads it and unlinks it."""
     alias = os.path.join(os.path.dirname(lib), f".load{os.getpid()}_{next(_aliases)}.so")
     if os.path.lexists(alias):
-        os.unlink(alias)
+        os.unlink(alias)  # left by a killed process of the same pid (a private folder)
     fd = os.open(alias, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f, open(lib, "rb") as src:
@@ -379,18 +379,8 @@ def _dlopen_fresh(lib: str) -> ctypes.CDLL:
     file itself: pages of a loaded library are read from its file on demand, so a cache
     file damaged in place later (disk trouble, a stray write) would SIGBUS this process;
     a new name, because a second dlopen of a path returns the handle already loaded."""
-    alias = os.path.join(os.path.dirname(lib), f".load{os.getpid()}_{next(_aliases)}.so")
-    if os.path.lexists(alias):
-        os.unlink(alias)  # left by a killed process of the same pid (a private folder)
-    fd = os.open(alias, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    alias = _fresh_copy(lib)
     try:
-        with os.fdopen(fd, "wb") as f, open(lib, "rb") as src:
-            data = src.read()
-            f.write(data)
-        with open(lib + ".sha256") as f:
-            recorded = f.read().split()[:1]
-        if [hashlib.sha256(data).hexdigest()] != recorded:
-            raise OSError(f"{os.path.basename(lib)} changed while it was loaded")
         return ctypes.CDLL(alias)
     finally:
         os.unlink(alias)  # the mapping stays; the name is not needed any more
