@@ -131,7 +131,8 @@ def test_f32_tokens_are_recordwriter_tokens(fastcall):
     sensors = 30 + 10 * rng.standard_normal(40_000)
     edges = [0.0, -0.0, 1e-4, 9.99999e-5, 1e-5, 1e15, 1e16, 1.5e16, 1e8, 16777216.0, 43.04,
              3.4028235e38, 1e-38, 0.1, -1.0, np.nan, np.inf]  # fmt: skip
-    values = np.concatenate([bits, scaled, sensors, edges]).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN bit patterns, huge scaled values
+        values = np.concatenate([bits, scaled, sensors, edges]).astype(np.float32)
     sure = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
