@@ -65,8 +65,9 @@ USERLANDS = {
     "arm64": {
         "qemu": "aarch64",
         "elf_machine": 0xB7,
-        # README, 64-bit Pi OS: python3-venv, gcc (the C step compiles at load)
-        "apt": ["python3", "python3-venv", "gcc", "libc6-dev", "ca-certificates"],
+        # README, 64-bit Pi OS: python3-venv, gcc (the C step compiles at load),
+        # python3-dev (its one-call fast path)
+        "apt": ["python3", "python3-venv", "gcc", "python3-dev", "libc6-dev", "ca-certificates"],
         "venv": f"python3 -m venv {VENV}",
         "pip": f"{VENV}/bin/pip install /pi-check/WHEEL",
         "backends": ["auto", "c", "numpy", "onnxruntime"],
@@ -82,6 +83,7 @@ USERLANDS = {
             "python3-numpy",
             "python3-serial",
             "gcc",
+            "python3-dev",
             "libc6-dev",
             "ca-certificates",
         ],  # fmt: skip

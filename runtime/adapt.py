@@ -205,9 +205,17 @@ class OnlineHead:
         if self._pairs:
             phi, r, w, index = (np.concatenate(p) for p in zip(*self._pairs))
             now = index < limit
-            wphi = phi[now] * w[now, None]
-            self._gram += wphi.T @ phi[now]
-            self._cross += wphi.T @ r[now]
+            phi_now, r_now, w_now = phi[now], r[now], w[now]
+            # a sample not learnt adds exactly nothing, even where a huge input made its
+            # residual or features inf (0 x inf would be NaN and spoil A for good)
+            skip = (w_now == 0) | ~np.isfinite(r_now).all(axis=1) | ~np.isfinite(phi_now).all(axis=1)
+            if skip.any():
+                w_now = np.where(skip, 0.0, w_now)
+                phi_now = np.where(skip[:, None], 0.0, phi_now)
+                r_now = np.where(skip[:, None], 0.0, r_now)
+            wphi = phi_now * w_now[:, None]
+            self._gram += wphi.T @ phi_now
+            self._cross += wphi.T @ r_now
             later = ~now
             self._pairs = [(phi[later], r[later], w[later], index[later])] if later.any() else []
         system = self._gram + self._prior

@@ -202,3 +202,19 @@ def test_learn_weights_is_learn_weight_on_arrays():
     ]
     want = [learn_weight(r) for r in records]
     np.testing.assert_array_equal(learn_weights(anomaly, score, threshold), want)
+
+
+def test_a_huge_sample_does_not_spoil_the_head(exported_models):
+    """A sample near float32's limit (flagged, weight 0) gives an inf residual: it adds
+    nothing, and the corrections stay finite."""
+    _, path = exported_models[("lstm", 1)]
+    model = Model(path)
+    X = _stream(model, 300)
+    Y, H = model.stream().run_features(X)
+    w = np.ones(len(X))
+    X[100] = 3e38
+    Y[100] = -np.inf  # the model's float32 forecast overflowed: an inf residual
+    w[100] = 0.0
+    head = OnlineHead.for_model(model)
+    F = _per_sample(head, X, Y, H, w)
+    assert np.isfinite(head.A).all() and np.isfinite(F[np.arange(len(F)) != 100]).all()
