@@ -205,7 +205,10 @@ class OnlineHead:
         if self._pairs:
             phi, r, w, index = (np.concatenate(p) for p in zip(*self._pairs))
             now = index < limit
-            phi_now, r_now, w_now = phi[now], r[now], w[now]
+            if index[-1] < limit:  # all of them (the CSV path): no copies
+                phi_now, r_now, w_now = phi, r, w
+            else:
+                phi_now, r_now, w_now = phi[now], r[now], w[now]
             # a sample not learnt adds exactly nothing, even where a huge input made its
             # residual or features inf (0 x inf would be NaN and spoil A for good)
             skip = (w_now == 0) | ~np.isfinite(r_now).all(axis=1) | ~np.isfinite(phi_now).all(axis=1)
