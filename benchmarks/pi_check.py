@@ -532,7 +532,11 @@ def check_userland(arch: str, root: Path, prep: dict, stage: Path, table: Table)
         rc, out, err, s = ch.run(
             "rm -rf /tmp/cc && EDGERNN_CACHE_DIR=/tmp/cc edgernn run /pi-check/float.onnx "
             "--csv /pi-check/in.csv --backend c -o /pi-check/out/c-fresh.csv && "
-            "ls /tmp/cc/cstep/step_*.so && cp /tmp/cc/cstep/step_*.so /pi-check/out/step.so && "
+            # the step library among the cache's (the fast-call extension, the detector
+            # kernel are there too): the one that defines edgernn_step
+            "rm -f /pi-check/out/step.so && for f in /tmp/cc/cstep/step_*.so; do "
+            "nm -D \"$f\" | grep -q ' T edgernn_step$' && cp \"$f\" /pi-check/out/step.so; "
+            "done; test -f /pi-check/out/step.so && "
             "objdump -d /pi-check/out/step.so > /pi-check/out/step.dis && gcc --version | head -1"
         )  # fmt: skip
         if rc == 0:
