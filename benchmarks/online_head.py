@@ -43,7 +43,6 @@ from edgernn.runtime.model import Model  # noqa: E402
 from edgernn.train.config import TrainConfig  # noqa: E402
 
 BUDGET = 1000.0  # the drift suite's false-alarm budget (samples per false alarm)
-SUSPICIOUS = [True]  # --flagged-only: the head skips flagged samples only (the first rule)
 HEAD_OPTIONS: dict = {}  # OnlineHead options (--head '{"memory": 500}'); defaults: adapt.py
 
 
@@ -71,7 +70,7 @@ def replay(model_path: str, x: np.ndarray, settings: dict, calibration, adapt: b
         if head is None:
             due = Y[t].astype(np.float64)
         else:
-            weight = learn_weight(verdict) if SUSPICIOUS[0] else float(not flags[t])
+            weight = learn_weight(verdict)
             due = head.step(x[t], Y[t], H[t], weight)
     return flags, scores
 
@@ -206,11 +205,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", choices=["skab", "drift"], default=None)
     ap.add_argument("--head", default="{}", help="OnlineHead options as JSON")
-    ap.add_argument("--flagged-only", action="store_true",
-                    help="the head skips flagged samples only, not suspicious ones")
     args = ap.parse_args(argv)
     HEAD_OPTIONS.update(json.loads(args.head))
-    SUSPICIOUS[0] = not args.flagged_only
     os.makedirs(args.out, exist_ok=True)
     began = time.time()
     result = {}

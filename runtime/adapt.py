@@ -31,32 +31,19 @@ from edgernn.errors import InputError
 BLOCK = 64  # forecasts between solves (a solve is the costly part: ~1 per 64 samples)
 MEMORY = 2000.0  # samples the fit remembers (forgetting factor 1 - 1/MEMORY)
 RIDGE = 100.0  # prior weight on A = 0, in samples' worth of unit-size features
-SUSPICIOUS = 0.5  # samples scoring this fraction of the detector's threshold are not learnt
 
 
 def learn_weight(record) -> float:
-    """The weight the head learns a sample with, from the detector's record of it: 0
-    when flagged or suspicious (score >= SUSPICIOUS x threshold: a tail probability
-    below the square root of the false-alarm rate, ~1 % of normal samples at one false
-    alarm per 10,000 but most samples of a fault, flagged or not), else 1. Without a
-    verdict (warm-up, no detector) 1."""
-    if not record:
-        return 1.0
-    if record.get("anomaly"):
-        return 0.0
-    score, threshold = record.get("score"), record.get("threshold")
-    if score is not None and threshold is not None and score >= SUSPICIOUS * threshold:
-        return 0.0
-    return 1.0
+    """The weight the head learns a sample with, from the detector's record of it: 0 when
+    flagged, else 1 (also without a verdict: warm-up, no detector). Skipping also the
+    samples that score just under the threshold was tried and not kept: no better on
+    validation, and it delays taking up a lasting change of regime (README)."""
+    return 0.0 if record and record.get("anomaly") else 1.0
 
 
-def learn_weights(anomaly, score, threshold) -> np.ndarray:
-    """learn_weight() of a block's verdicts from their arrays (threshold NaN while the
-    detector warms up)."""
-    anomaly = np.asarray(anomaly, dtype=bool)
-    with np.errstate(invalid="ignore"):  # NaN thresholds compare False: learnt
-        suspicious = np.asarray(score) >= SUSPICIOUS * np.asarray(threshold)
-    return np.where(anomaly | suspicious, 0.0, 1.0)
+def learn_weights(anomaly) -> np.ndarray:
+    """learn_weight() of a block's verdicts from its anomaly flags (N,)."""
+    return np.where(np.asarray(anomaly, dtype=bool), 0.0, 1.0)
 
 
 class OnlineHead:

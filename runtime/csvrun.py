@@ -216,7 +216,7 @@ class _Forecasts:
                 table.values[rows], made[start + lag : n + lag], times=times
             )
             verdicts += block.records()
-            weights[start:] = learn_weights(block.anomaly, block.score, block.threshold)
+            weights[start:] = learn_weights(block.anomaly)
             for i in sorted({*block.opened, *block.closed}):
                 row = a + start + i
                 where = f"line {table.lines[row]}" if table.time is None else table.time[row]

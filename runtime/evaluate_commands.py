@@ -355,8 +355,8 @@ def add_detector_arguments(parser) -> None:
     g.add_argument(
         "--no-online-head", action="store_true",
         help="keep the trained forecaster's head: by default, with the detector on, its "
-        "readout keeps learning from the stream (except samples the detector flags or "
-        "finds suspicious), and the forecasts written are the corrected ones",
+        "readout keeps learning from the stream (except samples the detector flags), "
+        "and the forecasts written are the corrected ones",
     )  # fmt: skip
 
 

@@ -178,30 +178,14 @@ def test_step_is_learn_then_correct(exported_models):
     np.testing.assert_array_equal(stepped, whole)
 
 
-def test_learn_weight_skips_flagged_and_suspicious_samples():
-    from edgernn.runtime.adapt import learn_weight
+def test_learn_weight_skips_flagged_samples():
+    from edgernn.runtime.adapt import learn_weight, learn_weights
 
     assert learn_weight(None) == 1.0  # no verdict: warm-up, no detector
     assert learn_weight({"score": None, "anomaly": 0, "onset": 0}) == 1.0
-    assert learn_weight({"score": 0.0, "anomaly": 0, "onset": 0}) == 1.0  # warming up
-    assert learn_weight({"score": 1.9, "anomaly": 0, "threshold": 4.0}) == 1.0
-    assert learn_weight({"score": 2.0, "anomaly": 0, "threshold": 4.0}) == 0.0  # suspicious
+    assert learn_weight({"score": 3.9, "anomaly": 0, "threshold": 4.0}) == 1.0
     assert learn_weight({"score": 9.0, "anomaly": 1, "threshold": 4.0}) == 0.0
-
-
-def test_learn_weights_is_learn_weight_on_arrays():
-    from edgernn.runtime.adapt import learn_weight, learn_weights
-
-    rng = np.random.default_rng(5)
-    score = rng.uniform(0, 6, 200)
-    threshold = np.where(rng.random(200) < 0.2, np.nan, 4.0)  # NaN: warming up
-    anomaly = (score >= 4.0) & ~np.isnan(threshold)
-    records = [
-        {"score": s, "anomaly": int(a)} if t != t else {"score": s, "anomaly": int(a), "threshold": t}
-        for s, a, t in zip(score, anomaly, threshold)
-    ]
-    want = [learn_weight(r) for r in records]
-    np.testing.assert_array_equal(learn_weights(anomaly, score, threshold), want)
+    np.testing.assert_array_equal(learn_weights([True, False, True]), [0.0, 1.0, 0.0])
 
 
 def test_a_huge_sample_does_not_spoil_the_head(exported_models):
