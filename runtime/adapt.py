@@ -90,7 +90,7 @@ class OnlineHead:
     def reset(self) -> None:
         d, c = self.hidden + 1, self.channels
         self.A = np.zeros((d, c))  # (H+1, C): the correction, normalised units
-        self._A_rows = np.zeros((c, d))  # its transpose, for correct()
+        self._block_phi = np.ones((self.block, d))  # this block's features [h, 1] by row
         self._prior = self.ridge * np.eye(d)
         self._gram = np.zeros((d, d))  # forgetting sum of w phi phi^T ...
         self._cross = np.zeros((d, c))  # ... and of w phi r^T, up to the last solve
@@ -129,15 +129,20 @@ class OnlineHead:
             raise InputError(f"online head: {n} forecasts at once, room for {self.room}")
         if self.made % self.block == 0 and self.made > 0 and n:
             self._solve(self.made)
-        phi = np.ones((n, self.hidden + 1))
-        phi[:, :-1] = H
-        # each row's sums in the same order for any n (a BLAS product's rounding depends
-        # on the row count): chunked and per-sample runs agree to the bit
-        correction = np.add.reduce(phi[:, None, :] * self._A_rows, axis=2)
+        rows = slice(self.made % self.block, self.made % self.block + n)
+        self._block_phi[rows, :-1] = H
+        correction = self._correction(rows)
         self.made += n
-        self._phi = np.concatenate([self._phi, phi])
+        self._phi = np.concatenate([self._phi, self._block_phi[rows]])
         self._base = np.concatenate([self._base, Y])
         return Y + self.std * correction
+
+    def _correction(self, rows: slice) -> np.ndarray:
+        """A^T phi for the block's `rows`: always the whole block's (block, H+1) @ A, each
+        forecast's features at its own row, so a forecast corrected alone (live) or in a
+        piece of a chunk meets the same BLAS call at the same row: the same bits (a
+        product of another shape may round differently)."""
+        return (self._block_phi @ self.A)[rows]
 
     def learn(self, X, weights=None) -> None:
         """Samples X (n, C) arrived (the next n of the stream): learn the forecasts made
@@ -174,13 +179,12 @@ class OnlineHead:
         self.seen += 1
         if self.made % self.block == 0 and self.made > 0:
             self._solve(self.made)
-        phi = np.empty((1, self.hidden + 1))
-        phi[0, :-1] = h
-        phi[0, -1] = 1.0
-        correction = np.add.reduce(phi[:, None, :] * self._A_rows, axis=2)  # as correct()
+        at = self.made % self.block
+        self._block_phi[at, :-1] = h
+        correction = self._correction(slice(at, at + 1))  # as correct()
         base = np.asarray(forecast, dtype=np.float64)
         self.made += 1
-        self._phi = np.concatenate((self._phi, phi))
+        self._phi = np.concatenate((self._phi, self._block_phi[at : at + 1]))
         self._base = np.concatenate((self._base, base[None]))
         return base + self.std * correction[0]
 
@@ -210,7 +214,6 @@ class OnlineHead:
             self._pairs = [(phi[later], r[later], w[later], index[later])] if later.any() else []
         system = self._gram + self._prior
         self.A = np.linalg.solve(system, self._cross)
-        self._A_rows = np.ascontiguousarray(self.A.T)  # (C, H+1)
 
     # -- state -----------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -251,7 +254,6 @@ class OnlineHead:
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise InputError(f"damaged online head state ({e!r})") from None
         self.A, self._gram, self._cross = A, gram, cross
-        self._A_rows = np.ascontiguousarray(A.T)
         self._phi, self._base, self._pairs = phi, base, pairs
         self.made, self.seen = made, seen
 
