@@ -404,11 +404,16 @@ class RecordWriter:
         no leading cell that csv would quote."""
         if leading is not None:
             lines = [f"{first},{line}" for first, line in zip(leading, lines)]
-        if trailing is not None:
-            lines = [
-                line + "," + ",".join("" if v is None else str(int(v)) for v in rest)
-                for line, rest in zip(lines, trailing)
-            ]
+        if trailing is not None:  # few distinct trailing cells (flags): each text made once
+            texts: dict = {}
+            joined = []
+            for line, rest in zip(lines, trailing):
+                key = rest if type(rest) is tuple else tuple(rest)
+                text = texts.get(key)
+                if text is None:
+                    text = texts[key] = "," + ",".join("" if v is None else str(int(v)) for v in rest)
+                joined.append(line + text)
+            lines = joined
         if len(gaps):
             width = len(self.leading) + len(self.channels) + len(self.trailing) + (
                 len(self.channels) if self.values is None else len(self.values)
