@@ -102,11 +102,6 @@ class OnlineHead:
         # learnt since the last solve: features, residuals, weights, the sample index
         self._pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
-    @property
-    def active(self) -> bool:
-        """Whether the correction is non-zero yet (false until the first solve)."""
-        return bool(self.A.any())
-
     # -- the two halves of a step, for one sample or a block --------------------------
     @property
     def room(self) -> int:
