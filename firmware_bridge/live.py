@@ -546,6 +546,7 @@ class LiveRun:
         self._pending_reset = False
         self._error: Optional[str] = None
         self._started = time.perf_counter()
+        self.fast: Optional[FastFrames] = None  # the C steady state, once run() starts
 
     # -- messages ------------------------------------------------------------------
     def note(self, text: str) -> None:
@@ -571,11 +572,17 @@ class LiveRun:
             if self.publisher is not None:
                 self.publisher.start()
             reader, queue = self.reader, self.queue
+            fast = self.fast = FastFrames.make(self)
             while not self.stop.is_set():
                 if reader.inline:  # this thread reads the port when nothing is queued
                     event = queue.get(0)
                     if event is None:
-                        reader.pump(POLL_S)
+                        got = reader.read_inline(POLL_S)
+                        if got is not None:
+                            data, t_read = got
+                            taken = fast.take(data, t_read) if fast is not None else 0
+                            if taken < len(data):  # the rest (or all): the decoder's
+                                reader.feed(data[taken:] if taken else data, t_read)
                         event = queue.get(0)
                 else:
                     event = queue.get(POLL_S)
@@ -761,13 +768,17 @@ class LiveRun:
     def _write_lines(self, lines: list[str]) -> None:
         """JSON lines through the RecordWriter's stream (its lock, append and error
         handling stay RecordWriter's), flushed: a live consumer sees them at once."""
+        self._write_text(lines[0] if len(lines) == 1 else "".join(lines), len(lines))
+
+    def _write_text(self, text: str, n: int) -> None:
+        """n JSON lines, joined, written and flushed at once."""
         w = self.writer
         try:
-            w._fh.write(lines[0] if len(lines) == 1 else "".join(lines))
+            w._fh.write(text)
             w._fh.flush()
         except OSError as e:
             w._raise_naming_output(e)
-        w.count += len(lines)
+        w.count += n
 
     def _process(self, x: np.ndarray, seq: int, event: Samples, i: int, gap: int) -> Optional[dict]:
         """The sample's record (None when only its JSON line, self._line, is needed)."""
@@ -936,6 +947,95 @@ class LiveRun:
         self.note("\n".join(lines))
         if self.args.summary_json:
             write_summary_json(self.args.summary_json, c)
+
+
+class FastFrames:
+    """The steady state of a binary stream, forecasts only, in one C call per read
+    (cstep's live_frames): decode, check, step and format every complete data frame that
+    continues the stream, then the bookkeeping of the Python path in one go per read.
+    With a cold cache at 1 kHz (a read per sample) the Python path's per-sample code is
+    most of the run's CPU. Whatever live_frames does not take (a hello, a gap, a bad
+    frame, a NaN, a partial frame) goes to the Decoder and the Python path as before, so
+    the records, counters and state are those of the Python path. EDGERNN_NO_FASTCALL=1
+    (no extension) or EDGERNN_NO_FAST_LIVE=1 leaves it all to Python."""
+
+    ROWS = 4096  # samples one call takes at most (a 64 KB read holds ~1400 of 8 channels)
+
+    def __init__(self, run: LiveRun, module, binding: tuple[int, int, int, int]):
+        from edgernn.firmware_bridge.jsonline import json_float
+
+        self.run = run
+        self.decoder, self.queue = run.decoder, run.queue
+        self.monitor, self.stream = run.monitor, run.monitor.stream
+        self.counters = run.decoder.counters
+        self.width = len(run.channels)
+        keys = tuple(run._lines.keys)
+        self.live = module.live_bind(*binding, keys, json_float)
+        self.frames = module.live_frames
+        self.out = np.empty((self.ROWS, 2, self.width), dtype=np.float32)
+        self.samples = 0  # forecast here (tests: proof that the C path ran)
+
+    @classmethod
+    def make(cls, run: LiveRun) -> Optional[FastFrames]:
+        """For a run whose records are only JSON lines of forecasts (no detector, no
+        online head, no publisher or live view) on the C step; else None."""
+        from edgernn.firmware_bridge.jsonline import _c_tokens
+
+        m = run.monitor
+        if os.environ.get("EDGERNN_NO_FAST_LIVE") or not run._lines_only or not run._lines.ok:
+            return None
+        if m.detector is not None or m.head is not None or run.decoder.requested == "text":
+            return None
+        binding = m.stream.live_binding()
+        if binding is None or _c_tokens() is None or len(run.channels) > 255:
+            return None
+        from edgernn.runtime.cstep import fastcall_module
+
+        fast = cls(run, fastcall_module(), binding)
+        return fast if fast.live is not None else None
+
+    def take(self, data: bytes, t_read: float) -> int:
+        """Bytes of `data` (just read, nothing queued) handled here; the rest is the
+        decoder's."""
+        d, run = self.decoder, self.run
+        if (d.mode != "binary" or d._overlong or not d._identity
+                or d._index_width != self.width or d._next_seq is None or run._pending_gap
+                or run._pending_reset or run._resumed_from is not None or self.queue._items):  # fmt: skip
+            return 0
+        held = len(d._buf)  # the start of a frame from earlier reads (no 0x00 in it)
+        stream, seq0 = self.stream, d._next_seq
+        taken, frames, n, cur, text = self.frames(
+            self.live, bytes(d._buf) + data if held else data, stream._cur, seq0,
+            d._period_us or 0.0, self.out,
+        )  # fmt: skip
+        if taken <= held:  # nothing taken (it cannot stop inside the held bytes)
+            return 0
+        if held:
+            d._buf.clear()
+        taken -= held  # of `data`; the held bytes were counted when they came
+        self.counters.bytes += taken
+        if not n:
+            return taken
+        stream._cur = cur
+        c = self.counters
+        c.frames += frames
+        c.samples += n
+        d._consecutive_rejects = 0
+        d._next_seq = run._next_seq = next_seq = (seq0 + n) & U32
+        run._position = {"mode": "binary", "session": d.session, "next_seq": next_seq}
+        m = self.monitor
+        m.samples += n
+        if n == 1:
+            m._pending.append(self.out[0, 1].copy())
+        else:  # only the last `horizon` stay pending
+            m._pending.extend(self.out[max(0, n - m.model.horizon) : n, 1].copy())
+        run.stats.forecasts += n
+        self.samples += n
+        run._write_text(text, n)
+        emitted = time.perf_counter() - t_read
+        run.latency.add_repeated(emitted, n)
+        run.window.add_repeated(emitted, n)
+        return taken
 
 
 def run_serial(args, model, detector=None, stop: Optional[threading.Event] = None) -> int:

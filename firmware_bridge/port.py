@@ -449,32 +449,45 @@ class PortReader:
         """Inline mode: wait up to `timeout` s for the port, read what is there and queue
         its events (on the consumer's thread: no hand-over between threads per read).
         A read error hands the port to the thread, which reopens it as usual."""
+        got = self.read_inline(timeout)
+        if got is not None:
+            self.feed(*got)
+
+    def read_inline(self, timeout: float) -> Optional[tuple[bytes, float]]:
+        """pump()'s wait and read without the decoding: (bytes, perf_counter at the read),
+        or None (nothing came, or the port was lost: then handled as in pump). The caller
+        hands what it does not take itself to feed()."""
         import serial
 
         fd = self._fd
         if fd is None or self._stop.is_set():
-            return
+            return None
         try:
             if self._poller.poll(timeout * 1000):
-                self._read_once(fd)
+                return self._read_once(fd)
         except (serial.SerialException, OSError, ValueError, TypeError) as e:
             self._fd = None
             self._lost(e)
             if not self.reconnect or self._stop.is_set():
                 self.queue.put(Closed(None))
-                return
+                return None
             self._start_thread()
+        return None
 
-    def _read_once(self, fd: int) -> None:
+    def _read_once(self, fd: int) -> Optional[tuple[bytes, float]]:
         try:
             data = os.read(fd, READ_SIZE)
         except OSError as e:
             if e.errno in _RETRY:
-                return
+                return None
             raise _serial_exception(f"read failed: {e}") from e
         if not data:  # how a vanished device reads on Linux (as pyserial says it)
             raise _serial_exception(_NO_DATA)
-        events = self.decoder.feed(data, time.perf_counter())
+        return data, time.perf_counter()
+
+    def feed(self, data: bytes, t_read: float) -> None:
+        """Decode bytes read from the port and queue their events."""
+        events = self.decoder.feed(data, t_read)
         if len(events) > 1:
             self.queue.put_many(events)
         elif events:

@@ -797,11 +797,319 @@ static PyObject *fc_f32_tokens(PyObject *self, PyObject *const *args, Py_ssize_t
     return result;
 }
 
+/* -- the live run's steady state (firmware_bridge/live.py FastFrames) ---------------
+   live_bind(step address, context address, x address, y address, keys, fallback) ->
+   capsule or None. keys: the channels' '"name":' JSON tokens (model order); fallback:
+   json_float, called for the rare float whose token f32_token is not sure of.
+
+   live_frames(live, data, cur, next_seq, period_us, out) -> (consumed, frames, n, cur,
+   text). Takes complete binary data frames from the start of `data` (protocol.py:
+   COBS, CRC-16/CCITT-FALSE, version 1, type data, the model's channel count, seq ==
+   next_seq, every value finite) for as long as they come and out has room, steps the
+   stream on each sample and writes its JSON line (RecordLines' bytes: seq, time_us,
+   the values, "forecast"). It stops, consuming nothing more, at the first byte it does
+   not take that way: a partial frame, a gap, a hello, a bad frame, a NaN; the caller
+   hands the rest to the Python decoder, which counts and handles it as before. out:
+   float32 (rows, 2, C), each sample's values and forecast. */
+#define LIVE_MAX_ENCODED (4096 + 4096 / 254 + 2)
+
+typedef struct {
+    edgernn_step_fn fn;
+    void *ctx;
+    float *x;
+    const float *y;
+    int channels;
+    char *keys;           /* the keys' tokens, back to back */
+    int key_at[257];      /* where key i starts in keys; key_at[channels]: the end */
+    PyObject *fallback;
+    char *text;           /* the lines being made (kept between calls) */
+    Py_ssize_t cap;
+} edgernn_live;
+
+static const char LIVE[] = "edgernn.fastcall.live";
+static uint16_t CRC_TABLE[256];
+
+static void crc_table(void) {
+    for (int i = 0; i < 256; i++) {
+        uint16_t c = (uint16_t)(i << 8);
+        for (int k = 0; k < 8; k++)
+            c = (uint16_t)(c & 0x8000 ? (c << 1) ^ 0x1021 : c << 1);
+        CRC_TABLE[i] = c;
+    }
+}
+
+static uint16_t crc16_ccitt(const unsigned char *p, Py_ssize_t n) {
+    uint16_t c = 0xFFFF;
+    for (Py_ssize_t i = 0; i < n; i++)
+        c = (uint16_t)((c << 8) ^ CRC_TABLE[((c >> 8) ^ p[i]) & 0xFF]);
+    return c;
+}
+
+/* protocol.cobs_decode; -1 where it raises */
+static Py_ssize_t cobs_decode_c(const unsigned char *in, Py_ssize_t n, unsigned char *out) {
+    Py_ssize_t i = 0, o = 0;
+    while (i < n) {
+        unsigned code = in[i];
+        if (code == 0 || i + (Py_ssize_t)code > n)
+            return -1;
+        memcpy(out + o, in + i + 1, code - 1);
+        o += code - 1;
+        i += code;
+        if (code != 0xFF && i < n)
+            out[o++] = 0;
+    }
+    return o;
+}
+
+static uint32_t le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void live_free(PyObject *capsule) {
+    edgernn_live *L = PyCapsule_GetPointer(capsule, LIVE);
+    if (!L)
+        return;
+    Py_XDECREF(L->fallback);
+    PyMem_Free(L->keys);
+    PyMem_Free(L->text);
+    PyMem_Free(L);
+}
+
+static PyObject *fc_live_bind(PyObject *self, PyObject *args) {
+    unsigned long long fn, ctx, x, y;
+    PyObject *keys, *fallback;
+    if (!PyArg_ParseTuple(args, "KKKKO!O", &fn, &ctx, &x, &y, &PyTuple_Type, &keys, &fallback))
+        return NULL;
+#if PY_BIG_ENDIAN
+    Py_RETURN_NONE; /* frames are little-endian floats, read in place */
+#endif
+    Py_ssize_t c = PyTuple_GET_SIZE(keys);
+    if (c < 1 || c > 255 || !fn || !ctx || !x || !y || !PyCallable_Check(fallback))
+        Py_RETURN_NONE;
+    edgernn_live *L = PyMem_Calloc(1, sizeof *L);
+    if (!L)
+        return PyErr_NoMemory();
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < c; i++) {
+        Py_ssize_t len;
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(keys, i))
+            || !PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(keys, i), &len)) {
+            PyMem_Free(L);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "keys are str");
+            return NULL;
+        }
+        total += len;
+    }
+    L->keys = PyMem_Malloc((size_t)total + 1);
+    if (!L->keys) {
+        PyMem_Free(L);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t at = 0;
+    for (Py_ssize_t i = 0; i < c; i++) {
+        Py_ssize_t len;
+        const char *s = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(keys, i), &len);
+        L->key_at[i] = (int)at;
+        memcpy(L->keys + at, s, (size_t)len);
+        at += len;
+    }
+    L->key_at[c] = (int)at;
+    L->fn = (edgernn_step_fn)(uintptr_t)fn;
+    L->ctx = (void *)(uintptr_t)ctx;
+    L->x = (float *)(uintptr_t)x;
+    L->y = (const float *)(uintptr_t)y;
+    L->channels = (int)c;
+    Py_INCREF(fallback);
+    L->fallback = fallback;
+    PyObject *capsule = PyCapsule_New(L, LIVE, live_free);
+    if (!capsule) {
+        Py_DECREF(fallback);
+        PyMem_Free(L->keys);
+        PyMem_Free(L);
+    }
+    return capsule;
+}
+
+static int live_reserve(edgernn_live *L, Py_ssize_t need) {
+    if (need <= L->cap)
+        return 0;
+    Py_ssize_t cap = L->cap ? L->cap : 4096;
+    while (cap < need)
+        cap *= 2;
+    char *t = PyMem_Realloc(L->text, (size_t)cap);
+    if (!t) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    L->text = t;
+    L->cap = cap;
+    return 0;
+}
+
+static char *put_u32(char *p, uint32_t v) {
+    char raw[10];
+    int n = 0;
+    do {
+        raw[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = raw[--n];
+    return p;
+}
+
+/* the channels' "key":token pairs, comma-separated; NULL on a Python error */
+static char *put_floats(edgernn_live *L, char *p, const float *v) {
+    for (int i = 0; i < L->channels; i++) {
+        if (i)
+            *p++ = ',';
+        int k = L->key_at[i], kn = L->key_at[i + 1] - k;
+        memcpy(p, L->keys + k, (size_t)kn);
+        p += kn;
+        int w = f32_token(v[i], p);
+        if (w <= 0) { /* not sure: RecordWriter's own formula (json_float) */
+            PyObject *f = PyFloat_FromDouble((double)v[i]);
+            PyObject *s = f ? PyObject_CallOneArg(L->fallback, f) : NULL;
+            Py_XDECREF(f);
+            Py_ssize_t len;
+            const char *u = s && PyUnicode_Check(s) ? PyUnicode_AsUTF8AndSize(s, &len) : NULL;
+            if (!u || len > 32) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "json_float gave no short str");
+                Py_XDECREF(s);
+                return NULL;
+            }
+            memcpy(p, u, (size_t)len);
+            w = (int)len;
+            Py_DECREF(s);
+        }
+        p += w;
+    }
+    return p;
+}
+
+static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "live_frames(live, data, cur, next_seq, period_us, out)");
+        return NULL;
+    }
+    edgernn_live *L = PyCapsule_GetPointer(args[0], LIVE);
+    if (!L)
+        return NULL;
+    int cur = (int)PyLong_AsLong(args[2]);
+    uint32_t next_seq = (uint32_t)PyLong_AsUnsignedLongMask(args[3]);
+    double period = PyFloat_AsDouble(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (cur != 0 && cur != 1) {
+        PyErr_SetString(PyExc_ValueError, "cur must be 0 or 1");
+        return NULL;
+    }
+    Py_buffer data, out;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) != 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[5], &out, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE)
+        != 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    const int C = L->channels;
+    PyObject *result = NULL;
+    if (out.itemsize != 4 || !out.format || strcmp(out.format, "f") != 0) {
+        PyErr_SetString(PyExc_TypeError, "out must be float32");
+        goto done;
+    }
+    const Py_ssize_t rows = out.len / (4 * 2 * C);
+    float *rowp = out.buf;
+    const unsigned char *d = data.buf;
+    const Py_ssize_t len = data.len;
+    /* one line at most: braces, seq, time_us, "forecast", and per channel two keys and
+       two tokens of at most 32 bytes */
+    const Py_ssize_t line_max = 96 + 2 * ((Py_ssize_t)L->key_at[C] + (Py_ssize_t)C * 34);
+    unsigned char raw[LIVE_MAX_ENCODED];
+    Py_ssize_t pos = 0, n = 0, frames = 0, at = 0;
+    while (pos < len) {
+        const unsigned char *z = memchr(d + pos, 0, (size_t)(len - pos));
+        if (!z)
+            break; /* a partial frame: the decoder keeps it */
+        Py_ssize_t clen = z - (d + pos);
+        if (clen == 0) { /* back-to-back delimiters: an idle line (the decoder skips it) */
+            pos += 1;
+            continue;
+        }
+        if (clen > LIVE_MAX_ENCODED)
+            break;
+        Py_ssize_t rlen = cobs_decode_c(d + pos, clen, raw);
+        if (rlen < 14)
+            break;
+        if (crc16_ccitt(raw, rlen - 2) != (uint16_t)(raw[rlen - 2] | raw[rlen - 1] << 8))
+            break;
+        int c = raw[2], s = raw[3];
+        if (raw[0] != 1 || raw[1] != 1 || c != C || s < 1 || rlen - 2 != 12 + 4 * c * s)
+            break;
+        uint32_t seq = le32(raw + 4), time_us = le32(raw + 8);
+        if (seq != next_seq || n + s > rows || (s > 1 && !(period * (s - 1) < 4e15)))
+            break;
+        const unsigned char *vals = raw + 12;
+        int finite = 1;
+        for (int i = 0; finite && i < c * s; i++) {
+            float v;
+            memcpy(&v, vals + 4 * i, 4);
+            finite = isfinite(v);
+        }
+        if (!finite)
+            break; /* invalid samples: the Python path counts them and makes the gap */
+        if (live_reserve(L, at + s * line_max) < 0)
+            goto done;
+        for (int k = 0; k < s; k++, n++) {
+            float *xr = rowp + (Py_ssize_t)n * 2 * C, *fr = xr + C;
+            memcpy(xr, vals + (Py_ssize_t)4 * C * k, (size_t)4 * C);
+            memcpy(L->x, xr, (size_t)4 * C);
+            if (L->fn(L->ctx, cur) != 0) {
+                PyErr_SetString(PyExc_RuntimeError, "the C step refused a finite sample");
+                goto done;
+            }
+            cur ^= 1;
+            memcpy(fr, L->y, (size_t)4 * C);
+            uint32_t t = k ? (uint32_t)((uint64_t)time_us + (uint64_t)(int64_t)rint(k * period))
+                           : time_us;
+            char *p = L->text + at;
+            memcpy(p, "{\"seq\":", 7);
+            p = put_u32(p + 7, (uint32_t)(seq + (uint32_t)k));
+            memcpy(p, ",\"time_us\":", 11);
+            p = put_u32(p + 11, t);
+            *p++ = ',';
+            if (!(p = put_floats(L, p, xr)))
+                goto done;
+            memcpy(p, ",\"forecast\":{", 13);
+            if (!(p = put_floats(L, p + 13, fr)))
+                goto done;
+            memcpy(p, "}}\n", 3);
+            at = p + 3 - L->text;
+        }
+        next_seq = seq + (uint32_t)s;
+        frames++;
+        pos = z - d + 1;
+    }
+    {
+        PyObject *text = PyUnicode_DecodeASCII(L->text, at, NULL);
+        if (text)
+            result = Py_BuildValue("(nnniN)", pos, frames, n, cur, text);
+    }
+done:
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&data);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"f32_tokens", (PyCFunction)(void (*)(void))fc_f32_tokens, METH_FASTCALL, NULL},
     {"bind", fc_bind, METH_VARARGS, NULL},
     {"step", (PyCFunction)(void (*)(void))fc_step, METH_FASTCALL, NULL},
     {"f32_decimals", (PyCFunction)(void (*)(void))fc_f32_decimals, METH_FASTCALL, NULL},
+    {"live_bind", fc_live_bind, METH_VARARGS, NULL},
+    {"live_frames", (PyCFunction)(void (*)(void))fc_live_frames, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -810,6 +1118,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_edgernn_fastcall", 
 
 PyMODINIT_FUNC PyInit__edgernn_fastcall(void) {
     f32_tables();
+    crc_table();
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddStringConstant(m, "SOURCE_SHA256", EDGERNN_FASTCALL_SHA256) < 0) {
         Py_DECREF(m);

@@ -796,6 +796,16 @@ class Stream:
         self._cur = cur ^ 1
         return self._y_view.copy()
 
+    def live_binding(self) -> Optional[tuple[int, int, int, int]]:
+        """(step function, context, input buffer, output buffer) addresses of the C step
+        of a single-stream forecaster, for the live run's C loop (cstep live_bind), which
+        steps this stream itself (the caller passes `_cur` in and stores what comes back). None
+        when there is no such step (another backend, a graph, a batch)."""
+        if self._fast_bound is None or self.batch is not None or self.model.generic:
+            return None
+        k = self._kernel
+        return k.step_address, k._address, k.x.ctypes.data, k.y.ctypes.data
+
     def run(self, X) -> np.ndarray:
         """Feed a sequence [T, channels] (or [T, batch, channels]) sample by sample."""
         return self._run(X, with_features=False)[0]
