@@ -17,16 +17,19 @@ from edgernn import __version__
 from edgernn.argtypes import csv_list, positive_int
 from edgernn.errors import EdgernnError, MissingDependencyError
 
-# Modules that register further subcommands with add_commands(subparsers).
-COMMAND_MODULES: tuple[str, ...] = (
-    "edgernn.demo",
-    "edgernn.runtime.evaluate_commands",
-    "edgernn.export.commands",
-    "edgernn.runtime.bench_commands",
-    "edgernn.runtime.wrap_commands",
-    "edgernn.firmware_bridge.commands",
-    "edgernn.deployfiles",
-)
+# Modules that register further subcommands with add_commands(subparsers), by the
+# commands each adds: `edgernn CMD` builds CMD's parser only (importing every command's
+# options costs a Pi a good part of a second at each start); help and unknown commands
+# build them all. tests/test_cli_lazy.py checks this table against the modules.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "edgernn.demo": ("demo",),
+    "edgernn.runtime.evaluate_commands": ("evaluate",),
+    "edgernn.export.commands": ("quantize",),
+    "edgernn.runtime.bench_commands": ("bench",),
+    "edgernn.runtime.wrap_commands": ("wrap",),
+    "edgernn.firmware_bridge.commands": ("ports", "emulate"),
+    "edgernn.deployfiles": ("deploy",),
+}
 
 
 def add_decimal_argument(parser) -> None:
@@ -443,7 +446,9 @@ def cmd_info(args) -> int:
 
 
 # ---------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Optional[list[str]] = None) -> argparse.ArgumentParser:
+    """The command line's parser; given the arguments, with the chosen command's
+    subparser only when argv starts with a known command (the same parser for it)."""
     parser = argparse.ArgumentParser(
         prog="edgernn",
         description="Train, export and stream recurrent forecasters on edge devices.",
@@ -451,16 +456,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgernn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (add_train, add_export, add_run, add_info):
-        add(sub)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_commands(sub)
+    chosen = argv[0] if argv else None
+    own = {"train": add_train, "export": add_export, "run": add_run, "info": add_info}
+    wanted = [m for m, names in COMMAND_MODULES.items() if chosen in names]
+    if chosen in own:
+        own[chosen](sub)
+    elif wanted:
+        importlib.import_module(wanted[0]).add_commands(sub)
+    else:
+        for add in own.values():
+            add(sub)
+        for name in COMMAND_MODULES:
+            importlib.import_module(name).add_commands(sub)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         if getattr(args, "decimal", ".") != ".":
