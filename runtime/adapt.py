@@ -183,13 +183,75 @@ class OnlineHead:
         self._base = np.concatenate((self._base, base[None]))
         return base + self.std * correction[0]
 
+    def run_chunk(self, Y, H, X, weigh) -> None:
+        """correct() then learn() over the stream's next n forecasts and samples, in the
+        pieces a CSV chunk is scored in (each ends where the head re-solves): for each
+        piece [a, b), Y[a:b] corrected in place, then weigh(a, b) gives the weights (b - a,)
+        its samples X[a:b] are learnt with (the detector scores the piece in between).
+        The same arithmetic as correct() / learn() piece by piece, so the same bits; the
+        features and residuals are made once for the chunk, not per piece. Y (n, C) the
+        trained forecasts (float32: written back rounded, as an assignment does), H (n,
+        hidden) their features, X (n, C) the samples."""
+        n, s = len(Y), self.seen
+        if not n or s != self.made or len(self._phi) != min(s, self.horizon):
+            return self._run_pieces(Y, H, X, weigh)
+        m = len(self._phi)  # forecasts made before the chunk and not yet learnt
+        phi = np.ones((m + n, self.hidden + 1))
+        phi[:m] = self._phi
+        phi[m:, :-1] = H
+        base = np.concatenate([self._base, np.asarray(Y, dtype=np.float64)])
+        blind = max(0, min(n, self.horizon - s))  # the stream's first samples: no forecast
+        learnt = n - blind  # phi[j] is learnt from X[blind + j]
+        r = (np.asarray(X, dtype=np.float64)[blind:] - base[:learnt]) / self.std
+        w = np.ones(n)
+        index = s + blind + np.arange(learnt)
+        carried, j0 = self._pairs, 0  # learnt since the last solve: carried + phi[j0:j]
+        a = 0
+        while a < n:
+            t = s + a
+            at = t % self.block
+            b = a + min(self.block - at, n - a)
+            if at == 0 and t > 0:
+                j = max(0, a - blind)
+                self._pairs = carried + self._chunk_pair(phi, r, w, index, blind, j0, j)
+                self._solve(t)
+                carried, j0 = self._pairs, j
+            self._block_phi[at : at + b - a] = phi[m + a : m + b]  # [h, 1], as correct()
+            correction = self._correction(slice(at, at + b - a))
+            Y[a:b] = base[m + a : m + b] + self.std * correction
+            w[a:b] = weigh(a, b)
+            a = b
+        self._pairs = carried + self._chunk_pair(phi, r, w, index, blind, j0, learnt)
+        self._phi, self._base = phi[learnt:].copy(), base[learnt:].copy()
+        self.made = self.seen = s + n
+
+    @staticmethod
+    def _chunk_pair(phi, r, w, index, blind: int, lo: int, hi: int) -> list:
+        """run_chunk's learnt pairs lo..hi-1 as learn() keeps them (phi[j]'s sample is
+        X[blind + j], its weight w[blind + j])."""
+        if hi <= lo:
+            return []
+        return [(phi[lo:hi], r[lo:hi], w[blind + lo : blind + hi], index[lo:hi])]
+
+    def _run_pieces(self, Y, H, X, weigh) -> None:
+        """run_chunk() through correct() / learn() (a head whose samples lag its forecasts)."""
+        a = 0
+        while a < len(Y):
+            b = a + min(self.room, len(Y) - a)
+            Y[a:b] = self.correct(Y[a:b], H[a:b])
+            self.learn(X[a:b], weigh(a, b))
+            a = b
+
     def _solve(self, limit: int) -> None:
         """A from the samples before `limit`; later ones wait for the next solve."""
         keep = (1.0 - 1.0 / self.memory) ** self.block
         self._gram *= keep
         self._cross *= keep
         if self._pairs:
-            phi, r, w, index = (np.concatenate(p) for p in zip(*self._pairs))
+            if len(self._pairs) == 1:  # (run_chunk: a block's pairs in one piece)
+                phi, r, w, index = self._pairs[0]
+            else:
+                phi, r, w, index = (np.concatenate(p) for p in zip(*self._pairs))
             now = index < limit
             if index[-1] < limit:  # all of them (the CSV path): no copies
                 phi_now, r_now, w_now = phi, r, w

@@ -22,6 +22,9 @@ import numpy as np
 from edgernn.errors import DataError, EdgernnError
 from edgernn.runtime.adapt import OnlineHead, learn_weight, learn_weights
 from edgernn.runtime.csvdata import iter_csv
+from edgernn.runtime.detector import ckernel
+from edgernn.runtime.detector.outputs import BlockResult
+from edgernn.runtime.detector.timeparse import as_seconds_array
 from edgernn.runtime.model import Model
 from edgernn.runtime.monitor import _detector_fields
 from edgernn.runtime.output import RecordWriter, _jsonable, _needs_quotes
@@ -115,9 +118,10 @@ def run_csv(
             if leading is not None:
                 _write_csv_block(out, table, Y, verdicts, *leading)
             else:
-                _write_records(out, table, Y, verdicts, model.channels)
+                records = None if verdicts is None else verdicts.records()
+                _write_records(out, table, Y, records, model.channels)
             if verdicts is not None:
-                summary.anomalies += sum(int(r.get("anomaly") or 0) for r in verdicts)
+                summary.anomalies += verdicts.anomalies()
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -179,14 +183,31 @@ class _Forecasts:
         Y, self._features = self.stream.run_features(X)
         return Y
 
-    def score(self, detector, table, Y: np.ndarray) -> list[dict]:
-        """The detector's fields for every row of the chunk, as Monitor.process makes
+    def score(self, detector, table, Y: np.ndarray) -> _Verdicts:
+        """The detector's verdicts on every row of the chunk, as Monitor.process makes
         them; alert events reported on stderr in row order. With an online head, Y is
         corrected in place and the rows are scored in pieces that end where the head
         re-solves (the same order as Monitor: a piece's forecasts corrected, its rows
         scored, then learnt unless flagged)."""
+        if not hasattr(detector, "score_rows"):  # a detector of another kind
+            return self._score_pieces(detector, table, Y)
+        n, tail = len(Y), len(self._tail)
+        made = np.concatenate([self._tail, Y])  # made[i + tail - horizon]: row i's forecast
+        start = max(0, min(n, self.horizon - self.seen))  # rows with no forecast due
+        rows = _ChunkRows(detector, table, made, start, tail - self.horizon)
         if self.head is None:
-            return self._score(detector, table, Y, 0, len(Y))[0]
+            rows.weigh(0, n)
+        else:
+            self.head.run_chunk(made[tail:], self._features, table.values, rows.weigh)
+            Y[:] = made[tail:]
+        self.seen += n
+        self._tail = made[len(made) - min(self.horizon, len(made)) :].copy()
+        return _Verdicts(n, start, rows.result)
+
+    def _score_pieces(self, detector, table, Y: np.ndarray) -> _Verdicts:
+        """score() for a detector with score_block or score_one only: records by row."""
+        if self.head is None:
+            return _Verdicts.of_records(self._score(detector, table, Y, 0, len(Y))[0])
         verdicts: list[dict] = []
         a = 0
         while a < len(Y):
@@ -196,7 +217,7 @@ class _Forecasts:
             self.head.learn(table.values[a:b], weights)
             verdicts += piece
             a = b
-        return verdicts
+        return _Verdicts.of_records(verdicts)
 
     def _score(self, detector, table, Y: np.ndarray, a: int, b: int) -> tuple[list[dict], np.ndarray]:
         """score() of rows a..b-1 (Y[:b] final), and the weight the online head learns
@@ -238,6 +259,88 @@ class _Forecasts:
         return verdicts, weights
 
 
+class _ChunkRows:
+    """A chunk's rows as the detector scores them, piece by piece (Detector.score_rows):
+    the samples, timestamps and results held as whole-chunk arrays, each piece's due
+    forecasts copied in once they are final. weigh(a, b) scores the chunk's rows a..b-1
+    and gives the weights the online head learns them with."""
+
+    def __init__(self, detector, table, made: np.ndarray, start: int, lag: int):
+        self.detector, self.table, self.made = detector, table, made
+        self.start, self.lag = start, lag  # made[i + lag] is row i's due forecast
+        self.X = np.ascontiguousarray(table.values[start:], dtype=np.float64)
+        self.F = np.empty_like(self.X)
+        self.result = BlockResult.empty(len(self.X), self.X.shape[1])
+        self.times = None if table.time is None else table.time[start:]
+        self.whens = None if self.times is None else as_seconds_array(self.times)
+
+    def weigh(self, a: int, b: int) -> np.ndarray:
+        weights = np.ones(b - a)
+        lo, hi = max(a, self.start) - self.start, b - self.start
+        if lo >= hi:
+            return weights
+        result, start = self.result, self.start
+        self.F[lo:hi] = self.made[lo + start + self.lag : hi + start + self.lag]
+        opened, closed = len(result.opened), len(result.closed)
+        self.detector.score_rows(self.X, self.F, lo, hi, result, self.times, self.whens)
+        weights[lo + start - a :] = learn_weights(result.flags[lo:hi] & ckernel.F_FLAGGED)
+        if len(result.opened) > opened or len(result.closed) > closed:
+            events = [*list(result.opened)[opened:], *list(result.closed)[closed:]]
+            for i in sorted(set(events)):
+                self._report(i)
+        return weights
+
+    def _report(self, i: int) -> None:
+        """Row i's alert events on stderr, as _report_event writes a record's."""
+        row, table = self.start + i, self.table
+        where = f"line {table.lines[row]}" if table.time is None else table.time[row]
+        record = {"event_opened": self.result.opened.get(i),
+                  "event_closed": self.result.closed.get(i)}  # fmt: skip
+        _report_event(record, where)
+
+
+class _Verdicts:
+    """A chunk's verdicts for the writers: rows before `start` had no forecast due, the
+    rest are `block`'s (a BlockResult), or every row's record fields (`records`)."""
+
+    def __init__(self, n: int, start: int, block=None, records: Optional[list[dict]] = None):
+        self.n, self.start, self.block, self._records = n, start, block, records
+
+    @classmethod
+    def of_records(cls, records: list[dict]) -> _Verdicts:
+        return cls(len(records), 0, records=records)
+
+    def records(self) -> list[dict]:
+        """Each row's record fields, as Monitor writes them (JSON lines)."""
+        if self._records is None:
+            due = self.block.records() if self.block is not None else []
+            self._records = [{"score": None, "anomaly": 0, "onset": 0} for _ in range(self.start)]
+            self._records += due
+        return self._records
+
+    def anomalies(self) -> int:
+        if self.block is None:
+            return sum(int(r.get("anomaly") or 0) for r in self.records())
+        return int(np.count_nonzero(self.block.flags & ckernel.F_FLAGGED))
+
+    def scores(self) -> np.ndarray:
+        """(n, 1) float32, NaN (an empty cell) where there is no score."""
+        if self.block is None:
+            scores = [np.nan if r.get("score") is None else r["score"] for r in self.records()]
+            return np.asarray(scores, dtype=np.float64).astype(np.float32)[:, None]
+        scores = np.full(self.n, np.nan)
+        scores[self.start :] = self.block.score
+        return scores.astype(np.float32)[:, None]
+
+    def cells(self):
+        """The anomaly and onset cells: (n, 2) ints, or (records) a tuple per row."""
+        if self.block is None:
+            return [(_int_cell(r.get("anomaly")), _int_cell(r.get("onset"))) for r in self.records()]
+        flags = np.zeros(self.n, dtype=np.int32)
+        flags[self.start :] = self.block.flags
+        return np.stack([flags & ckernel.F_FLAGGED, (flags & ckernel.F_ONSET) >> 2], axis=1)
+
+
 def _gaps(table) -> np.ndarray:
     """Output positions of the chunk's skipped rows among its rows in file order."""
     skipped = np.asarray(sorted(table.skipped_rows), dtype=np.int64)
@@ -264,9 +367,8 @@ def _write_csv_block(out: RecordWriter, table, Y: np.ndarray, verdicts, leading,
     floats = [table.values, Y]
     trailing = None
     if verdicts is not None:
-        scores = [np.nan if r.get("score") is None else r["score"] for r in verdicts]
-        floats.append(np.asarray(scores, dtype=np.float64).astype(np.float32)[:, None])
-        trailing = [(_int_cell(r.get("anomaly")), _int_cell(r.get("onset"))) for r in verdicts]
+        floats.append(verdicts.scores())
+        trailing = verdicts.cells()
     floats = np.hstack(floats)
     if not table.skipped_leading:
         out.write_block(

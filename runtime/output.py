@@ -13,6 +13,7 @@ import csv
 import itertools
 import json
 import math
+import operator
 import os
 import sys
 from collections.abc import Sequence
@@ -350,14 +351,15 @@ class RecordWriter:
         self,
         floats: np.ndarray,
         leading: Optional[Sequence[Any]] = None,
-        trailing: Optional[Sequence[Sequence[Any]]] = None,
+        trailing=None,
         gaps: Sequence[int] = (),
         leading_text: bool = False,
     ) -> None:
         """CSV rows in one call, every cell as write() formats it: row i is leading[i]
         (one cell, e.g. the time), floats[i] (the numeric cells: inputs, then forecasts
         or outputs, then any float trailing cells, as float32 shortest decimals; NaN and
-        inf empty), then trailing[i] (int or None cells). `gaps`: positions in the
+        inf empty), then trailing[i] (int or None cells; or trailing an (n, k) integer
+        array). `gaps`: positions in the
         block's output where an empty row goes (a skipped input row keeps its place).
         leading_text: leading[i] is CSV text already (cells csv writes unquoted, joined
         by ","), written as it is."""
@@ -371,6 +373,8 @@ class RecordWriter:
             else:
                 self._write_joined(text.split("\n")[:-1], leading, trailing, gaps)
             return
+        if isinstance(trailing, np.ndarray):
+            trailing = [tuple(row) for row in trailing.tolist()]
         rows = float32_decimals(floats).tolist()
         if rows and not np.isfinite(floats).all():
             rows = [[x if math.isfinite(x) else None for x in row] for row in rows]
@@ -404,7 +408,9 @@ class RecordWriter:
         no leading cell that csv would quote."""
         if leading is not None:
             lines = [f"{first},{line}" for first, line in zip(leading, lines)]
-        if trailing is not None:  # few distinct trailing cells (flags): each text made once
+        if isinstance(trailing, np.ndarray):  # int cells: each distinct row's text made once
+            lines = list(map(operator.add, lines, _int_texts(trailing)))
+        elif trailing is not None:  # few distinct trailing cells (flags): each text made once
             texts: dict = {}
             joined = []
             for line, rest in zip(lines, trailing):
@@ -490,6 +496,15 @@ class RecordWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _int_texts(cells: np.ndarray) -> list[str]:
+    """The text ",a,b" of each row of an (n, k) integer array, as _write_joined writes it."""
+    if not len(cells):
+        return []
+    unique, inverse = np.unique(cells, axis=0, return_inverse=True)
+    texts = ["," + ",".join(str(int(v)) for v in row) for row in unique.tolist()]
+    return np.array(texts, dtype=object)[inverse.reshape(-1)].tolist()
 
 
 def _needs_quotes(cell: Any) -> bool:

@@ -478,6 +478,27 @@ class Detector:
             self.score_one(X[bad], F[bad], None if times is None else times[bad])
         return result
 
+    def score_rows(self, X, F, lo: int, hi: int, result: BlockResult, times=None,
+                   whens=None) -> None:
+        """score_block() of rows lo..hi-1 of X / F (contiguous float64 [N, C], a whole
+        chunk's), into the same rows of `result` (a BlockResult of N rows): the same
+        verdicts, events and state. `times` (N timestamps or None) and `whens`
+        (as_seconds_array(times)) are the chunk's too. A chunk scored in short pieces
+        (the online head's) pays the per-call work once per chunk: the conversions, the
+        timestamps' parsing; a piece goes to the kernel directly once it is ready."""
+        if hi <= lo:
+            return
+        fast = (
+            self._kernel is not None and X.shape[1] == self._n and self._kernel_ready()
+            and (whens is None or self._step is not None)
+            and bool(np.isfinite(X[lo:hi]).all()) and bool(np.isfinite(F[lo:hi]).all())
+        )  # fmt: skip
+        if fast:
+            self._kernel_rows(X, F, times, whens, lo, hi, result)
+            return
+        part = self.score_block(X[lo:hi], F[lo:hi], times=None if times is None else times[lo:hi])
+        result.put(lo, part)
+
     def _kernel_rows(self, X, F, times, whens, start: int, stop: int, result) -> None:
         """Rows [start, stop) through the kernel: the time tracking first (once the
         sampling interval is known from some row on, the rows before it are one stretch

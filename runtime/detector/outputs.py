@@ -96,6 +96,15 @@ class BlockResult:
         if out.event_closed is not None:
             self.closed[i] = out.event_closed
 
+    def put(self, at: int, part: BlockResult) -> None:
+        """part's rows as rows at.. of this block (its events' rows moved along)."""
+        rows = slice(at, at + len(part))
+        self.raw_score[rows], self.flags[rows] = part.raw_score, part.flags
+        self.raw_threshold[rows], self.event[rows] = part.raw_threshold, part.event
+        self.contributions[rows] = part.contributions
+        self.opened.update({at + i: e for i, e in part.opened.items()})
+        self.closed.update({at + i: e for i, e in part.closed.items()})
+
     def output(self, i: int) -> DetectorOutput:
         """Row i as score_one() returns it."""
         fl = int(self.flags[i])
