@@ -30,6 +30,11 @@ _keys: dict[str, str] = {}  # key -> '"key":', as json.dumps writes it
 
 def json_float(v) -> str:
     """RecordWriter's token for a float: float(str(np.float32(v))), as JSON."""
+    token = _c_token[0] if _c_token else _load_c_token()
+    if token is not None:  # C, ~10x faster than a numpy scalar's str (None: not sure)
+        s = token(v)
+        if s is not None:
+            return s
     s = str(_float32(v))
     if "e" in s or "n" in s:  # an exponent (Python may print it positionally), nan, inf
         return json.dumps(_num(v))
@@ -56,6 +61,11 @@ def json_value(v: Any) -> str:
     if t is dict and all(type(k) is str for k in v):
         return "{" + ",".join([_key(k) + json_value(x) for k, x in v.items()]) + "}"
     return json.dumps(_jsonable(v), separators=(",", ":"))
+
+
+def json_fields(rest: dict[str, Any]) -> str:
+    """',"key":value' for each item, as RecordLines.line writes a record's other fields."""
+    return "".join([f",{_key(k)}{json_value(v)}" for k, v in rest.items()])
 
 
 def json_line(record: dict[str, Any]) -> str:
@@ -124,14 +134,28 @@ class RecordLines:
 _F32 = np.dtype(np.float32)
 
 
-def _c_tokens():
-    """The fast-call extension's f32_tokens (runtime/cstep.py), or None."""
+_c_token: list = []  # [the extension's f32_token or None], once loaded
+
+
+def _load_c_token():
+    module = _fastcall()
+    _c_token.append(None if module is None else module.f32_token)
+    return _c_token[0]
+
+
+def _fastcall():
+    """The fast-call extension (runtime/cstep.py), or None."""
     if os.environ.get("EDGERNN_NO_FASTCALL"):
         return None
     from edgernn.runtime.cstep import fastcall_module
 
-    module = fastcall_module()
+    return fastcall_module()
+
+
+def _c_tokens():
+    """The fast-call extension's f32_tokens (runtime/cstep.py), or None."""
+    module = _fastcall()
     return None if module is None else module.f32_tokens
 
 
-__all__ = ["RecordLines", "json_float", "json_line", "json_value"]
+__all__ = ["RecordLines", "json_fields", "json_float", "json_line", "json_value"]

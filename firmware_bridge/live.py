@@ -950,44 +950,52 @@ class LiveRun:
 
 
 class FastFrames:
-    """The steady state of a binary stream, forecasts only, in one C call per read
-    (cstep's live_frames): decode, check, step and format every complete data frame that
-    continues the stream, then the bookkeeping of the Python path in one go per read.
-    With a cold cache at 1 kHz (a read per sample) the Python path's per-sample code is
-    most of the run's CPU. Whatever live_frames does not take (a hello, a gap, a bad
-    frame, a NaN, a partial frame) goes to the Decoder and the Python path as before, so
-    the records, counters and state are those of the Python path. EDGERNN_NO_FASTCALL=1
-    (no extension) or EDGERNN_NO_FAST_LIVE=1 leaves it all to Python."""
+    """The steady state of a binary stream in one C call per read (cstep's live_frames):
+    every complete data frame that continues the stream is decoded, checked and stepped
+    in C. Forecasts only: C writes the JSON lines too, and the bookkeeping of the Python
+    path is done once per read. With the detector or the online head: each sample then
+    goes through Monitor.stepped (what Monitor.process does after its step) and its line
+    is finished here. At 1 kHz (a read per sample) with a cold cache, the Python path's
+    per-sample code (decoder, events, queue, checks, formatting) is most of the run's
+    CPU. Whatever live_frames does not take (a hello, a gap, a bad frame, a NaN, a partial
+    frame) goes to the Decoder and the Python path as before, so the records, counters
+    and state are the Python path's. EDGERNN_NO_FASTCALL=1 (no extension) or
+    EDGERNN_NO_FAST_LIVE=1 leaves it all to Python."""
 
     ROWS = 4096  # samples one call takes at most (a 64 KB read holds ~1400 of 8 channels)
 
-    def __init__(self, run: LiveRun, module, binding: tuple[int, int, int, int]):
-        from edgernn.firmware_bridge.jsonline import json_float
+    def __init__(self, run: LiveRun, module, binding: tuple[int, ...]):
+        from edgernn.firmware_bridge.jsonline import json_fields, json_float
 
         self.run = run
         self.decoder, self.queue = run.decoder, run.queue
         self.monitor, self.stream = run.monitor, run.monitor.stream
         self.counters = run.decoder.counters
-        self.width = len(run.channels)
-        keys = tuple(run._lines.keys)
-        self.live = module.live_bind(*binding, keys, json_float)
-        self.frames = module.live_frames
-        self.out = np.empty((self.ROWS, 2, self.width), dtype=np.float32)
+        self.width = c = len(run.channels)
+        m = run.monitor
+        self.whole = m.detector is None and m.head is None  # C writes the whole line
+        hidden = binding[-1] if m.head is not None else 0  # the head reads the features
+        step, h = binding[:4], binding[4:6] if hidden else (0, 0)
+        self.live = module.live_bind(*step, *h, hidden, tuple(run._lines.keys), json_float)
+        self.frames, self.pairs, self.fields = module.live_frames, module.live_pairs, json_fields
+        self.out = np.empty((self.ROWS, 2 * c + hidden), dtype=np.float32)
+        self.hidden = hidden
+        self.names = run._lines.names
         self.samples = 0  # forecast here (tests: proof that the C path ran)
+        # a sample takes at least 4 bytes a channel on the wire: a read of at most this
+        # many bytes holds no more samples than the queue keeps (4096: a 128 KB read)
+        self.most_bytes = run.queue.max_samples * 4 * c
 
     @classmethod
     def make(cls, run: LiveRun) -> Optional[FastFrames]:
-        """For a run whose records are only JSON lines of forecasts (no detector, no
-        online head, no publisher or live view) on the C step; else None."""
+        """For a run whose records are only JSON lines (no publisher, no live view) on
+        the C step; else None."""
         from edgernn.firmware_bridge.jsonline import _c_tokens
 
-        m = run.monitor
         if os.environ.get("EDGERNN_NO_FAST_LIVE") or not run._lines_only or not run._lines.ok:
             return None
-        if m.detector is not None or m.head is not None or run.decoder.requested == "text":
-            return None
-        binding = m.stream.live_binding()
-        if binding is None or _c_tokens() is None or len(run.channels) > 255:
+        binding = run.monitor.stream.live_binding()
+        if binding is None or _c_tokens() is None or run.decoder.requested == "text":
             return None
         from edgernn.runtime.cstep import fastcall_module
 
@@ -1003,10 +1011,12 @@ class FastFrames:
                 or run._pending_reset or run._resumed_from is not None or self.queue._items):  # fmt: skip
             return 0
         held = len(d._buf)  # the start of a frame from earlier reads (no 0x00 in it)
+        if held + len(data) > self.most_bytes:  # it may hold more than the queue's bound:
+            return 0  # the Python path drops the oldest of them (counted), as always
         stream, seq0 = self.stream, d._next_seq
         taken, frames, n, cur, text = self.frames(
             self.live, bytes(d._buf) + data if held else data, stream._cur, seq0,
-            d._period_us or 0.0, self.out,
+            d._period_us or 0.0, self.out, self.whole,
         )  # fmt: skip
         if taken <= held:  # nothing taken (it cannot stop inside the held bytes)
             return 0
@@ -1023,19 +1033,64 @@ class FastFrames:
         d._consecutive_rejects = 0
         d._next_seq = run._next_seq = next_seq = (seq0 + n) & U32
         run._position = {"mode": "binary", "session": d.session, "next_seq": next_seq}
-        m = self.monitor
-        m.samples += n
-        if n == 1:
-            m._pending.append(self.out[0, 1].copy())
-        else:  # only the last `horizon` stay pending
-            m._pending.extend(self.out[max(0, n - m.model.horizon) : n, 1].copy())
-        run.stats.forecasts += n
         self.samples += n
-        run._write_text(text, n)
+        if self.whole:
+            self._forecasts_only(text, n)
+        else:
+            self._scored(text, n)
         emitted = time.perf_counter() - t_read
         run.latency.add_repeated(emitted, n)
         run.window.add_repeated(emitted, n)
         return taken
+
+    def _forecasts_only(self, text: str, n: int) -> None:
+        """What Monitor.process and LiveRun._process keep of n samples, then the lines."""
+        m = self.monitor
+        m.samples += n
+        if n == 1:
+            m._pending.append(self.out[0, self.width : 2 * self.width].copy())
+        else:  # only the last `horizon` stay pending
+            m._pending.extend(self.out[max(0, n - m.model.horizon) : n, self.width :].copy())
+        self.run.stats.forecasts += n
+        self.run._write_text(text, n)
+
+    def _scored(self, starts: list[str], n: int) -> None:
+        """Each sample through the detector and the head (Monitor.stepped), its line
+        finished from the line's start; the lines made are written even if one fails
+        (as in LiveRun._samples; the stream has stepped on all n)."""
+        run, c, live, pairs, fields = self.run, self.width, self.live, self.pairs, self.fields
+        stepped, names, stats, hidden = self.monitor.stepped, self.names, run.stats, self.hidden
+        lines: list[str] = []
+        try:
+            for i in range(n):
+                row = self.out[i].copy()  # the sample's own arrays (the head may keep them)
+                result = stepped(row[:c], row[c : 2 * c], row[2 * c :] if hidden else None)
+                stats.forecasts += 1
+                forecast = result.pop("forecast")
+                if names.isdisjoint(result) and forecast.dtype == np.float32:
+                    lines.append(f"{starts[i]}{pairs(live, forecast)}}}{fields(result)}}}\n")
+                else:
+                    lines.append(self._record_line(starts[i], row[:c], forecast, result))
+                stats.anomalies += int(result.get("anomaly") or 0)
+        finally:
+            if lines:
+                run._write_text("".join(lines), len(lines))
+
+    def _record_line(self, start: str, x: np.ndarray, forecast, result: dict) -> str:
+        """LiveRun._process's line where RecordLines declines (a field named like a
+        channel): json_line of the record, its seq and time_us read back from `start`."""
+        from edgernn.firmware_bridge.jsonline import json_line
+
+        at = start.index(',"time_us":')
+        end = start.index(",", at + 11)
+        record: dict[str, Any] = {"seq": int(start[7:at]), "time_us": int(start[at + 11 : end])}
+        channels = self.run.channels
+        record.update(zip(channels, x.tolist()))
+        record["forecast"] = dict(zip(channels, np.asarray(forecast).tolist()))
+        record.update(result)
+        line = self.run._lines.line(record["seq"], record["time_us"], x,
+                                    np.asarray(forecast), result, 0, False)  # fmt: skip
+        return line if line is not None else json_line(record)
 
 
 def run_serial(args, model, detector=None, stop: Optional[threading.Event] = None) -> int:

@@ -798,19 +798,25 @@ static PyObject *fc_f32_tokens(PyObject *self, PyObject *const *args, Py_ssize_t
 }
 
 /* -- the live run's steady state (firmware_bridge/live.py FastFrames) ---------------
-   live_bind(step address, context address, x address, y address, keys, fallback) ->
-   capsule or None. keys: the channels' '"name":' JSON tokens (model order); fallback:
-   json_float, called for the rare float whose token f32_token is not sure of.
+   live_bind(step address, context address, x address, y address, h0 address, h1
+   address, hidden, keys, fallback) -> capsule or None. h0, h1: the head's features
+   (the last layer's h) in state buffer 0 and 1 (0, 0, 0: not wanted); keys: the
+   channels' '"name":' JSON tokens (model order); fallback: json_float, called for the
+   rare float whose token f32_token is not sure of.
 
-   live_frames(live, data, cur, next_seq, period_us, out) -> (consumed, frames, n, cur,
-   text). Takes complete binary data frames from the start of `data` (protocol.py:
+   live_frames(live, data, cur, next_seq, period_us, out, whole) -> (consumed, frames, n,
+   cur, text). Takes complete binary data frames from the start of `data` (protocol.py:
    COBS, CRC-16/CCITT-FALSE, version 1, type data, the model's channel count, seq ==
-   next_seq, every value finite) for as long as they come and out has room, steps the
-   stream on each sample and writes its JSON line (RecordLines' bytes: seq, time_us,
-   the values, "forecast"). It stops, consuming nothing more, at the first byte it does
-   not take that way: a partial frame, a gap, a hello, a bad frame, a NaN; the caller
-   hands the rest to the Python decoder, which counts and handles it as before. out:
-   float32 (rows, 2, C), each sample's values and forecast. */
+   next_seq, every value finite) for as long as they come and out has room, and steps
+   the stream on each sample. whole: text is every sample's JSON line (RecordLines'
+   bytes: seq, time_us, the values, "forecast"); else a list of each line's start, up to
+   '"forecast":{' (the caller adds the rest: live_pairs of the forecast, the detector's
+   fields). It stops, consuming nothing more, at the first byte it does not take that
+   way: a partial frame, a gap, a hello, a bad frame, a NaN; the caller hands the rest
+   to the Python decoder, which counts and handles it as before. out: float32 (rows,
+   2 C + hidden), each sample's values, forecast and features.
+
+   live_pairs(live, values) -> the '"name":token' pairs of C float32 values, joined. */
 #define LIVE_MAX_ENCODED (4096 + 4096 / 254 + 2)
 
 typedef struct {
@@ -818,6 +824,8 @@ typedef struct {
     void *ctx;
     float *x;
     const float *y;
+    const float *h[2];
+    int hidden;
     int channels;
     char *keys;           /* the keys' tokens, back to back */
     int key_at[257];      /* where key i starts in keys; key_at[channels]: the end */
@@ -876,15 +884,18 @@ static void live_free(PyObject *capsule) {
 }
 
 static PyObject *fc_live_bind(PyObject *self, PyObject *args) {
-    unsigned long long fn, ctx, x, y;
+    unsigned long long fn, ctx, x, y, h0, h1;
+    int hidden;
     PyObject *keys, *fallback;
-    if (!PyArg_ParseTuple(args, "KKKKO!O", &fn, &ctx, &x, &y, &PyTuple_Type, &keys, &fallback))
+    if (!PyArg_ParseTuple(args, "KKKKKKiO!O", &fn, &ctx, &x, &y, &h0, &h1, &hidden,
+                          &PyTuple_Type, &keys, &fallback))
         return NULL;
 #if PY_BIG_ENDIAN
     Py_RETURN_NONE; /* frames are little-endian floats, read in place */
 #endif
     Py_ssize_t c = PyTuple_GET_SIZE(keys);
-    if (c < 1 || c > 255 || !fn || !ctx || !x || !y || !PyCallable_Check(fallback))
+    if (c < 1 || c > 255 || !fn || !ctx || !x || !y || !PyCallable_Check(fallback) || hidden < 0
+        || (hidden && (!h0 || !h1)))
         Py_RETURN_NONE;
     edgernn_live *L = PyMem_Calloc(1, sizeof *L);
     if (!L)
@@ -919,6 +930,9 @@ static PyObject *fc_live_bind(PyObject *self, PyObject *args) {
     L->ctx = (void *)(uintptr_t)ctx;
     L->x = (float *)(uintptr_t)x;
     L->y = (const float *)(uintptr_t)y;
+    L->h[0] = (const float *)(uintptr_t)h0;
+    L->h[1] = (const float *)(uintptr_t)h1;
+    L->hidden = hidden;
     L->channels = (int)c;
     Py_INCREF(fallback);
     L->fallback = fallback;
@@ -990,14 +1004,15 @@ static char *put_floats(edgernn_live *L, char *p, const float *v) {
 }
 
 static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "live_frames(live, data, cur, next_seq, period_us, out)");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "live_frames(live, data, cur, next_seq, period_us, out, whole)");
         return NULL;
     }
     edgernn_live *L = PyCapsule_GetPointer(args[0], LIVE);
     if (!L)
         return NULL;
-    int cur = (int)PyLong_AsLong(args[2]);
+    int cur = (int)PyLong_AsLong(args[2]), whole = PyObject_IsTrue(args[6]);
     uint32_t next_seq = (uint32_t)PyLong_AsUnsignedLongMask(args[3]);
     double period = PyFloat_AsDouble(args[4]);
     if (PyErr_Occurred())
@@ -1014,13 +1029,16 @@ static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_
         PyBuffer_Release(&data);
         return NULL;
     }
-    const int C = L->channels;
-    PyObject *result = NULL;
+    const int C = L->channels, H = L->hidden;
+    const Py_ssize_t stride = 2 * (Py_ssize_t)C + H;
+    PyObject *result = NULL, *starts = whole ? NULL : PyList_New(0);
+    if (!whole && !starts)
+        goto done;
     if (out.itemsize != 4 || !out.format || strcmp(out.format, "f") != 0) {
         PyErr_SetString(PyExc_TypeError, "out must be float32");
         goto done;
     }
-    const Py_ssize_t rows = out.len / (4 * 2 * C);
+    const Py_ssize_t rows = out.len / (4 * stride);
     float *rowp = out.buf;
     const unsigned char *d = data.buf;
     const Py_ssize_t len = data.len;
@@ -1063,7 +1081,7 @@ static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_
         if (live_reserve(L, at + s * line_max) < 0)
             goto done;
         for (int k = 0; k < s; k++, n++) {
-            float *xr = rowp + (Py_ssize_t)n * 2 * C, *fr = xr + C;
+            float *xr = rowp + (Py_ssize_t)n * stride, *fr = xr + C;
             memcpy(xr, vals + (Py_ssize_t)4 * C * k, (size_t)4 * C);
             memcpy(L->x, xr, (size_t)4 * C);
             if (L->fn(L->ctx, cur) != 0) {
@@ -1072,6 +1090,8 @@ static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_
             }
             cur ^= 1;
             memcpy(fr, L->y, (size_t)4 * C);
+            if (H)
+                memcpy(fr + C, L->h[cur], (size_t)4 * H);
             uint32_t t = k ? (uint32_t)((uint64_t)time_us + (uint64_t)(int64_t)rint(k * period))
                            : time_us;
             char *p = L->text + at;
@@ -1083,7 +1103,17 @@ static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_
             if (!(p = put_floats(L, p, xr)))
                 goto done;
             memcpy(p, ",\"forecast\":{", 13);
-            if (!(p = put_floats(L, p + 13, fr)))
+            p += 13;
+            if (!whole) { /* the line's start, for the caller to finish */
+                PyObject *start = PyUnicode_DecodeASCII(L->text + at, p - (L->text + at), NULL);
+                if (!start || PyList_Append(starts, start) < 0) {
+                    Py_XDECREF(start);
+                    goto done;
+                }
+                Py_DECREF(start);
+                continue;
+            }
+            if (!(p = put_floats(L, p, fr)))
                 goto done;
             memcpy(p, "}}\n", 3);
             at = p + 3 - L->text;
@@ -1093,14 +1123,53 @@ static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_
         pos = z - d + 1;
     }
     {
-        PyObject *text = PyUnicode_DecodeASCII(L->text, at, NULL);
-        if (text)
+        PyObject *text = whole ? PyUnicode_DecodeASCII(L->text, at, NULL) : starts;
+        if (text) {
             result = Py_BuildValue("(nnniN)", pos, frames, n, cur, text);
+            starts = NULL; /* stolen (or, on failure, released by Py_BuildValue) */
+        }
     }
 done:
+    Py_XDECREF(starts);
     PyBuffer_Release(&out);
     PyBuffer_Release(&data);
     return result;
+}
+
+static PyObject *fc_live_pairs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "live_pairs(live, values)");
+        return NULL;
+    }
+    edgernn_live *L = PyCapsule_GetPointer(args[0], LIVE);
+    if (!L)
+        return NULL;
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[1], &v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (v.itemsize != 4 || !v.format || strcmp(v.format, "f") != 0 || v.len != 4 * L->channels)
+        PyErr_SetString(PyExc_TypeError, "live_pairs takes the channels' float32 values");
+    else if (live_reserve(L, 2 * ((Py_ssize_t)L->key_at[L->channels] + 34 * L->channels)) == 0) {
+        char *p = put_floats(L, L->text, v.buf);
+        if (p)
+            result = PyUnicode_DecodeASCII(L->text, p - L->text, NULL);
+    }
+    PyBuffer_Release(&v);
+    return result;
+}
+
+/* f32_token(v) -> RecordWriter's token for the float v (as float32), or None when not
+   sure (then json_float's way) */
+static PyObject *fc_f32_token(PyObject *self, PyObject *arg) {
+    double d = PyFloat_AsDouble(arg);
+    if (d == -1.0 && PyErr_Occurred())
+        return NULL;
+    char buf[40];
+    int w = f32_token((float)d, buf);
+    if (w <= 0)
+        Py_RETURN_NONE;
+    return PyUnicode_FromStringAndSize(buf, w);
 }
 
 static PyMethodDef methods[] = {
@@ -1110,6 +1179,8 @@ static PyMethodDef methods[] = {
     {"f32_decimals", (PyCFunction)(void (*)(void))fc_f32_decimals, METH_FASTCALL, NULL},
     {"live_bind", fc_live_bind, METH_VARARGS, NULL},
     {"live_frames", (PyCFunction)(void (*)(void))fc_live_frames, METH_FASTCALL, NULL},
+    {"live_pairs", (PyCFunction)(void (*)(void))fc_live_pairs, METH_FASTCALL, NULL},
+    {"f32_token", fc_f32_token, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 

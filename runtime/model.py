@@ -796,15 +796,20 @@ class Stream:
         self._cur = cur ^ 1
         return self._y_view.copy()
 
-    def live_binding(self) -> Optional[tuple[int, int, int, int]]:
-        """(step function, context, input buffer, output buffer) addresses of the C step
-        of a single-stream forecaster, for the live run's C loop (cstep live_bind), which
-        steps this stream itself (the caller passes `_cur` in and stores what comes back). None
-        when there is no such step (another backend, a graph, a batch)."""
+    def live_binding(self) -> Optional[tuple[int, ...]]:
+        """The C step of a single-stream forecaster for the live run's C loop (cstep
+        live_bind), which steps this stream itself (the caller passes `_cur` in and
+        stores what comes back): the addresses of the step function, its context, the
+        input and output buffers and features() in state buffer 0 and 1, and the hidden
+        size. None where there is no such step (another backend, a graph, a batch)."""
         if self._fast_bound is None or self.batch is not None or self.model.generic:
             return None
         k = self._kernel
-        return k.step_address, k._address, k.x.ctypes.data, k.y.ctypes.data
+        h = [s[0, -1, 0] for s in k.s]  # features(): the last layer's h, (hidden,)
+        if not all(v.flags.c_contiguous and v.dtype == _FLOAT32 for v in h):
+            return None
+        return (k.step_address, k._address, k.x.ctypes.data, k.y.ctypes.data,
+                h[0].ctypes.data, h[1].ctypes.data, h[0].size)  # fmt: skip
 
     def run(self, X) -> np.ndarray:
         """Feed a sequence [T, channels] (or [T, batch, channels]) sample by sample."""

@@ -62,6 +62,17 @@ class Monitor:
         x = np.asarray(x, dtype=np.float32)
         due = self._pending[0] if len(self._pending) == self.model.horizon else None
         forecast = self.stream.step(x)
+        return self._scored(x, forecast, due, imputed, time, None)
+
+    def stepped(self, x: np.ndarray, forecast: np.ndarray, h: Optional[np.ndarray]) -> dict:
+        """process(x) for a sample the stream was stepped on already (the live run's C
+        loop): forecast, the step's output, and h, the features after it (stream.features()
+        then; None: read them from the stream), are the caller's own float32 arrays."""
+        due = self._pending[0] if len(self._pending) == self.model.horizon else None
+        return self._scored(x, forecast, due, False, None, h)
+
+    def _scored(self, x, forecast, due, imputed: bool, time, h) -> dict[str, Any]:
+        """The rest of process() once the stream has stepped: score, correct, keep."""
         record: dict[str, Any] = {"forecast": forecast}  # the first key (set again below)
         if imputed:
             self.imputed += 1
@@ -80,7 +91,8 @@ class Monitor:
                 record.update(verdict)
         if self.head is not None:  # learn this sample, then correct the forecast from it
             weight = 0.0 if imputed else learn_weight(verdict)
-            corrected = self.head.step(x, forecast, self.stream.features(), weight)
+            features = self.stream.features() if h is None else h
+            corrected = self.head.step(x, forecast, features, weight)
             forecast = corrected.astype(np.float32)
         self._pending.append(forecast)
         record["forecast"] = forecast

@@ -16,6 +16,7 @@ from conftest import parse_run_args as parse
 from edgernn.firmware_bridge import protocol as P
 from edgernn.firmware_bridge.emulator import DEFAULT_NAMES
 from edgernn.firmware_bridge.live import LiveRun
+from edgernn.runtime.detector import Detector
 from edgernn.runtime.model import Model
 
 NAMES = list(DEFAULT_NAMES)
@@ -85,13 +86,19 @@ def rich_wire() -> bytes:
         data(1)
     frames.append(P.encode_hello(2, 1000.0, NAMES, seq=0))  # a reboot
     seq = 0
-    for _ in range(40):
+    for _ in range(140):
+        data(1)
+    for k in range(12):  # a fault: the detector flags it, opens an alert and closes it
+        spike = vals(1)
+        spike[0, k % 3] += 400.0
+        data(1, values=spike)
+    for _ in range(60):
         data(1)
     data(255 // 8)
     return b"".join(frames)
 
 
-def run_once(model, tmp_path, piece, fast: bool, monkeypatch):
+def run_once(model, tmp_path, piece, fast: bool, monkeypatch, scoring: str = "forecasts"):
     monkeypatch.delenv("EDGERNN_NO_FAST_LIVE", raising=False)
     if not fast:
         monkeypatch.setenv("EDGERNN_NO_FAST_LIVE", "1")
@@ -100,7 +107,11 @@ def run_once(model, tmp_path, piece, fast: bool, monkeypatch):
     dev = ScriptedDevice(rich_wire(), piece=piece)
     args = parse("--port", dev.path, "--no-reconnect", "-o", str(out), "--summary-json",
                  str(summary), "--state-file", str(state))  # fmt: skip
-    run = LiveRun(args, model)
+    detector = None
+    if scoring != "forecasts":
+        detector = Detector.from_meta(model.meta, alarm_every=40, warmup=20)
+        args.no_online_head = scoring == "detector"
+    run = LiveRun(args, model, detector)
     assert run.run() == 0
     taken = run.fast.samples if run.fast is not None else 0
     counters = json.loads(summary.read_text())
@@ -110,14 +121,24 @@ def run_once(model, tmp_path, piece, fast: bool, monkeypatch):
     return out.read_bytes(), counters, {k: saved[k] for k in ("monitor", "device", "samples")}, taken
 
 
-@pytest.mark.parametrize("piece", [None, 1, 13, 48, 97, 4096])
-def test_fast_path_writes_what_the_python_path_writes(model, tmp_path, piece, monkeypatch):
-    lines, counters, state, taken = run_once(model, tmp_path, piece, True, monkeypatch)
-    want_lines, want_counters, want_state, none = run_once(model, tmp_path, piece, False, monkeypatch)
+@pytest.mark.parametrize(
+    "scoring, piece",
+    [("forecasts", p) for p in (None, 1, 13, 48, 97, 4096)]
+    + [(s, p) for s in ("detector", "detector+head") for p in (1, 48, 97, 4096)],
+)
+def test_fast_path_writes_what_the_python_path_writes(model, tmp_path, scoring, piece,
+                                                      monkeypatch):  # fmt: skip
+    lines, counters, state, taken = run_once(model, tmp_path, piece, True, monkeypatch, scoring)
+    want_lines, want_counters, want_state, none = run_once(
+        model, tmp_path, piece, False, monkeypatch, scoring
+    )
     assert none == 0 and (taken > 0 or piece is None)  # the C path ran (one read: it cannot)
     assert lines == want_lines
     assert counters == want_counters and counters["unaccounted"] == 0
     assert state == want_state
+    if scoring != "forecasts":  # the stream was scored, flagged, and alerted on
+        assert counters["anomalies"] > 0 and b'"event_opened"' in lines
+        assert (b'"online_head"' in json.dumps(state).encode()) == (scoring == "detector+head")
 
 
 def test_unsure_tokens_come_from_recordwriters_formula(model, tmp_path, monkeypatch):
