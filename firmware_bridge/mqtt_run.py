@@ -53,6 +53,7 @@ from edgernn.firmware_bridge.mqtt import (
 from edgernn.firmware_bridge.payload import ChannelNames, PayloadError, PayloadParser
 from edgernn.runtime.adapt import online_head_wanted
 from edgernn.runtime.output import _jsonable
+from edgernn.runtime.statecodec import pack, unpack
 
 POLL_S = 0.05  # longest wait for a message: how fast the loop notices a stop request
 STOP_DRAIN_S = 10.0  # at a stop, longest wait for the messages sent before it
@@ -340,7 +341,7 @@ class FleetStateFile:
             return None, f"no state file at {self.path} yet: every device starts cold"
         try:
             with open(self.path) as f:
-                data = json.load(f)
+                data = unpack(json.load(f))
             if data.get("format") != STATE_FORMAT or not isinstance(data.get("fleet"), dict):
                 return None, f"{self.path} is not an edgernn fleet state file: starting cold"
         except (OSError, ValueError, AttributeError) as e:
@@ -380,7 +381,7 @@ class FleetStateFile:
         doc = {"format": STATE_FORMAT, "model_sha256": self.fingerprint,
                "saved_unix": time.time(), "fleet": fleet_state}  # fmt: skip
         try:
-            write_atomic(self.path, json.dumps(doc))
+            write_atomic(self.path, json.dumps(pack(doc)))  # arrays compressed (statecodec)
             self.saves += 1
         except OSError as e:
             self.failures += 1
