@@ -209,18 +209,24 @@ def _digit_block(x: np.ndarray, width: int) -> np.ndarray:
     return parts.view(np.uint8).reshape(len(x), 4 * limbs)[:, 4 * limbs - width :]
 
 
-def float32_repr_lines(floats: np.ndarray) -> bytes:
+def float32_repr_lines(floats: np.ndarray, suffix: Optional[np.ndarray] = None) -> bytes:
     """The rows of a 2-D float32 array as CSV lines, ASCII: each value as
     repr(float(str(np.float32(v)))) (the shortest decimal that reads back as the same
     float32, written as Python writes a float), empty where it is not finite; "," between
     values, "\n" after each row. Vectorised: the digits from _shortest_bisected, the few
     values it is not sure of through the scalar formula, then every character placed in a
     grid of fixed columns (sign, integer digits right-aligned, point, fraction digits
-    left-aligned, exponent, separator) and the grid's used cells read out in order."""
+    left-aligned, exponent, separator) and the grid's used cells read out in order.
+    suffix: (rows, k >= 1) uint8, ASCII written after each row's last value, before its
+    "\n" (fixed-width trailing cells: their text is placed in the grid too, never
+    joined line by line)."""
     floats = np.asarray(floats, dtype=np.float32)
     step = max(1, FORMAT_VALUES // max(floats.shape[1], 1))
     if len(floats) > step:  # a few thousand values at a time: the temporaries stay small
-        pieces = (float32_repr_lines(floats[i : i + step]) for i in range(0, len(floats), step))
+        pieces = (
+            float32_repr_lines(floats[i : i + step], None if suffix is None else suffix[i : i + step])
+            for i in range(0, len(floats), step)
+        )
         return b"".join(pieces)
     rows, width = floats.shape
     v = np.ascontiguousarray(floats).ravel()
@@ -260,17 +266,24 @@ def float32_repr_lines(floats: np.ndarray) -> bytes:
         chars[:, 1] = np.where(e < 0, 45, 43)
         chars[:, 2:] = _digit_block(np.abs(e).astype(np.float64), 2)
         blocks.append((chars, np.repeat(exp_at[:, None], 4, axis=1)))
-    sep = np.full(width, 44, dtype=np.uint8)
-    sep[-1] = 10  # "\n"
-    blocks.append((np.tile(sep, rows)[:, None], np.ones((v.size, 1), dtype=bool)))
+    sep = np.full((rows, width), 44, dtype=np.uint8)
+    sep[:, -1] = 10 if suffix is None else suffix[:, 0]  # "\n", or the suffix's first
+    blocks.append((sep.reshape(-1, 1), np.ones((v.size, 1), dtype=bool)))
     widths = [np.shape(used)[1] for _, used in blocks]
-    grid = np.empty((v.size, sum(widths)), dtype=np.uint8)
-    mask = np.empty(grid.shape, dtype=bool)
+    extra = 0 if suffix is None else suffix.shape[1]  # the rest of the suffix and "\n"
+    total = sum(widths)
+    grid = np.empty((rows, width * total + extra), dtype=np.uint8)
+    mask = np.ones(grid.shape, dtype=bool)
+    cells = grid[:, : width * total].reshape(rows, width, total)  # (row, value, column)
+    used_cells = mask[:, : width * total].reshape(rows, width, total)
     at = 0
     for (chars, used), w in zip(blocks, widths):
-        grid[:, at : at + w] = chars
-        mask[:, at : at + w] = used
+        cells[:, :, at : at + w] = chars if np.ndim(chars) == 0 else chars.reshape(rows, width, w)
+        used_cells[:, :, at : at + w] = used.reshape(rows, width, w)
         at += w
+    if extra:
+        grid[:, -extra:-1] = suffix[:, 1:]
+        grid[:, -1] = 10
     return grid[mask].tobytes()
 
 
@@ -367,7 +380,10 @@ class RecordWriter:
             raise ValueError("write_block writes CSV; JSON lines go through write()")
         plain = leading_text or not any(_needs_quotes(cell) for cell in leading or ())
         if fast_format[0] and plain:  # the floats' lines made vectorised
-            text = float32_repr_lines(floats).decode("ascii")
+            suffix = _digit_cells(trailing)
+            if suffix is not None:  # the trailing cells written in the same grid
+                trailing = None
+            text = float32_repr_lines(floats, suffix).decode("ascii")
             if leading is None and trailing is None and not len(gaps):
                 self._write_text(text, len(floats))
             else:
@@ -496,6 +512,18 @@ class RecordWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _digit_cells(trailing) -> Optional[np.ndarray]:
+    """",a,b..." as ASCII (n, 2k) for trailing int cells that are all one digit (the
+    flags), for float32_repr_lines' suffix; None for any other trailing cells."""
+    if not isinstance(trailing, np.ndarray) or not trailing.size:
+        return None
+    if trailing.min() < 0 or trailing.max() > 9:
+        return None
+    chars = np.full((len(trailing), 2 * trailing.shape[1]), 44, dtype=np.uint8)
+    chars[:, 1::2] = 48 + trailing
+    return chars
 
 
 def _int_texts(cells: np.ndarray) -> list[str]:

@@ -146,3 +146,30 @@ def test_run_csv_score_rows_equals_the_piece_path(exported_models, tmp_path, tim
     got, want = go(False, "rows"), go(True, "pieces")
     assert got == want
     assert "opened" in want[1] and want[2][3] > 0
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (5, 17), (3000, 17)])
+def test_float32_repr_lines_suffix_goes_before_each_newline(shape):
+    from edgernn.runtime.output import RecordWriter, float32_repr_lines
+
+    rng = np.random.default_rng(shape[0])
+    floats = (rng.standard_normal(shape) * 10.0 ** rng.integers(-9, 9, shape)).astype(np.float32)
+    if floats.size:
+        floats.flat[:: max(1, floats.size // 7)] = np.nan
+    cells = rng.integers(0, 10, (shape[0], 2))
+    suffix = np.full((shape[0], 4), 44, dtype=np.uint8)
+    suffix[:, 1::2] = 48 + cells
+    plain = float32_repr_lines(floats).decode().split("\n")[:-1]
+    want = "".join(f"{line},{a},{b}\n" for line, (a, b) in zip(plain, cells.tolist()))
+    assert float32_repr_lines(floats, suffix).decode() == want
+    assert float32_repr_lines(floats, suffix) == float32_repr_lines(floats, suffix.copy())
+    # write_block: int cells as an array, one digit each or not, as tuples write them
+    for trailing in (cells, cells * 7 - 20):
+        texts = []
+        for form in (trailing, [tuple(r) for r in trailing.tolist()]):
+            out = io.StringIO()
+            w = RecordWriter(None, [f"c{i}" for i in range(shape[1])], fmt="csv")
+            w._fh = out
+            w.write_block(floats, trailing=form, gaps=[0] if shape[0] else [])
+            texts.append(out.getvalue())
+        assert texts[0] == texts[1]
