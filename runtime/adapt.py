@@ -205,6 +205,7 @@ class OnlineHead:
         r = (np.asarray(X, dtype=np.float64)[blind:] - base[:learnt]) / self.std
         w = np.ones(n)
         index = s + blind + np.arange(learnt)
+        finite = np.isfinite(r).all(axis=1) & np.isfinite(phi[:learnt]).all(axis=1)
         carried, j0 = self._pairs, 0  # learnt since the last solve: carried + phi[j0:j]
         a = 0
         while a < n:
@@ -214,7 +215,7 @@ class OnlineHead:
             if at == 0 and t > 0:
                 j = max(0, a - blind)
                 self._pairs = carried + self._chunk_pair(phi, r, w, index, blind, j0, j)
-                self._solve(t)
+                self._solve(t, None if carried else finite[j0:j])
                 carried, j0 = self._pairs, j
             self._block_phi[at : at + b - a] = phi[m + a : m + b]  # [h, 1], as correct()
             correction = self._correction(slice(at, at + b - a))
@@ -242,8 +243,10 @@ class OnlineHead:
             self.learn(X[a:b], weigh(a, b))
             a = b
 
-    def _solve(self, limit: int) -> None:
-        """A from the samples before `limit`; later ones wait for the next solve."""
+    def _solve(self, limit: int, finite=None) -> None:
+        """A from the samples before `limit`; later ones wait for the next solve.
+        finite: (run_chunk) whether each pair's residual and features are finite, where
+        they are one piece of the chunk's arrays, made once for the chunk."""
         keep = (1.0 - 1.0 / self.memory) ** self.block
         self._gram *= keep
         self._cross *= keep
@@ -252,25 +255,34 @@ class OnlineHead:
                 phi, r, w, index = self._pairs[0]
             else:
                 phi, r, w, index = (np.concatenate(p) for p in zip(*self._pairs))
-            now = index < limit
+            later = None
             if index[-1] < limit:  # all of them (the CSV path): no copies
                 phi_now, r_now, w_now = phi, r, w
             else:
-                phi_now, r_now, w_now = phi[now], r[now], w[now]
-            # a sample not learnt adds exactly nothing, even where a huge input made its
-            # residual or features inf (0 x inf would be NaN and spoil A for good)
-            skip = (w_now == 0) | ~np.isfinite(r_now).all(axis=1) | ~np.isfinite(phi_now).all(axis=1)
-            if skip.any():
-                w_now = np.where(skip, 0.0, w_now)
-                phi_now = np.where(skip[:, None], 0.0, phi_now)
-                r_now = np.where(skip[:, None], 0.0, r_now)
-            wphi = phi_now * w_now[:, None]
-            self._gram += wphi.T @ phi_now
-            self._cross += wphi.T @ r_now
-            later = ~now
-            self._pairs = [(phi[later], r[later], w[later], index[later])] if later.any() else []
+                now = index < limit
+                phi_now, r_now, w_now, later, finite = phi[now], r[now], w[now], ~now, None
+            self._accumulate(phi_now, r_now, w_now, finite)
+            if later is not None and later.any():
+                self._pairs = [(phi[later], r[later], w[later], index[later])]
+            else:
+                self._pairs = []
         system = self._gram + self._prior
         self.A = np.linalg.solve(system, self._cross)
+
+    def _accumulate(self, phi, r, w, finite=None) -> None:
+        """The Gram and cross sums += the pairs' w phi phi^T and w phi r^T."""
+        # a sample not learnt adds exactly nothing, even where a huge input made its
+        # residual or features inf (0 x inf would be NaN and spoil A for good)
+        if finite is None:
+            finite = np.isfinite(r).all(axis=1) & np.isfinite(phi).all(axis=1)
+        skip = (w == 0) | ~finite
+        if skip.any():
+            w = np.where(skip, 0.0, w)
+            phi = np.where(skip[:, None], 0.0, phi)
+            r = np.where(skip[:, None], 0.0, r)
+        wphi = phi * w[:, None]
+        self._gram += wphi.T @ phi
+        self._cross += wphi.T @ r
 
     # -- state -----------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
