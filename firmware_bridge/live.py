@@ -54,6 +54,7 @@ from edgernn.firmware_bridge.framing import (
 from edgernn.firmware_bridge.jsonline import RecordLines, json_line
 from edgernn.firmware_bridge.port import (
     OVERFLOW_POLICIES,
+    READ_SIZE,
     Closed,
     Connected,
     Disconnected,
@@ -576,7 +577,9 @@ class LiveRun:
             while not self.stop.is_set():
                 if reader.inline:  # this thread reads the port when nothing is queued
                     event = queue.get(0)
-                    if event is None:
+                    if event is None and fast is not None and fast.loop(self._until(status, save)):
+                        event = queue.get(0)  # the C loop gave back what needs Python
+                    elif event is None:  # (or the port reports trouble: read_inline's)
                         got = reader.read_inline(POLL_S)
                         if got is not None:
                             data, t_read = got
@@ -624,6 +627,16 @@ class LiveRun:
         if sf is not None and sf.saves == 0 and sf.failures:
             raise EdgernnError(f"{sf.last_error}; the stream state was never saved")
         return 0
+
+    def _until(self, status: Ticker, save: Ticker) -> float:
+        """When the loop must look up again (perf_counter time): the stop flag every
+        POLL_S, the status line and the state save when due."""
+        until = time.perf_counter() + POLL_S
+        if status.next < until:
+            until = status.next
+        if self.state_file is not None and save.next < until:
+            until = save.next
+        return until
 
     def _drain(self) -> None:
         """Samples already read when the run stops still get their forecasts."""
@@ -982,9 +995,12 @@ class FastFrames:
         self.hidden = hidden
         self.names = run._lines.names
         self.samples = 0  # forecast here (tests: proof that the C path ran)
+        self.looped = 0  # of which in the C loop
         # a sample takes at least 4 bytes a channel on the wire: a read of at most this
         # many bytes holds no more samples than the queue keeps (4096: a 128 KB read)
         self.most_bytes = run.queue.max_samples * 4 * c
+        self._loop = module.live_loop if self.whole else None
+        self._loop_setup(run)
 
     @classmethod
     def make(cls, run: LiveRun) -> Optional[FastFrames]:
@@ -1006,9 +1022,7 @@ class FastFrames:
         """Bytes of `data` (just read, nothing queued) handled here; the rest is the
         decoder's."""
         d, run = self.decoder, self.run
-        if (d.mode != "binary" or d._overlong or not d._identity
-                or d._index_width != self.width or d._next_seq is None or run._pending_gap
-                or run._pending_reset or run._resumed_from is not None or self.queue._items):  # fmt: skip
+        if not self._steady():
             return 0
         held = len(d._buf)  # the start of a frame from earlier reads (no 0x00 in it)
         if held + len(data) > self.most_bytes:  # it may hold more than the queue's bound:
@@ -1026,14 +1040,7 @@ class FastFrames:
         self.counters.bytes += taken
         if not n:
             return taken
-        stream._cur = cur
-        c = self.counters
-        c.frames += frames
-        c.samples += n
-        d._consecutive_rejects = 0
-        d._next_seq = run._next_seq = next_seq = (seq0 + n) & U32
-        run._position = {"mode": "binary", "session": d.session, "next_seq": next_seq}
-        self.samples += n
+        self._account(stream, cur, seq0, frames, n)
         if self.whole:
             self._forecasts_only(text, n)
         else:
@@ -1042,6 +1049,79 @@ class FastFrames:
         run.latency.add_repeated(emitted, n)
         run.window.add_repeated(emitted, n)
         return taken
+
+    # -- the C loop (forecasts only): poll, read, take, write, until Python is needed ----
+    def _loop_setup(self, run: LiveRun) -> None:
+        """The C loop writes the lines to the writer's file descriptor itself."""
+        try:
+            self._out_fd = run.writer._fh.fileno() if self._loop is not None else None
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: no fd
+            self._out_fd = None
+        if self._out_fd is None:
+            self._loop = None
+            return
+        run.writer._fh.flush()  # nothing of the stream's own may come after the loop's
+        m = self.monitor
+        self._pending = np.empty((m.model.horizon, self.width), dtype=np.float32)
+        self._taken = np.zeros(1, dtype=np.int64)  # samples the loop has taken, all calls
+        self._edges = LatencyHistogram.EDGES
+
+    def loop(self, until: float) -> bool:
+        """The C loop (cstep live_loop) until `until` (perf_counter time) or until
+        something needs Python; False where it cannot run now, or the port reports
+        trouble (then read_inline, with the Python path's error handling)."""
+        d, run, reader = self.decoder, self.run, self.run.reader
+        if self._loop is None or d._buf or not self._steady() or reader._fd is None:
+            return False
+        stream, seq0 = self.stream, d._next_seq
+        status, taken, frames, n, cur, err, rest, t_read = self._loop(
+            self.live, stream._cur, seq0, d._period_us or 0.0, reader._fd, self._out_fd,
+            until, READ_SIZE, self.most_bytes, self.out, self._pending, self._taken,
+            self._edges, run.latency.counts, run.window.counts,
+        )  # fmt: skip
+        self.counters.bytes += taken
+        if n:
+            self._account(stream, cur, seq0, frames, n)
+            self.looped += n
+            self._keep_pending(n)
+            run.stats.forecasts += n
+            run.writer.count += n
+        if status == 4:  # a hang-up or error on the port: read_inline reads it
+            return False
+        if status == 1:  # the rest of a read: the decoder's
+            reader.feed(rest, t_read)
+        elif status == 2:
+            reader.read_failed(err)
+        elif status == 3:
+            run.writer._raise_naming_output(OSError(err, os.strerror(err)))
+        return True
+
+    def _keep_pending(self, n: int) -> None:
+        """The loop's last forecasts, from its ring, into Monitor's pending."""
+        m, ring = self.monitor, self._pending
+        end = int(self._taken[0])
+        m.samples += n
+        for g in range(end - min(n, len(ring)), end):
+            m._pending.append(ring[g % len(ring)].copy())
+
+    def _steady(self) -> bool:
+        """Whether the stream is where the C path can carry on: binary frames mapped one
+        to one, the next seq known, no gap or reset pending, nothing queued."""
+        d, run = self.decoder, self.run
+        return not (d.mode != "binary" or d._overlong or not d._identity
+                    or d._index_width != self.width or d._next_seq is None or run._pending_gap
+                    or run._pending_reset or run._resumed_from is not None or self.queue._items)  # fmt: skip
+
+    def _account(self, stream, cur: int, seq0: int, frames: int, n: int) -> None:
+        """The decoder's and the run's counters and stream position after n samples."""
+        d, run, c = self.decoder, self.run, self.counters
+        stream._cur = cur
+        c.frames += frames
+        c.samples += n
+        d._consecutive_rejects = 0
+        d._next_seq = run._next_seq = next_seq = (seq0 + n) & U32
+        run._position = {"mode": "binary", "session": d.session, "next_seq": next_seq}
+        self.samples += n
 
     def _forecasts_only(self, text: str, n: int) -> None:
         """What Monitor.process and LiveRun._process keep of n samples, then the lines."""

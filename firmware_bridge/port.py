@@ -457,22 +457,36 @@ class PortReader:
         """pump()'s wait and read without the decoding: (bytes, perf_counter at the read),
         or None (nothing came, or the port was lost: then handled as in pump). The caller
         hands what it does not take itself to feed()."""
-        import serial
-
         fd = self._fd
         if fd is None or self._stop.is_set():
             return None
         try:
             if self._poller.poll(timeout * 1000):
                 return self._read_once(fd)
-        except (serial.SerialException, OSError, ValueError, TypeError) as e:
-            self._fd = None
-            self._lost(e)
-            if not self.reconnect or self._stop.is_set():
-                self.queue.put(Closed(None))
-                return None
-            self._start_thread()
+        except (OSError, ValueError, TypeError) as e:  # SerialException is an OSError
+            self._lost_inline(e)
         return None
+
+    def read_failed(self, err: int) -> None:
+        """A read of the inline port done elsewhere (the live run's C loop) failed with
+        errno `err` (0: it read nothing): handled as read_inline handles its own."""
+        try:
+            if not err:
+                raise _serial_exception(_NO_DATA)
+            if err not in _RETRY:
+                e = OSError(err, os.strerror(err))
+                raise _serial_exception(f"read failed: {e}") from e
+        except OSError as e:
+            self._lost_inline(e)
+
+    def _lost_inline(self, e: BaseException) -> None:
+        """The inline port failed: the thread reopens it (or the run ends)."""
+        self._fd = None
+        self._lost(e)
+        if not self.reconnect or self._stop.is_set():
+            self.queue.put(Closed(None))
+            return
+        self._start_thread()
 
     def _read_once(self, fd: int) -> Optional[tuple[bytes, float]]:
         try:

@@ -1003,50 +1003,25 @@ static char *put_floats(edgernn_live *L, char *p, const float *v) {
     return p;
 }
 
-static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError,
-                        "live_frames(live, data, cur, next_seq, period_us, out, whole)");
-        return NULL;
-    }
-    edgernn_live *L = PyCapsule_GetPointer(args[0], LIVE);
-    if (!L)
-        return NULL;
-    int cur = (int)PyLong_AsLong(args[2]), whole = PyObject_IsTrue(args[6]);
-    uint32_t next_seq = (uint32_t)PyLong_AsUnsignedLongMask(args[3]);
-    double period = PyFloat_AsDouble(args[4]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (cur != 0 && cur != 1) {
-        PyErr_SetString(PyExc_ValueError, "cur must be 0 or 1");
-        return NULL;
-    }
-    Py_buffer data, out;
-    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) != 0)
-        return NULL;
-    if (PyObject_GetBuffer(args[5], &out, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE)
-        != 0) {
-        PyBuffer_Release(&data);
-        return NULL;
-    }
+typedef struct {
+    int cur;           /* the stream's state buffer */
+    uint32_t next_seq; /* the seq the next frame must carry */
+    Py_ssize_t n, frames, at; /* samples and frames taken, text made (whole lines) */
+} live_pass;
+
+/* The frames live_frames takes from d[0:len] (see above): steps, rows from rowp (room for
+   `rows`), lines into L->text from p->at (starts == NULL) or their starts into the list
+   `starts`. Returns the bytes consumed; -1 on a Python error (p says what was done). */
+static Py_ssize_t live_take(edgernn_live *L, const unsigned char *d, Py_ssize_t len,
+                            double period, float *rowp, Py_ssize_t rows, PyObject *starts,
+                            live_pass *p) {
     const int C = L->channels, H = L->hidden;
     const Py_ssize_t stride = 2 * (Py_ssize_t)C + H;
-    PyObject *result = NULL, *starts = whole ? NULL : PyList_New(0);
-    if (!whole && !starts)
-        goto done;
-    if (out.itemsize != 4 || !out.format || strcmp(out.format, "f") != 0) {
-        PyErr_SetString(PyExc_TypeError, "out must be float32");
-        goto done;
-    }
-    const Py_ssize_t rows = out.len / (4 * stride);
-    float *rowp = out.buf;
-    const unsigned char *d = data.buf;
-    const Py_ssize_t len = data.len;
     /* one line at most: braces, seq, time_us, "forecast", and per channel two keys and
        two tokens of at most 32 bytes */
     const Py_ssize_t line_max = 96 + 2 * ((Py_ssize_t)L->key_at[C] + (Py_ssize_t)C * 34);
     unsigned char raw[LIVE_MAX_ENCODED];
-    Py_ssize_t pos = 0, n = 0, frames = 0, at = 0;
+    Py_ssize_t pos = 0;
     while (pos < len) {
         const unsigned char *z = memchr(d + pos, 0, (size_t)(len - pos));
         if (!z)
@@ -1067,7 +1042,7 @@ static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_
         if (raw[0] != 1 || raw[1] != 1 || c != C || s < 1 || rlen - 2 != 12 + 4 * c * s)
             break;
         uint32_t seq = le32(raw + 4), time_us = le32(raw + 8);
-        if (seq != next_seq || n + s > rows || (s > 1 && !(period * (s - 1) < 4e15)))
+        if (seq != p->next_seq || p->n + s > rows || (s > 1 && !(period * (s - 1) < 4e15)))
             break;
         const unsigned char *vals = raw + 12;
         int finite = 1;
@@ -1078,61 +1053,287 @@ static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_
         }
         if (!finite)
             break; /* invalid samples: the Python path counts them and makes the gap */
-        if (live_reserve(L, at + s * line_max) < 0)
-            goto done;
-        for (int k = 0; k < s; k++, n++) {
-            float *xr = rowp + (Py_ssize_t)n * stride, *fr = xr + C;
+        if (live_reserve(L, p->at + s * line_max) < 0)
+            return -1;
+        for (int k = 0; k < s; k++) {
+            float *xr = rowp + p->n * stride, *fr = xr + C;
             memcpy(xr, vals + (Py_ssize_t)4 * C * k, (size_t)4 * C);
             memcpy(L->x, xr, (size_t)4 * C);
-            if (L->fn(L->ctx, cur) != 0) {
+            if (L->fn(L->ctx, p->cur) != 0) {
                 PyErr_SetString(PyExc_RuntimeError, "the C step refused a finite sample");
-                goto done;
+                return -1;
             }
-            cur ^= 1;
+            p->cur ^= 1;
+            p->n++;
             memcpy(fr, L->y, (size_t)4 * C);
             if (H)
-                memcpy(fr + C, L->h[cur], (size_t)4 * H);
+                memcpy(fr + C, L->h[p->cur], (size_t)4 * H);
             uint32_t t = k ? (uint32_t)((uint64_t)time_us + (uint64_t)(int64_t)rint(k * period))
                            : time_us;
-            char *p = L->text + at;
-            memcpy(p, "{\"seq\":", 7);
-            p = put_u32(p + 7, (uint32_t)(seq + (uint32_t)k));
-            memcpy(p, ",\"time_us\":", 11);
-            p = put_u32(p + 11, t);
-            *p++ = ',';
-            if (!(p = put_floats(L, p, xr)))
-                goto done;
-            memcpy(p, ",\"forecast\":{", 13);
-            p += 13;
-            if (!whole) { /* the line's start, for the caller to finish */
-                PyObject *start = PyUnicode_DecodeASCII(L->text + at, p - (L->text + at), NULL);
+            char *q = L->text + p->at;
+            memcpy(q, "{\"seq\":", 7);
+            q = put_u32(q + 7, (uint32_t)(seq + (uint32_t)k));
+            memcpy(q, ",\"time_us\":", 11);
+            q = put_u32(q + 11, t);
+            *q++ = ',';
+            if (!(q = put_floats(L, q, xr)))
+                return -1;
+            memcpy(q, ",\"forecast\":{", 13);
+            q += 13;
+            if (starts) { /* the line's start, for the caller to finish */
+                PyObject *start = PyUnicode_DecodeASCII(L->text + p->at, q - (L->text + p->at), NULL);
                 if (!start || PyList_Append(starts, start) < 0) {
                     Py_XDECREF(start);
-                    goto done;
+                    return -1;
                 }
                 Py_DECREF(start);
                 continue;
             }
-            if (!(p = put_floats(L, p, fr)))
-                goto done;
-            memcpy(p, "}}\n", 3);
-            at = p + 3 - L->text;
+            if (!(q = put_floats(L, q, fr)))
+                return -1;
+            memcpy(q, "}}\n", 3);
+            p->at = q + 3 - L->text;
         }
-        next_seq = seq + (uint32_t)s;
-        frames++;
+        p->next_seq = seq + (uint32_t)s;
+        p->frames++;
         pos = z - d + 1;
     }
-    {
-        PyObject *text = whole ? PyUnicode_DecodeASCII(L->text, at, NULL) : starts;
+    return pos;
+}
+
+static int live_args(PyObject *const *args, edgernn_live **L, live_pass *p, double *period) {
+    *L = PyCapsule_GetPointer(args[0], LIVE);
+    if (!*L)
+        return -1;
+    p->cur = (int)PyLong_AsLong(args[1]);
+    p->next_seq = (uint32_t)PyLong_AsUnsignedLongMask(args[2]);
+    *period = PyFloat_AsDouble(args[3]);
+    if (PyErr_Occurred())
+        return -1;
+    if (p->cur != 0 && p->cur != 1) {
+        PyErr_SetString(PyExc_ValueError, "cur must be 0 or 1");
+        return -1;
+    }
+    p->n = p->frames = p->at = 0;
+    return 0;
+}
+
+static int float_buffer(PyObject *obj, Py_buffer *view) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) != 0)
+        return -1;
+    if (view->itemsize != 4 || !view->format || strcmp(view->format, "f") != 0) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_TypeError, "a float32 buffer is needed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "live_frames(live, data, cur, next_seq, period_us, out, whole)");
+        return NULL;
+    }
+    edgernn_live *L;
+    live_pass p;
+    double period;
+    PyObject *const fargs[4] = {args[0], args[2], args[3], args[4]};
+    int whole = PyObject_IsTrue(args[6]);
+    if (whole < 0 || live_args(fargs, &L, &p, &period) < 0)
+        return NULL;
+    Py_buffer data, out;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) != 0)
+        return NULL;
+    if (float_buffer(args[5], &out) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    PyObject *result = NULL, *starts = whole ? NULL : PyList_New(0);
+    if (whole || starts) {
+        Py_ssize_t rows = out.len / (4 * (2 * (Py_ssize_t)L->channels + L->hidden));
+        Py_ssize_t pos = live_take(L, data.buf, data.len, period, out.buf, rows, starts, &p);
+        PyObject *text = pos < 0 ? NULL : whole ? PyUnicode_DecodeASCII(L->text, p.at, NULL) : starts;
         if (text) {
-            result = Py_BuildValue("(nnniN)", pos, frames, n, cur, text);
+            result = Py_BuildValue("(nnniN)", pos, p.frames, p.n, p.cur, text);
             starts = NULL; /* stolen (or, on failure, released by Py_BuildValue) */
         }
     }
-done:
     Py_XDECREF(starts);
     PyBuffer_Release(&out);
     PyBuffer_Release(&data);
+    return result;
+}
+
+/* live_loop(live, cur, next_seq, period_us, fd, out_fd, until, read_size, max_bytes, rows,
+   pending, taken, edges, counts, window) -> (status, consumed, frames, n, cur, errno, rest,
+   t_read).
+   The forecasts-only steady state without Python: poll the port `fd`, read, take the
+   frames (live_take, whole lines), write the lines to out_fd, count each sample's
+   latency (read to written, CLOCK_MONOTONIC: perf_counter) in both histograms (counts,
+   window: int64, bins of `edges` as LatencyHistogram.add_repeated bins them), over and
+   over, until something needs Python (a read of more than max_bytes goes to Python whole);
+   status says what (the counts cover every sample taken until then):
+     0 `until` (a CLOCK_MONOTONIC time) has passed, or poll was interrupted (a signal);
+     1 a read that live_take did not take to its end: rest (bytes) for the decoder,
+       read at t_read;
+     2 the read failed (errno; 0: nothing read, a vanished device);
+     3 writing the lines failed (errno), after the samples were taken;
+     4 the port reports a hang-up or an error: read_inline reads it and handles it.
+   rows (float32 (R, 2 C)): each sample's values and forecast, of the last read;
+   pending (float32 (P, C)): the forecasts of every sample taken, the sample k of the
+   call at row (taken[0] + k) % P; taken: int64 [samples before the call], updated. */
+#include <errno.h>
+#include <poll.h>
+#include <time.h>
+#include <unistd.h>
+
+static double mono_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void bin_latency(const double *edges, Py_ssize_t ne, int64_t *a, int64_t *b,
+                        double v, Py_ssize_t n) {
+    Py_ssize_t lo = 0, hi = ne; /* bisect_left: the first edge >= v */
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (edges[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    a[lo] += n;
+    b[lo] += n;
+}
+
+static PyObject *fc_live_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 15) {
+        PyErr_SetString(PyExc_TypeError, "live_loop takes 15 arguments");
+        return NULL;
+    }
+    edgernn_live *L;
+    live_pass p;
+    double period;
+    if (live_args(args, &L, &p, &period) < 0)
+        return NULL;
+    int fd = (int)PyLong_AsLong(args[4]), out_fd = (int)PyLong_AsLong(args[5]);
+    double until = PyFloat_AsDouble(args[6]);
+    Py_ssize_t read_size = PyLong_AsSsize_t(args[7]), max_bytes = PyLong_AsSsize_t(args[8]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (read_size < 1) {
+        PyErr_SetString(PyExc_ValueError, "read_size must be positive");
+        return NULL;
+    }
+    Py_buffer rows, pend, taken, edges, counts, window;
+    int got = 0;
+    if (float_buffer(args[9], &rows) == 0 && ++got && float_buffer(args[10], &pend) == 0 && ++got
+        && PyObject_GetBuffer(args[11], &taken, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) == 0 && ++got
+        && PyObject_GetBuffer(args[12], &edges, PyBUF_C_CONTIGUOUS) == 0 && ++got
+        && PyObject_GetBuffer(args[13], &counts, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) == 0 && ++got
+        && PyObject_GetBuffer(args[14], &window, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) == 0)
+        got++;
+    PyObject *result = NULL, *rest = NULL;
+    const int C = L->channels;
+    const Py_ssize_t ne = edges.len / 8, R = rows.len / (4 * 2 * C), P = pend.len / (4 * C);
+    if (got < 6)
+        goto release;
+    if (L->hidden || taken.len != 8 || counts.len != 8 * (ne + 1) || window.len != counts.len
+        || R < 1 || P < 1 || ne < 1) {
+        PyErr_SetString(PyExc_ValueError, "live_loop: buffers of the wrong size");
+        goto release;
+    }
+    int64_t *before = taken.buf;
+    int status = 0, err = 0;
+    double t_read = 0.0;
+    Py_ssize_t consumed = 0;
+    unsigned char *buf = PyMem_Malloc((size_t)read_size);
+    if (!buf) {
+        PyErr_NoMemory();
+        goto release;
+    }
+    for (;;) {
+        double now = mono_now();
+        if (now >= until)
+            break;
+        struct pollfd pfd = {fd, POLLIN | POLLPRI, 0};
+        int ready;
+        Py_BEGIN_ALLOW_THREADS /* the state saver's thread runs meanwhile */
+        ready = poll(&pfd, 1, (int)ceil((until - now) * 1000.0));
+        Py_END_ALLOW_THREADS
+        if (ready <= 0)
+            break; /* the time is up, or a signal: Python looks */
+        if (!(pfd.revents & (POLLIN | POLLPRI)) || (pfd.revents & (POLLERR | POLLNVAL | POLLHUP))) {
+            status = 4; /* trouble on the port: Python reads it */
+            break;
+        }
+        Py_ssize_t r;
+        Py_BEGIN_ALLOW_THREADS
+        r = read(fd, buf, (size_t)read_size);
+        Py_END_ALLOW_THREADS
+        t_read = mono_now();
+        if (r <= 0) {
+            err = r < 0 ? errno : 0;
+            if (r < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
+                continue;
+            status = 2;
+            break;
+        }
+        live_pass q = {p.cur, p.next_seq, 0, 0, 0};
+        Py_ssize_t pos = r > max_bytes ? 0 : live_take(L, buf, r, period, rows.buf, R, NULL, &q);
+        if (pos < 0) /* a Python error: what was taken is lost to the counters */
+            goto release_buf;
+        float *rowp = rows.buf, *pendp = pend.buf;
+        for (Py_ssize_t k = q.n > P ? q.n - P : 0; k < q.n; k++)
+            memcpy(pendp + ((before[0] + p.n + k) % P) * C, rowp + k * 2 * C + C, (size_t)4 * C);
+        consumed += pos;
+        p.cur = q.cur;
+        p.next_seq = q.next_seq;
+        p.n += q.n;
+        p.frames += q.frames;
+        Py_ssize_t done = 0;
+        while (done < q.at) {
+            Py_ssize_t w;
+            Py_BEGIN_ALLOW_THREADS
+            w = write(out_fd, L->text + done, (size_t)(q.at - done));
+            Py_END_ALLOW_THREADS
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0) {
+                err = w < 0 ? errno : EIO;
+                break;
+            }
+            done += w;
+        }
+        if (q.n)
+            bin_latency(edges.buf, ne, counts.buf, window.buf, mono_now() - t_read, q.n);
+        if (err) {
+            status = 3;
+            break;
+        }
+        if (pos < r) {
+            rest = PyBytes_FromStringAndSize((const char *)buf + pos, r - pos);
+            if (!rest)
+                goto release_buf;
+            status = 1;
+            break;
+        }
+    }
+    before[0] += p.n;
+    result = Py_BuildValue("(innniiOd)", status, consumed, p.frames, p.n, p.cur, err,
+                           rest ? rest : Py_None, t_read);
+release_buf:
+    Py_XDECREF(rest);
+    PyMem_Free(buf);
+release:
+    if (got > 5) PyBuffer_Release(&window);
+    if (got > 4) PyBuffer_Release(&counts);
+    if (got > 3) PyBuffer_Release(&edges);
+    if (got > 2) PyBuffer_Release(&taken);
+    if (got > 1) PyBuffer_Release(&pend);
+    if (got > 0) PyBuffer_Release(&rows);
     return result;
 }
 
@@ -1179,6 +1380,7 @@ static PyMethodDef methods[] = {
     {"f32_decimals", (PyCFunction)(void (*)(void))fc_f32_decimals, METH_FASTCALL, NULL},
     {"live_bind", fc_live_bind, METH_VARARGS, NULL},
     {"live_frames", (PyCFunction)(void (*)(void))fc_live_frames, METH_FASTCALL, NULL},
+    {"live_loop", (PyCFunction)(void (*)(void))fc_live_loop, METH_FASTCALL, NULL},
     {"live_pairs", (PyCFunction)(void (*)(void))fc_live_pairs, METH_FASTCALL, NULL},
     {"f32_token", fc_f32_token, METH_O, NULL},
     {NULL, NULL, 0, NULL},
