@@ -10,6 +10,7 @@ back as the same float32 (the runtime computes in float32): exact, and no longer
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 import math
@@ -209,7 +210,79 @@ def _digit_block(x: np.ndarray, width: int) -> np.ndarray:
     return parts.view(np.uint8).reshape(len(x), 4 * limbs)[:, 4 * limbs - width :]
 
 
+c_format = [True]  # False: float32_repr_lines in numpy only (the reference of the C one)
+_USABLE_U8 = _USABLE.astype(np.uint8)
+VALUE_BYTES = 40  # the longest text of a value and its separator (32 and 1)
+
+
 def float32_repr_lines(floats: np.ndarray, suffix: Optional[np.ndarray] = None) -> bytes:
+    """The rows of a 2-D float32 array as CSV lines (see _repr_lines_numpy), through the
+    compiled formatter where it loads (the same bytes: the same float64 operations and
+    layout; the probe checks it on load), else numpy. suffix: (rows, k >= 1) uint8,
+    ASCII written after each row's last value, before its "\n"."""
+    floats = np.asarray(floats, dtype=np.float32)
+    lib = _format_kernel() if c_format[0] and floats.ndim == 2 else None
+    if lib is None:
+        return _repr_lines_numpy(floats, suffix)
+    return _repr_lines_c(lib, floats, suffix)
+
+
+def _repr_lines_c(lib, floats: np.ndarray, suffix: Optional[np.ndarray]) -> bytes:
+    """float32_repr_lines in kernel.c: _shortest_bisected's pass, the values it is not
+    sure of through the scalar formula here, then the text."""
+    rows, cols = floats.shape
+    v = np.ascontiguousarray(floats).ravel()
+    m, q, unsure = np.empty(v.size), np.empty(v.size, dtype=np.int64), np.empty(v.size, dtype=np.int64)
+    k = lib.edgernn_shortest(
+        v.ctypes.data, v.size, _MUL.ctypes.data, _DIV.ctypes.data, _HALF.ctypes.data,
+        _USABLE_U8.ctypes.data, _K0.ctypes.data, _POW10.ctypes.data, _SURE, m.ctypes.data,
+        q.ctypes.data, unsure.ctypes.data,
+    )  # fmt: skip
+    for i in unsure[:k].tolist():
+        m[i], q[i] = _repr_digits(repr(float(str(v[i]))))
+    width = 0
+    if suffix is not None:
+        suffix = np.ascontiguousarray(suffix, dtype=np.uint8)
+        width = suffix.shape[1]
+    out = np.empty(rows * (cols * VALUE_BYTES + width + 1), dtype=np.uint8)
+    n = lib.edgernn_repr_lines(
+        v.ctypes.data, m.ctypes.data, q.ctypes.data, rows, cols,
+        None if suffix is None else suffix.ctypes.data, width, _POW10.ctypes.data,
+        out.ctypes.data,
+    )  # fmt: skip
+    return out[:n].tobytes()
+
+
+@functools.lru_cache(maxsize=1)
+def _format_kernel():
+    """The compiled formatter (in the detector kernel's library: built and cached once
+    per machine), or None where it does not load or its probe fails: numpy formats."""
+    from edgernn.runtime.detector import ckernel
+
+    try:
+        lib = ckernel.load_library()
+    except ckernel.CStepUnavailable:
+        return None
+    return lib if _format_probe(lib) else None
+
+
+def _format_probe(lib) -> bool:
+    """The C text equals numpy's on values near every edge (notation, powers of two,
+    subnormals, signs, non-finite) and on random ones, with a suffix."""
+    rng = np.random.default_rng(11)
+    edges = np.concatenate([
+        10.0 ** np.arange(-45, 39), -np.ldexp(1.0, np.arange(-149, 128)),
+        [0.0, -0.0, np.inf, -np.inf, np.nan, 1 / 3, 3.4028235e38, 1e-45, 1e16, 9.999999e15,
+         1e-4, 9.99999e-5, 123456789, 16777217, 0.1],
+        rng.standard_normal(600) * 10.0 ** rng.integers(-12, 12, 600),
+    ]).astype(np.float32)  # fmt: skip
+    floats = edges[: len(edges) // 7 * 7].reshape(-1, 7)
+    suffix = np.frombuffer(b",1,0" * len(floats), dtype=np.uint8).reshape(-1, 4)
+    want = _repr_lines_numpy(floats, suffix), _repr_lines_numpy(floats)
+    return (_repr_lines_c(lib, floats, suffix), _repr_lines_c(lib, floats, None)) == want
+
+
+def _repr_lines_numpy(floats: np.ndarray, suffix: Optional[np.ndarray] = None) -> bytes:
     """The rows of a 2-D float32 array as CSV lines, ASCII: each value as
     repr(float(str(np.float32(v)))) (the shortest decimal that reads back as the same
     float32, written as Python writes a float), empty where it is not finite; "," between
@@ -224,7 +297,7 @@ def float32_repr_lines(floats: np.ndarray, suffix: Optional[np.ndarray] = None) 
     step = max(1, FORMAT_VALUES // max(floats.shape[1], 1))
     if len(floats) > step:  # a few thousand values at a time: the temporaries stay small
         pieces = (
-            float32_repr_lines(floats[i : i + step], None if suffix is None else suffix[i : i + step])
+            _repr_lines_numpy(floats[i : i + step], None if suffix is None else suffix[i : i + step])
             for i in range(0, len(floats), step)
         )
         return b"".join(pieces)

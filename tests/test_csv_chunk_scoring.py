@@ -173,3 +173,23 @@ def test_float32_repr_lines_suffix_goes_before_each_newline(shape):
             w.write_block(floats, trailing=form, gaps=[0] if shape[0] else [])
             texts.append(out.getvalue())
         assert texts[0] == texts[1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_compiled_formatter_writes_numpys_bytes(seed):
+    from edgernn.runtime import output
+
+    lib = output._format_kernel()
+    if lib is None:
+        pytest.skip("no compiled formatter here (no compiler)")
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 2**32, 40_000, dtype=np.uint64).astype(np.uint32)
+    floats = bits.view(np.float32)  # every exponent, NaNs, infs, subnormals
+    floats = np.concatenate([floats, (rng.standard_normal(40_000) * 3).astype(np.float32)])
+    cols = 8 + seed
+    floats = floats[: floats.size // cols * cols].reshape(-1, cols)
+    suffix = np.full((len(floats), 4), 44, dtype=np.uint8)
+    suffix[:, 1::2] = 48 + rng.integers(0, 10, (len(floats), 2))
+    for s in (None, suffix):
+        assert output._repr_lines_c(lib, floats, s) == output._repr_lines_numpy(floats, s)
+    assert output.float32_repr_lines(floats) == output._repr_lines_numpy(floats)

@@ -80,6 +80,11 @@ def load_library() -> ctypes.CDLL:
             continue
         lib.edgernn_detect.argtypes = [_p, _l]
         lib.edgernn_detect.restype = ctypes.c_int
+        # the CSV float formatter (runtime/output.py float32_repr_lines)
+        lib.edgernn_shortest.argtypes = [_p, _l, _p, _p, _p, _p, _p, _p, _d, _p, _p, _p]
+        lib.edgernn_shortest.restype = _l
+        lib.edgernn_repr_lines.argtypes = [_p, _p, _p, _l, _l, _p, _l, _p, _p]
+        lib.edgernn_repr_lines.restype = _l
         try:
             problem = _probe(lib)
         except Exception as e:  # a kernel that breaks the probe is no kernel

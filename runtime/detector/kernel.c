@@ -377,3 +377,117 @@ int edgernn_detect(det_t *d, long N)
     }
     return 0;
 }
+
+/* ---- CSV text of float32 values: runtime/output.py float32_repr_lines in C ----------
+ * The same float64 operations as output.py's _shortest_bisected (pass 1) and the same
+ * layout rules as its grid (pass 2); the values pass 1 is not sure of are left to
+ * Python's scalar formula between the passes. The tables come from output.py. */
+
+/* _shortest_bisected: m, q (0, 0 where not sure) and whether sure, for n float32s;
+ * returns how many finite nonzero values are not sure, their indices in `unsure`. */
+long edgernn_shortest(const float *v, long n, const double *mul, const double *dv,
+                      const double *half_t, const unsigned char *usable, const int64_t *k0,
+                      const double *pow10, double sure, double *m_out, int64_t *q_out,
+                      int64_t *unsure)
+{
+    long count = 0;
+    for (long i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, v + i, 4);
+        long e = (bits >> 23) & 0xFF;
+        double s = fabs((double)v[i]) * mul[e] / dv[e], half = half_t[e];
+        long lo = 0, hi = 10;
+        for (int h = 0; h < 4; h++) {
+            long mid = (lo + hi) >> 1;
+            double p = pow10[mid];
+            int ok = fabs(rint(s / p) * p - s) < half;
+            long a = mid * ok, b = mid + 10 * ok;
+            lo = lo >= a ? lo : a;
+            hi = hi <= b ? hi : b;
+        }
+        double p = pow10[lo], scaled = s / p, m = rint(scaled);
+        double dist = fabs(m * p - s);
+        p = pow10[lo + 1];
+        double dist_up = fabs(rint(s / p) * p - s), margin = sure * half;
+        /* m % 10 as an integer: m is whole, >= 0 and below 10**11 wherever usable[e]
+         * (the && stops there otherwise): fmod(m, 10.0) != 0 exactly, and far cheaper */
+        int ok = usable[e] && (bits & 0x7FFFFF) != 0 && dist < half - margin &&
+                 dist_up > half + margin && fabs(scaled - floor(scaled) - 0.5) >= sure &&
+                 (uint64_t)m % 10 != 0;
+        m_out[i] = ok ? m : 0.0;
+        q_out[i] = ok ? k0[e] + lo : 0;
+        if (!ok && isfinite(v[i]) && v[i] != 0) unsure[count++] = i;
+    }
+    return count;
+}
+
+/* the decimal digits of whole w (< 2^63) into out, most significant first */
+static long put_digits(char *out, uint64_t w)
+{
+    char tmp[24];
+    long k = 0;
+    do {
+        tmp[k++] = (char)('0' + w % 10);
+        w /= 10;
+    } while (w);
+    for (long j = 0; j < k; j++) out[j] = tmp[k - 1 - j];
+    return k;
+}
+
+/* one value as Python's repr of m * 10**q (sign from v), as output.py's grid lays it */
+static long put_value(char *out, float v, double m, int64_t q, const double *pow10)
+{
+    long at = 0, nd = 1;
+    for (long j = 1; j < 10; j++) nd += pow10[j] <= m;
+    long decpt = nd + (long)q;
+    int expo_form = decpt <= -4 || decpt > 16;
+    long fw = expo_form ? nd - 1 : (-q > 1 ? -q : 1);
+    long cut_at = expo_form ? nd - 1 : (-q < 0 ? 0 : (-q > 22 ? 22 : -q));
+    double cut = pow10[cut_at];
+    double whole = floor(m / cut);
+    double frac = m - whole * cut;
+    if (!expo_form && q > 0) whole = m * pow10[q > 22 ? 22 : q];
+    if (signbit(v)) out[at++] = '-';
+    at += put_digits(out + at, (uint64_t)whole);
+    if (fw > 0) {
+        out[at++] = '.';
+        uint64_t f = (uint64_t)frac;
+        for (long j = fw - 1; j >= 0; j--) {
+            out[at + j] = (char)('0' + f % 10);
+            f /= 10;
+        }
+        at += fw;
+    }
+    if (expo_form) {
+        long e = decpt - 1;
+        out[at++] = 'e';
+        out[at++] = e < 0 ? '-' : '+';
+        e = e < 0 ? -e : e;
+        out[at++] = (char)('0' + (e / 10) % 10);
+        out[at++] = (char)('0' + e % 10);
+    }
+    return at;
+}
+
+/* float32_repr_lines' text of rows x cols values from pass 1's m, q (finished by
+ * Python), the suffix (rows, suffix_w) after each row's last value if suffix_w > 0;
+ * returns the bytes written (at most rows * (cols * 40 + suffix_w + 1)). */
+long edgernn_repr_lines(const float *v, const double *m, const int64_t *q, long rows,
+                        long cols, const unsigned char *suffix, long suffix_w,
+                        const double *pow10, char *out)
+{
+    long at = 0;
+    for (long r = 0; r < rows; r++) {
+        for (long c = 0; c < cols; c++) {
+            long i = r * cols + c;
+            if (isfinite(v[i])) at += put_value(out + at, v[i], m[i], q[i], pow10);
+            if (c + 1 < cols) out[at++] = ',';
+        }
+        if (suffix_w > 0) {
+            memcpy(out + at, suffix + r * suffix_w, suffix_w);
+            at += suffix_w;
+        }
+        out[at++] = '\n';
+    }
+    return at;
+}
