@@ -999,7 +999,7 @@ class FastFrames:
         # a sample takes at least 4 bytes a channel on the wire: a read of at most this
         # many bytes holds no more samples than the queue keeps (4096: a 128 KB read)
         self.most_bytes = run.queue.max_samples * 4 * c
-        self._loop = module.live_loop if self.whole else None
+        self._loop = module.live_loop
         self._loop_setup(run)
 
     @classmethod
@@ -1078,14 +1078,19 @@ class FastFrames:
             self.live, stream._cur, seq0, d._period_us or 0.0, reader._fd, self._out_fd,
             until, READ_SIZE, self.most_bytes, self.out, self._pending, self._taken,
             self._edges, run.latency.counts, run.window.counts,
+            None if self.whole else self._score_row,
         )  # fmt: skip
         self.counters.bytes += taken
         if n:
             self._account(stream, cur, seq0, frames, n)
             self.looped += n
-            self._keep_pending(n)
-            run.stats.forecasts += n
-            run.writer.count += n
+            lines = n - (status == 5)  # the sample that failed has no line
+            if self.whole:
+                self._keep_pending(n)
+                run.stats.forecasts += lines
+            run.writer.count += lines
+        if status == 5:  # _score_row (the detector, the head) raised
+            raise rest
         if status == 4:  # a hang-up or error on the port: read_inline reads it
             return False
         if status == 1:  # the rest of a read: the decoder's
@@ -1150,20 +1155,33 @@ class FastFrames:
                 if names.isdisjoint(result) and forecast.dtype == np.float32:
                     lines.append(f"{starts[i]}{pairs(live, forecast)}}}{fields(result)}}}\n")
                 else:
-                    lines.append(self._record_line(starts[i], row[:c], forecast, result))
+                    at = starts[i].index(',"time_us":')  # '{"seq":S,"time_us":T,...'
+                    seq, t = int(starts[i][7:at]), int(starts[i][at + 11 : starts[i].index(",", at + 11)])
+                    lines.append(self._record_line(seq, t, row[:c], forecast, result))
                 stats.anomalies += int(result.get("anomaly") or 0)
         finally:
             if lines:
                 run._write_text("".join(lines), len(lines))
 
-    def _record_line(self, start: str, x: np.ndarray, forecast, result: dict) -> str:
+    def _score_row(self, k: int, seq: int, time_us: int):
+        """live_loop's score: sample k of the read through the detector and the head; the
+        rest of its line after '"forecast":{' (or its whole line, in a 1-tuple)."""
+        c, run = self.width, self.run
+        row = self.out[k].copy()  # the sample's own arrays (the head may keep them)
+        result = self.monitor.stepped(row[:c], row[c : 2 * c], row[2 * c :] if self.hidden else None)
+        run.stats.forecasts += 1
+        forecast = result.pop("forecast")
+        run.stats.anomalies += int(result.get("anomaly") or 0)
+        if self.names.isdisjoint(result) and forecast.dtype == np.float32:
+            return f"{self.pairs(self.live, forecast)}}}{self.fields(result)}"
+        return (self._record_line(seq, time_us, row[:c], forecast, result),)
+
+    def _record_line(self, seq: int, time_us: int, x: np.ndarray, forecast, result: dict) -> str:
         """LiveRun._process's line where RecordLines declines (a field named like a
-        channel): json_line of the record, its seq and time_us read back from `start`."""
+        channel): json_line of the record."""
         from edgernn.firmware_bridge.jsonline import json_line
 
-        at = start.index(',"time_us":')
-        end = start.index(",", at + 11)
-        record: dict[str, Any] = {"seq": int(start[7:at]), "time_us": int(start[at + 11 : end])}
+        record: dict[str, Any] = {"seq": seq, "time_us": time_us}
         channels = self.run.channels
         record.update(zip(channels, x.tolist()))
         record["forecast"] = dict(zip(channels, np.asarray(forecast).tolist()))

@@ -831,6 +831,7 @@ typedef struct {
     int key_at[257];      /* where key i starts in keys; key_at[channels]: the end */
     PyObject *fallback;
     char *text;           /* the lines being made (kept between calls) */
+    char *pairs;          /* live_pairs' own (live_loop's score calls it mid-line) */
     Py_ssize_t cap;
 } edgernn_live;
 
@@ -880,6 +881,7 @@ static void live_free(PyObject *capsule) {
     Py_XDECREF(L->fallback);
     PyMem_Free(L->keys);
     PyMem_Free(L->text);
+    PyMem_Free(L->pairs);
     PyMem_Free(L);
 }
 
@@ -926,6 +928,12 @@ static PyObject *fc_live_bind(PyObject *self, PyObject *args) {
         at += len;
     }
     L->key_at[c] = (int)at;
+    L->pairs = PyMem_Malloc((size_t)(at + 34 * c + 16));
+    if (!L->pairs) {
+        PyMem_Free(L->keys);
+        PyMem_Free(L);
+        return PyErr_NoMemory();
+    }
     L->fn = (edgernn_step_fn)(uintptr_t)fn;
     L->ctx = (void *)(uintptr_t)ctx;
     L->x = (float *)(uintptr_t)x;
@@ -940,6 +948,7 @@ static PyObject *fc_live_bind(PyObject *self, PyObject *args) {
     if (!capsule) {
         Py_DECREF(fallback);
         PyMem_Free(L->keys);
+        PyMem_Free(L->pairs);
         PyMem_Free(L);
     }
     return capsule;
@@ -1007,14 +1016,18 @@ typedef struct {
     int cur;           /* the stream's state buffer */
     uint32_t next_seq; /* the seq the next frame must carry */
     Py_ssize_t n, frames, at; /* samples and frames taken, text made (whole lines) */
+    Py_ssize_t pos;           /* bytes of the frames taken */
 } live_pass;
 
 /* The frames live_frames takes from d[0:len] (see above): steps, rows from rowp (room for
    `rows`), lines into L->text from p->at (starts == NULL) or their starts into the list
    `starts`. Returns the bytes consumed; -1 on a Python error (p says what was done). */
+static int live_finish(edgernn_live *L, PyObject *score, live_pass *p, char *q, uint32_t seq,
+                       uint32_t t);
+
 static Py_ssize_t live_take(edgernn_live *L, const unsigned char *d, Py_ssize_t len,
                             double period, float *rowp, Py_ssize_t rows, PyObject *starts,
-                            live_pass *p) {
+                            PyObject *score, live_pass *p) {
     const int C = L->channels, H = L->hidden;
     const Py_ssize_t stride = 2 * (Py_ssize_t)C + H;
     /* one line at most: braces, seq, time_us, "forecast", and per channel two keys and
@@ -1028,7 +1041,7 @@ static Py_ssize_t live_take(edgernn_live *L, const unsigned char *d, Py_ssize_t 
             break; /* a partial frame: the decoder keeps it */
         Py_ssize_t clen = z - (d + pos);
         if (clen == 0) { /* back-to-back delimiters: an idle line (the decoder skips it) */
-            pos += 1;
+            p->pos = pos += 1;
             continue;
         }
         if (clen > LIVE_MAX_ENCODED)
@@ -1053,9 +1066,9 @@ static Py_ssize_t live_take(edgernn_live *L, const unsigned char *d, Py_ssize_t 
         }
         if (!finite)
             break; /* invalid samples: the Python path counts them and makes the gap */
-        if (live_reserve(L, p->at + s * line_max) < 0)
-            return -1;
         for (int k = 0; k < s; k++) {
+            if (live_reserve(L, p->at + line_max) < 0)
+                return -1;
             float *xr = rowp + p->n * stride, *fr = xr + C;
             memcpy(xr, vals + (Py_ssize_t)4 * C * k, (size_t)4 * C);
             memcpy(L->x, xr, (size_t)4 * C);
@@ -1089,6 +1102,11 @@ static Py_ssize_t live_take(edgernn_live *L, const unsigned char *d, Py_ssize_t 
                 Py_DECREF(start);
                 continue;
             }
+            if (score) { /* the caller's Python finishes the line (live_loop's score) */
+                if (live_finish(L, score, p, q, seq + (uint32_t)k, t) < 0)
+                    return -1;
+                continue;
+            }
             if (!(q = put_floats(L, q, fr)))
                 return -1;
             memcpy(q, "}}\n", 3);
@@ -1096,9 +1114,45 @@ static Py_ssize_t live_take(edgernn_live *L, const unsigned char *d, Py_ssize_t 
         }
         p->next_seq = seq + (uint32_t)s;
         p->frames++;
-        pos = z - d + 1;
+        p->pos = pos = z - d + 1;
     }
     return pos;
+}
+
+/* score(k, seq, time_us) for the sample just taken (row k): the rest of its line after
+   '"forecast":{' (without "}\n"), or a 1-tuple holding its whole line instead */
+static int live_finish(edgernn_live *L, PyObject *score, live_pass *p, char *q, uint32_t seq,
+                       uint32_t t) {
+    PyObject *r = PyObject_CallFunction(score, "nkk", p->n - 1, (unsigned long)seq,
+                                        (unsigned long)t);
+    if (!r)
+        return -1;
+    Py_ssize_t start = q - L->text, len;
+    PyObject *s = r;
+    if (PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 1) {
+        s = PyTuple_GET_ITEM(r, 0);
+        start = p->at; /* the whole line, in place of the start made here */
+    }
+    const char *u = PyUnicode_Check(s) ? PyUnicode_AsUTF8AndSize(s, &len) : NULL;
+    if (!u) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "score gave no str");
+        Py_DECREF(r);
+        return -1;
+    }
+    if (live_reserve(L, start + len + 3) < 0) {
+        Py_DECREF(r);
+        return -1;
+    }
+    memcpy(L->text + start, u, (size_t)len);
+    Py_ssize_t end = start + len;
+    if (start != p->at) {
+        memcpy(L->text + end, "}\n", 2);
+        end += 2;
+    }
+    p->at = end;
+    Py_DECREF(r);
+    return 0;
 }
 
 static int live_args(PyObject *const *args, edgernn_live **L, live_pass *p, double *period) {
@@ -1114,7 +1168,7 @@ static int live_args(PyObject *const *args, edgernn_live **L, live_pass *p, doub
         PyErr_SetString(PyExc_ValueError, "cur must be 0 or 1");
         return -1;
     }
-    p->n = p->frames = p->at = 0;
+    p->n = p->frames = p->at = p->pos = 0;
     return 0;
 }
 
@@ -1152,7 +1206,7 @@ static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_
     PyObject *result = NULL, *starts = whole ? NULL : PyList_New(0);
     if (whole || starts) {
         Py_ssize_t rows = out.len / (4 * (2 * (Py_ssize_t)L->channels + L->hidden));
-        Py_ssize_t pos = live_take(L, data.buf, data.len, period, out.buf, rows, starts, &p);
+        Py_ssize_t pos = live_take(L, data.buf, data.len, period, out.buf, rows, starts, NULL, &p);
         PyObject *text = pos < 0 ? NULL : whole ? PyUnicode_DecodeASCII(L->text, p.at, NULL) : starts;
         if (text) {
             result = Py_BuildValue("(nnniN)", pos, p.frames, p.n, p.cur, text);
@@ -1182,7 +1236,11 @@ static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_
      4 the port reports a hang-up or an error: read_inline reads it and handles it.
    rows (float32 (R, 2 C)): each sample's values and forecast, of the last read;
    pending (float32 (P, C)): the forecasts of every sample taken, the sample k of the
-   call at row (taken[0] + k) % P; taken: int64 [samples before the call], updated. */
+   call at row (taken[0] + k) % P; taken: int64 [samples before the call], updated.
+   score: None (forecasts only), or live_take's score(k, seq, time_us) that finishes each
+   sample's line (the detector, the online head: rows then (R, 2 C + hidden), pending
+   unused); when it raises, status 5 and rest is the exception (the lines made before it
+   are written, the samples taken counted). */
 #include <errno.h>
 #include <poll.h>
 #include <time.h>
@@ -1209,10 +1267,11 @@ static void bin_latency(const double *edges, Py_ssize_t ne, int64_t *a, int64_t 
 }
 
 static PyObject *fc_live_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 15) {
-        PyErr_SetString(PyExc_TypeError, "live_loop takes 15 arguments");
+    if (nargs != 16) {
+        PyErr_SetString(PyExc_TypeError, "live_loop takes 16 arguments");
         return NULL;
     }
+    PyObject *score = args[15] == Py_None ? NULL : args[15];
     edgernn_live *L;
     live_pass p;
     double period;
@@ -1237,10 +1296,11 @@ static PyObject *fc_live_loop(PyObject *self, PyObject *const *args, Py_ssize_t 
         got++;
     PyObject *result = NULL, *rest = NULL;
     const int C = L->channels;
-    const Py_ssize_t ne = edges.len / 8, R = rows.len / (4 * 2 * C), P = pend.len / (4 * C);
+    const Py_ssize_t stride = 2 * (Py_ssize_t)C + L->hidden;
+    const Py_ssize_t ne = edges.len / 8, R = rows.len / (4 * stride), P = pend.len / (4 * C);
     if (got < 6)
         goto release;
-    if (L->hidden || taken.len != 8 || counts.len != 8 * (ne + 1) || window.len != counts.len
+    if ((L->hidden && !score) || taken.len != 8 || counts.len != 8 * (ne + 1) || window.len != counts.len
         || R < 1 || P < 1 || ne < 1) {
         PyErr_SetString(PyExc_ValueError, "live_loop: buffers of the wrong size");
         goto release;
@@ -1281,13 +1341,26 @@ static PyObject *fc_live_loop(PyObject *self, PyObject *const *args, Py_ssize_t 
             status = 2;
             break;
         }
-        live_pass q = {p.cur, p.next_seq, 0, 0, 0};
-        Py_ssize_t pos = r > max_bytes ? 0 : live_take(L, buf, r, period, rows.buf, R, NULL, &q);
-        if (pos < 0) /* a Python error: what was taken is lost to the counters */
-            goto release_buf;
+        live_pass q = {p.cur, p.next_seq, 0, 0, 0, 0};
+        Py_ssize_t pos = r > max_bytes ? 0 : live_take(L, buf, r, period, rows.buf, R, NULL, score, &q);
+        if (pos < 0) { /* a Python error (score raised): what was done is still counted */
+            PyObject *et, *etb;
+            PyErr_Fetch(&et, &rest, &etb);
+            PyErr_NormalizeException(&et, &rest, &etb);
+            if (etb && rest)
+                PyException_SetTraceback(rest, etb);
+            Py_XDECREF(et);
+            Py_XDECREF(etb);
+            if (!rest) {
+                PyErr_SetString(PyExc_SystemError, "live_loop: an error without an exception");
+                goto release_buf;
+            }
+            pos = q.pos;
+            status = 5;
+        }
         float *rowp = rows.buf, *pendp = pend.buf;
-        for (Py_ssize_t k = q.n > P ? q.n - P : 0; k < q.n; k++)
-            memcpy(pendp + ((before[0] + p.n + k) % P) * C, rowp + k * 2 * C + C, (size_t)4 * C);
+        for (Py_ssize_t k = q.n > P ? q.n - P : 0; !score && k < q.n; k++)
+            memcpy(pendp + ((before[0] + p.n + k) % P) * C, rowp + k * stride + C, (size_t)4 * C);
         consumed += pos;
         p.cur = q.cur;
         p.next_seq = q.next_seq;
@@ -1307,8 +1380,11 @@ static PyObject *fc_live_loop(PyObject *self, PyObject *const *args, Py_ssize_t 
             }
             done += w;
         }
-        if (q.n)
-            bin_latency(edges.buf, ne, counts.buf, window.buf, mono_now() - t_read, q.n);
+        Py_ssize_t lines = q.n - (status == 5); /* the sample that failed has no line */
+        if (lines > 0)
+            bin_latency(edges.buf, ne, counts.buf, window.buf, mono_now() - t_read, lines);
+        if (status == 5)
+            break; /* (a write error too is then the lesser news) */
         if (err) {
             status = 3;
             break;
@@ -1351,10 +1427,10 @@ static PyObject *fc_live_pairs(PyObject *self, PyObject *const *args, Py_ssize_t
     PyObject *result = NULL;
     if (v.itemsize != 4 || !v.format || strcmp(v.format, "f") != 0 || v.len != 4 * L->channels)
         PyErr_SetString(PyExc_TypeError, "live_pairs takes the channels' float32 values");
-    else if (live_reserve(L, 2 * ((Py_ssize_t)L->key_at[L->channels] + 34 * L->channels)) == 0) {
-        char *p = put_floats(L, L->text, v.buf);
+    else {
+        char *p = put_floats(L, L->pairs, v.buf);
         if (p)
-            result = PyUnicode_DecodeASCII(L->text, p - L->text, NULL);
+            result = PyUnicode_DecodeASCII(L->pairs, p - L->pairs, NULL);
     }
     PyBuffer_Release(&v);
     return result;
