@@ -165,7 +165,9 @@ def _scalar_lines(floats: np.ndarray) -> bytes:
     ).encode()
 
 
-def test_float32_repr_lines_writes_every_value_as_the_scalar_formula():
+@pytest.mark.parametrize("compiled", [True, False])  # kernel.c's formatter, numpy's
+def test_float32_repr_lines_writes_every_value_as_the_scalar_formula(monkeypatch, compiled):
+    monkeypatch.setattr(output, "c_format", [compiled])
     rng = np.random.default_rng(11)
     with np.errstate(all="ignore"):  # 1e39 and up: inf
         values = _values(rng)
