@@ -272,7 +272,9 @@ class _ChunkRows:
         self.F = np.empty_like(self.X)
         self.result = BlockResult.empty(len(self.X), self.X.shape[1])
         self.times = None if table.time is None else table.time[start:]
-        self.whens = None if self.times is None else as_seconds_array(self.times)
+        # parsed piece by piece, as score_block does: as_seconds_array's way of parsing
+        # depends on every cell it is given (a whole chunk's could differ)
+        self.whens = None if self.times is None else np.full(len(self.times), np.nan)
 
     def weigh(self, a: int, b: int) -> np.ndarray:
         weights = np.ones(b - a)
@@ -282,6 +284,8 @@ class _ChunkRows:
         result, start = self.result, self.start
         self.F[lo:hi] = self.made[lo + start + self.lag : hi + start + self.lag]
         opened, closed = len(result.opened), len(result.closed)
+        if self.whens is not None:
+            self.whens[lo:hi] = as_seconds_array(self.times[lo:hi])
         self.detector.score_rows(self.X, self.F, lo, hi, result, self.times, self.whens)
         weights[lo + start - a :] = learn_weights(result.flags[lo:hi] & ckernel.F_FLAGGED)
         if len(result.opened) > opened or len(result.closed) > closed:

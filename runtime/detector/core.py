@@ -483,9 +483,9 @@ class Detector:
         """score_block() of rows lo..hi-1 of X / F (contiguous float64 [N, C], a whole
         chunk's), into the same rows of `result` (a BlockResult of N rows): the same
         verdicts, events and state. `times` (N timestamps or None) and `whens`
-        (as_seconds_array(times)) are the chunk's too. A chunk scored in short pieces
-        (the online head's) pays the per-call work once per chunk: the conversions, the
-        timestamps' parsing; a piece goes to the kernel directly once it is ready."""
+        (as_seconds_array(times[lo:hi]) in rows lo..hi-1 at least) are the chunk's too.
+        A chunk scored in short pieces (the online head's) pays the conversions once per
+        chunk; a piece goes to the kernel directly once it is ready."""
         if hi <= lo:
             return
         fast = (
