@@ -11,8 +11,8 @@ of each child (os.wait4's rusage):
   bare          np.loadtxt + Stream.run + np.savetxt ("%.9g": float32 exact)
   no-detector   edgernn run MODEL --csv IN -o OUT.csv --no-detector
   detector      edgernn run MODEL --csv IN -o OUT.csv (the model's calibration)
-The detector variant can be limited to fewer repeats (--detector-repeats): it runs about
-as long as the other two together times thirty. Writes benchmarks/results/run_csv.json.
+The detector variant can be limited to fewer repeats (--detector-repeats). Writes
+benchmarks/results/run_csv.json.
 """
 
 from __future__ import annotations
