@@ -990,7 +990,14 @@ class FastFrames:
         hidden = binding[-1] if m.head is not None else 0  # the head reads the features
         step, h = binding[:4], binding[4:6] if hidden else (0, 0)
         self.live = module.live_bind(*step, *h, hidden, tuple(run._lines.keys), json_float)
-        self.frames, self.pairs, self.fields = module.live_frames, module.live_pairs, json_fields
+        self.frames, self.pairs = module.live_frames, module.live_pairs
+        c_fields, py_fields, live = module.live_fields, json_fields, self.live
+
+        def fields(result: dict) -> str:  # C for the detector's usual fields, else Python
+            text = c_fields(live, result)
+            return py_fields(result) if text is None else text
+
+        self.fields = fields
         self.out = np.empty((self.ROWS, 2 * c + hidden), dtype=np.float32)
         self.hidden = hidden
         self.names = run._lines.names

@@ -832,6 +832,9 @@ typedef struct {
     PyObject *fallback;
     char *text;           /* the lines being made (kept between calls) */
     char *pairs;          /* live_pairs' own (live_loop's score calls it mid-line) */
+    double fb_in;         /* live_fields' last value json_float formatted (a threshold */
+    char fb_out[48];      /* of 4.0 comes every sample; the C token is not sure of powers */
+    int fb_len;           /* of two), and its token; fb_len 0: none yet */
     Py_ssize_t cap;
 } edgernn_live;
 
@@ -1323,8 +1326,12 @@ static PyObject *fc_live_loop(PyObject *self, PyObject *const *args, Py_ssize_t 
         Py_BEGIN_ALLOW_THREADS /* the state saver's thread runs meanwhile */
         ready = poll(&pfd, 1, (int)ceil((until - now) * 1000.0));
         Py_END_ALLOW_THREADS
+        if (ready < 0 && errno != EINTR) {
+            status = 4; /* poll itself fails: read_inline's poll says why */
+            break;
+        }
         if (ready <= 0)
-            break; /* the time is up, or a signal: Python looks */
+            break; /* the time is up, or a signal: Python looks (runs its handler) */
         if (!(pfd.revents & (POLLIN | POLLPRI)) || (pfd.revents & (POLLERR | POLLNVAL | POLLHUP))) {
             status = 4; /* trouble on the port: Python reads it */
             break;
@@ -1336,7 +1343,9 @@ static PyObject *fc_live_loop(PyObject *self, PyObject *const *args, Py_ssize_t 
         t_read = mono_now();
         if (r <= 0) {
             err = r < 0 ? errno : 0;
-            if (r < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
+            if (r < 0 && err == EINTR)
+                break; /* a signal: Python runs its handler */
+            if (r < 0 && (err == EAGAIN || err == EWOULDBLOCK))
                 continue;
             status = 2;
             break;
@@ -1436,6 +1445,77 @@ static PyObject *fc_live_pairs(PyObject *self, PyObject *const *args, Py_ssize_t
     return result;
 }
 
+/* live_fields(live, fields) -> ',"key":value' for each item of the dict, as
+   jsonline.json_fields writes them, where every key is plain ASCII (nothing to escape)
+   and every value an exact float, int or None; else None (json_fields' turn). */
+static PyObject *fc_live_fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "live_fields(live, dict)");
+        return NULL;
+    }
+    edgernn_live *L = PyCapsule_GetPointer(args[0], LIVE);
+    if (!L)
+        return NULL;
+    char buf[1024];
+    Py_ssize_t at = 0, pos = 0, klen;
+    PyObject *key, *value;
+    while (PyDict_Next(args[1], &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_IS_ASCII(key))
+            Py_RETURN_NONE;
+        const char *k = PyUnicode_AsUTF8AndSize(key, &klen);
+        if (!k || at + klen + 48 > (Py_ssize_t)sizeof buf)
+            Py_RETURN_NONE;
+        for (Py_ssize_t i = 0; i < klen; i++)
+            if (k[i] < 0x20 || k[i] == '"' || k[i] == '\\' || k[i] == 0x7f)
+                Py_RETURN_NONE;
+        buf[at++] = ',';
+        buf[at++] = '"';
+        memcpy(buf + at, k, (size_t)klen);
+        at += klen;
+        buf[at++] = '"';
+        buf[at++] = ':';
+        if (value == Py_None) {
+            memcpy(buf + at, "null", 4);
+            at += 4;
+        } else if (PyLong_CheckExact(value)) {
+            int overflow;
+            long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+            if (overflow || (v == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                Py_RETURN_NONE;
+            }
+            at += snprintf(buf + at, 24, "%lld", v);
+        } else if (PyFloat_CheckExact(value)) {
+            int w = f32_token((float)PyFloat_AS_DOUBLE(value), buf + at);
+            double d = PyFloat_AS_DOUBLE(value);
+            if (w <= 0 && L->fb_len && memcmp(&d, &L->fb_in, sizeof d) == 0) {
+                memcpy(buf + at, L->fb_out, (size_t)L->fb_len);
+                w = L->fb_len;
+            }
+            if (w <= 0) { /* not sure (a power of two, say), not finite: json_float's */
+                PyObject *t = PyObject_CallOneArg(L->fallback, value);
+                const char *u = t && PyUnicode_Check(t) ? PyUnicode_AsUTF8AndSize(t, &klen) : NULL;
+                if (!u || klen > 40) {
+                    Py_XDECREF(t);
+                    if (PyErr_Occurred())
+                        return NULL;
+                    Py_RETURN_NONE;
+                }
+                memcpy(buf + at, u, (size_t)klen);
+                w = (int)klen;
+                Py_DECREF(t);
+                memcpy(L->fb_out, buf + at, (size_t)w);
+                L->fb_in = d;
+                L->fb_len = w;
+            }
+            at += w;
+        } else {
+            Py_RETURN_NONE;
+        }
+    }
+    return PyUnicode_DecodeASCII(buf, at, NULL);
+}
+
 /* f32_token(v) -> RecordWriter's token for the float v (as float32), or None when not
    sure (then json_float's way) */
 static PyObject *fc_f32_token(PyObject *self, PyObject *arg) {
@@ -1457,6 +1537,7 @@ static PyMethodDef methods[] = {
     {"live_bind", fc_live_bind, METH_VARARGS, NULL},
     {"live_frames", (PyCFunction)(void (*)(void))fc_live_frames, METH_FASTCALL, NULL},
     {"live_loop", (PyCFunction)(void (*)(void))fc_live_loop, METH_FASTCALL, NULL},
+    {"live_fields", (PyCFunction)(void (*)(void))fc_live_fields, METH_FASTCALL, NULL},
     {"live_pairs", (PyCFunction)(void (*)(void))fc_live_pairs, METH_FASTCALL, NULL},
     {"f32_token", fc_f32_token, METH_O, NULL},
     {NULL, NULL, 0, NULL},

@@ -181,3 +181,26 @@ def test_unsure_tokens_come_from_recordwriters_formula(model, tmp_path, monkeypa
     text = lines.decode()
     assert '"temperature":32.0,' in text or ":32.0," in text
     assert ":1e-07," in text and ":3e+20," in text and ":-0.0," in text
+
+
+def test_c_fields_write_what_json_fields_writes(model):
+    from edgernn.firmware_bridge.jsonline import _key, json_fields, json_float
+    from edgernn.runtime.cstep import fastcall_module
+
+    module = fastcall_module()
+    binding = model.stream().live_binding()
+    live = module.live_bind(*binding[:4], 0, 0, 0, tuple(_key(c) for c in NAMES), json_float)
+    rng = np.random.default_rng(3)
+    floats = np.ldexp(rng.uniform(1, 2, 4000), rng.integers(-150, 129, 4000)) * rng.choice([-1, 1], 4000)
+    floats[::7] = np.ldexp(1.0, rng.integers(-20, 20, len(floats[::7])))  # powers of two
+    cases = [{"score": float(v), "anomaly": int(v > 0), "onset": 0, "threshold": 4.0} for v in floats]
+    cases += [{"score": None, "anomaly": 0, "onset": 0}, {"score": 0.0, "event": 2**40},
+              {"a": True}, {"a": np.float32(1.5)}, {"e": {"id": 1}}, {'q"uote': 1.0},
+              {"big": 2**70}, {"x": float("nan")}, {"x": float("inf")}, {"x": 1e300}, {}]  # fmt: skip
+    handled = 0
+    with np.errstate(over="ignore"):  # 1e300 as a float32 (json_fields: null)
+        for fields in cases:
+            text = module.live_fields(live, fields)
+            handled += text is not None
+            assert text is None or text == json_fields(fields), fields
+    assert handled >= len(floats)
