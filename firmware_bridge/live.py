@@ -963,17 +963,20 @@ class LiveRun:
 
 
 class FastFrames:
-    """The steady state of a binary stream in one C call per read (cstep's live_frames):
-    every complete data frame that continues the stream is decoded, checked and stepped
-    in C. Forecasts only: C writes the JSON lines too, and the bookkeeping of the Python
-    path is done once per read. With the detector or the online head: each sample then
-    goes through Monitor.stepped (what Monitor.process does after its step) and its line
-    is finished here. At 1 kHz (a read per sample) with a cold cache, the Python path's
-    per-sample code (decoder, events, queue, checks, formatting) is most of the run's
-    CPU. Whatever live_frames does not take (a hello, a gap, a bad frame, a NaN, a partial
-    frame) goes to the Decoder and the Python path as before, so the records, counters
-    and state are the Python path's. EDGERNN_NO_FASTCALL=1 (no extension) or
-    EDGERNN_NO_FAST_LIVE=1 leaves it all to Python."""
+    """The steady state of a binary stream in C (cstep's live_loop and live_frames).
+
+    At 1 kHz (a read per sample) with a cold cache, the Python path's per-sample code
+    (decoder, events, queue, checks, formatting, the loop itself) was most of the run's
+    CPU. live_loop polls and reads the port, decodes, checks and steps every complete
+    data frame that continues the stream and writes the JSON lines itself, until
+    something needs Python (a tick, a signal, anything unusual); with the detector or
+    the online head it calls back per sample (_score_row: Monitor.stepped, what
+    Monitor.process does after its step, and the rest of the line). live_frames does the
+    same for one read already made (take: a read that began inside a frame). Whatever C
+    does not take (a hello, a gap, a bad frame, a NaN, a partial frame) goes to the
+    Decoder and the Python path as before, so the records, counters and state are the
+    Python path's. EDGERNN_NO_FASTCALL=1 (no extension) or EDGERNN_NO_FAST_LIVE=1 leaves
+    it all to Python."""
 
     ROWS = 4096  # samples one call takes at most (a 64 KB read holds ~1400 of 8 channels)
 
@@ -1057,7 +1060,7 @@ class FastFrames:
         run.window.add_repeated(emitted, n)
         return taken
 
-    # -- the C loop (forecasts only): poll, read, take, write, until Python is needed ----
+    # -- the C loop: poll, read, take, write, until Python is needed --------------------
     def _loop_setup(self, run: LiveRun) -> None:
         """The C loop writes the lines to the writer's file descriptor itself."""
         try:
@@ -1150,38 +1153,42 @@ class FastFrames:
         """Each sample through the detector and the head (Monitor.stepped), its line
         finished from the line's start; the lines made are written even if one fails
         (as in LiveRun._samples; the stream has stepped on all n)."""
-        run, c, live, pairs, fields = self.run, self.width, self.live, self.pairs, self.fields
-        stepped, names, stats, hidden = self.monitor.stepped, self.names, run.stats, self.hidden
         lines: list[str] = []
         try:
             for i in range(n):
-                row = self.out[i].copy()  # the sample's own arrays (the head may keep them)
-                result = stepped(row[:c], row[c : 2 * c], row[2 * c :] if hidden else None)
-                stats.forecasts += 1
-                forecast = result.pop("forecast")
-                if names.isdisjoint(result) and forecast.dtype == np.float32:
-                    lines.append(f"{starts[i]}{pairs(live, forecast)}}}{fields(result)}}}\n")
-                else:
-                    at = starts[i].index(',"time_us":')  # '{"seq":S,"time_us":T,...'
-                    seq, t = int(starts[i][7:at]), int(starts[i][at + 11 : starts[i].index(",", at + 11)])
-                    lines.append(self._record_line(seq, t, row[:c], forecast, result))
-                stats.anomalies += int(result.get("anomaly") or 0)
+                rest, x, forecast, result = self._finish(i)
+                if rest is not None:
+                    lines.append(f"{starts[i]}{rest}}}\n")
+                else:  # its seq and time_us read back from '{"seq":S,"time_us":T,...'
+                    at = starts[i].index(',"time_us":')
+                    t = int(starts[i][at + 11 : starts[i].index(",", at + 11)])
+                    lines.append(self._record_line(int(starts[i][7:at]), t, x, forecast, result))
         finally:
             if lines:
-                run._write_text("".join(lines), len(lines))
+                self.run._write_text("".join(lines), len(lines))
 
     def _score_row(self, k: int, seq: int, time_us: int):
         """live_loop's score: sample k of the read through the detector and the head; the
         rest of its line after '"forecast":{' (or its whole line, in a 1-tuple)."""
-        c, run = self.width, self.run
+        rest, x, forecast, result = self._finish(k)
+        if rest is not None:
+            return rest
+        return (self._record_line(seq, time_us, x, forecast, result),)
+
+    def _finish(self, k: int) -> tuple[Optional[str], np.ndarray, np.ndarray, dict]:
+        """Sample k of the read through Monitor.stepped, counted: (the rest of its line
+        after '"forecast":{', or None where RecordLines declines: a field named like a
+        channel), its values, its forecast and its other fields."""
+        c, stats = self.width, self.run.stats
         row = self.out[k].copy()  # the sample's own arrays (the head may keep them)
-        result = self.monitor.stepped(row[:c], row[c : 2 * c], row[2 * c :] if self.hidden else None)
-        run.stats.forecasts += 1
+        x = row[:c]
+        result = self.monitor.stepped(x, row[c : 2 * c], row[2 * c :] if self.hidden else None)
+        stats.forecasts += 1
         forecast = result.pop("forecast")
-        run.stats.anomalies += int(result.get("anomaly") or 0)
+        stats.anomalies += int(result.get("anomaly") or 0)
         if self.names.isdisjoint(result) and forecast.dtype == np.float32:
-            return f"{self.pairs(self.live, forecast)}}}{self.fields(result)}"
-        return (self._record_line(seq, time_us, row[:c], forecast, result),)
+            return f"{self.pairs(self.live, forecast)}}}{self.fields(result)}", x, forecast, result
+        return None, x, forecast, result
 
     def _record_line(self, seq: int, time_us: int, x: np.ndarray, forecast, result: dict) -> str:
         """LiveRun._process's line where RecordLines declines (a field named like a
