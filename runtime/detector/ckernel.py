@@ -32,6 +32,8 @@ F_FLAGGED, F_LEARNING, F_ONSET, F_REPLAY = 1, 2, 4, 8
 PROBE_TOLERANCE = 1e-9  # relative, on the scores of the probe stream
 
 _p, _d, _l = ctypes.c_void_p, ctypes.c_double, ctypes.c_long
+# run()'s arrays: x, f, when, score, flags, contrib
+_IO_TYPES = tuple(np.dtype(t) for t in ("f8", "f8", "f8", "f8", "i4", "f8"))
 
 
 class _Table(ctypes.Structure):
@@ -128,6 +130,7 @@ class Kernel:
         self._one = None  # N = 1 buffers
         self._io = None  # "one" while the struct points at them
         self._nan = np.full(4096, math.nan)
+        self._bases: Optional[tuple] = None  # run_rows(): the last arrays, their addresses
         self._neg_powers = 10.0 ** -np.arange(7).astype(float)
 
     def invalidate(self) -> None:
@@ -186,17 +189,32 @@ class Kernel:
         state goes in and out through dbl / cnt."""
         self.call(len(X), threshold, anchor, (X, F, when, score, flags, contrib))
 
-    def call(self, n: int, threshold: float, anchor: float, buffers=None) -> None:
-        """run() on `buffers` (x, f, when, score, flags, contrib), or on one()'s."""
+    def run_rows(self, arrays: tuple, lo: int, hi: int, threshold: float, anchor: float) -> bool:
+        """run() on rows lo..hi-1 of whole arrays (x, f, when, score, flags, contrib as
+        run() takes them), their addresses looked up once for as long as the same arrays
+        come back (a chunk scored piece by piece); False, nothing run, where one of them
+        is not C-contiguous or not of run()'s dtype."""
+        bases = self._bases
+        if bases is None or any(a is not b for a, b in zip(arrays, bases[0])):
+            if not all(a.flags.c_contiguous and a.dtype == t for a, t in zip(arrays, _IO_TYPES)):
+                return False
+            bases = self._bases = (arrays, [(a.ctypes.data, a.strides[0]) for a in arrays])
+        addresses = tuple(base + lo * stride for base, stride in bases[1])
+        self.call(hi - lo, threshold, anchor, addresses=addresses)
+        return True
+
+    def call(self, n: int, threshold: float, anchor: float, buffers=None, addresses=None) -> None:
+        """run() on `buffers` (x, f, when, score, flags, contrib) or at their
+        `addresses`, or on one()'s."""
         det = self.det
         if self.ctx is None or self._profile is not det._profile:
             self._bind()
         ctx = self.ctx
         ctx.threshold, ctx.anchor_fraction = threshold, anchor
         if buffers is not None:
-            ctx.x, ctx.f, ctx.when, ctx.score, ctx.flags, ctx.contrib = (
-                b.ctypes.data for b in buffers
-            )
+            addresses = tuple(b.ctypes.data for b in buffers)
+        if addresses is not None:
+            ctx.x, ctx.f, ctx.when, ctx.score, ctx.flags, ctx.contrib = addresses
             self._io = None
         elif self._io is None:
             ctx.x, ctx.f, ctx.when, ctx.score, ctx.flags, ctx.contrib = self._one_addresses()

@@ -532,12 +532,15 @@ class Detector:
         for (lo, threshold, anchor, seasons), hi in zip(stretches, bounds):
             if seasons:
                 self._season_due()
-            w = nan_when[lo:hi] if whens is None else np.ascontiguousarray(whens[lo:hi])
             t0 = self.t
             flags = result.flags[lo:hi]
             score, contrib = result.raw_score[lo:hi], result.contributions[lo:hi]
-            Xs, Fs = np.ascontiguousarray(X[lo:hi]), np.ascontiguousarray(F[lo:hi])
-            self._kernel.run(Xs, Fs, w, threshold, anchor, score, flags, contrib)
+            whole = (X, F, nan_when if whens is None else whens, result.raw_score,
+                     result.flags, result.contributions)  # fmt: skip
+            if not self._kernel.run_rows(whole, lo, hi, threshold, anchor):
+                w = nan_when[lo:hi] if whens is None else np.ascontiguousarray(whens[lo:hi])
+                Xs, Fs = np.ascontiguousarray(X[lo:hi]), np.ascontiguousarray(F[lo:hi])
+                self._kernel.run(Xs, Fs, w, threshold, anchor, score, flags, contrib)
             result.raw_threshold[lo:hi] = threshold
             for r in np.flatnonzero(flags & ckernel.F_REPLAY).tolist():
                 i = lo + r
