@@ -405,11 +405,14 @@ print(json.dumps({{"import_s": t1 - t0, "load_ms": (t2 - t1) * 1e3, "rss_mb": rs
 
 
 def footprint(path: str, backend: str = "auto", repeats: int = 5) -> dict:
-    """Import time, load time (median of `repeats` fresh processes) and RSS after one step."""
-    runs = [
-        json.loads(_python(_FOOTPRINT_CODE.format(path=path, backend=backend)).splitlines()[-1])
-        for _ in range(repeats)
-    ]
+    """Import time, load time (median of `repeats` fresh processes) and RSS after one step,
+    with the modules' bytecode cached as an installed package has it: a first, unmeasured
+    process writes it even where PYTHONDONTWRITEBYTECODE is set (compiling edgernn's
+    sources would otherwise count as load time in every process)."""
+    code = _FOOTPRINT_CODE.format(path=path, backend=backend)
+    cached = {"PYTHONDONTWRITEBYTECODE": None}
+    _python(code, cached)
+    runs = [json.loads(_python(code, cached).splitlines()[-1]) for _ in range(repeats)]
     out = dict(runs[-1])
     for key in ("import_s", "load_ms", "rss_mb"):
         out[key] = float(np.median([r[key] for r in runs]))
@@ -430,7 +433,9 @@ def first_load_ms(path: str) -> Optional[float]:
 
 
 def _python(code: str, env_extra: Optional[dict] = None) -> str:
+    """Run `code` in a fresh interpreter; env_extra's None values unset a variable."""
     env = {**os.environ, **SINGLE_THREAD_ENV, **(env_extra or {})}
+    env = {k: v for k, v in env.items() if v is not None}
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
     )

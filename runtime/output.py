@@ -263,7 +263,12 @@ def _format_kernel():
         lib = ckernel.load_library()
     except ckernel.CStepUnavailable:
         return None
-    return lib if _format_probe(lib) else None
+    if ckernel.probe_known(lib, "format"):
+        return lib
+    if not _format_probe(lib):
+        return None
+    ckernel.probe_passed(lib, "format")
+    return lib
 
 
 def _format_probe(lib) -> bool:

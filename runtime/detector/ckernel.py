@@ -6,6 +6,9 @@ The library is built, cached and checked by runtime/cstep.py's machinery (privat
 cache folder, digest sidecar, a private copy dlopened, the source digest checked) and,
 on load, proved against the numpy detector on a short probe stream. No compiler, a
 failed build or a failed probe raises CStepUnavailable; the detector then runs numpy.
+A probe passed is recorded beside the library (LIB.probed: the library's digest, numpy's
+and Python's versions): a later process loading the same bytes under the same numpy
+skips it (tens of ms per start on a Pi, for the CSV formatter too).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import ctypes
 import functools
 import math
 import os
+import platform
+import sys
 from typing import Optional
 
 import numpy as np
@@ -87,14 +92,65 @@ def load_library() -> ctypes.CDLL:
         lib.edgernn_shortest.restype = _l
         lib.edgernn_repr_lines.argtypes = [_p, _p, _p, _l, _l, _p, _l, _p, _p]
         lib.edgernn_repr_lines.restype = _l
+        lib.edgernn_cache_path = lib_path  # for probe_known() / probe_passed()
+        if probe_known(lib, "detector"):
+            return lib
         try:
             problem = _probe(lib)
         except Exception as e:  # a kernel that breaks the probe is no kernel
             problem = f"its probe failed ({e!r:.160})"
         if problem is None:
+            probe_passed(lib, "detector")
             return lib
     remove_library(lib_path)
     raise CStepUnavailable(f"the compiled detector kernel is unusable: {problem}")
+
+
+def _probe_line(lib, what: str) -> Optional[str]:
+    """What LIB.probed holds once `what`'s probe passed on this library: the digest
+    recorded when it was built (compile_library checked the file against it), and the
+    versions the reference side ran on; None when the digest cannot be read."""
+    try:
+        with open(lib.edgernn_cache_path + ".sha256") as f:
+            digest = f.read().split()[0]
+    except (OSError, IndexError, AttributeError):
+        return None
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"{what} {digest} numpy-{np.__version__} python-{python} {platform.machine()}"
+
+
+def probe_known(lib, what: str) -> bool:
+    """Whether `what`'s probe already passed on this very library (LIB.probed)."""
+    line = _probe_line(lib, what)
+    try:
+        with open(lib.edgernn_cache_path + ".probed") as f:
+            return line is not None and line in f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def probe_passed(lib, what: str) -> None:
+    """Record `what`'s passed probe in LIB.probed (replaced whole: a reader never sees
+    half a file; the cache folder is private, see cstep.library_dir). Best effort."""
+    line = _probe_line(lib, what)
+    if line is None:
+        return
+    path = lib.edgernn_cache_path + ".probed"
+    try:
+        with open(path) as f:
+            kept = [k for k in f.read().splitlines() if not k.startswith(f"{what} ")]
+    except (OSError, UnicodeDecodeError):
+        kept = []
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write("\n".join([*kept, line]) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def _probe(lib) -> Optional[str]:
