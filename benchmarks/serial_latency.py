@@ -5,7 +5,10 @@ An emulated device (this process) streams binary frames at --rate Hz x --channel
 the live run (`edgernn run MODEL --port PTY`, a separate process, as on a Pi) forecasts each sample and writes a JSON line; this process timestamps the write
 of each frame and the arrival of its line, with one clock. Reports p50/p99/p99.9/max
 latency, the run's CPU use (from /proc, over the measured window only) and the
-run's own accounting. Targets (issue 3): p99 < 2 ms at 1 kHz x 8, zero unaccounted.
+run's own accounting. Targets (issue 3): p99 < 2 ms at 1 kHz x 8, zero unaccounted;
+(issue 16) the run at <= 5 % of one core with --detector (the online head included),
+p99 no worse. To compare two trees, run it with PYTHONPATH at the other tree: the live
+run is a child of the same interpreter and inherits it (results/serial_latency.json).
 
     .venv/bin/python benchmarks/serial_latency.py                 # 1 kHz x 8, 10 s
     .venv/bin/python benchmarks/serial_latency.py --model m.onnx --seconds 30 --json
