@@ -66,6 +66,7 @@ from edgernn.firmware_bridge.serial_fleet import PortsAction
 from edgernn.runtime.adapt import online_head_wanted
 from edgernn.runtime.filelocks import SidecarLock
 from edgernn.runtime.liveview import LiveView, Snapshot, printable
+from edgernn.runtime.statecodec import pack, unpack
 
 GAP_POLICIES = ("fill", "reset", "continue")
 STATE_FORMAT = 1
@@ -301,7 +302,7 @@ class StateFile:
                 raw = f.read(MAX_STATE_BYTES + 1)
             if len(raw) > MAX_STATE_BYTES:
                 return None, f"{self.path} is over {MAX_STATE_BYTES >> 20} MB: starting cold"
-            data = json.loads(raw)
+            data = unpack(json.loads(raw))  # large arrays are packed (statecodec)
         except (OSError, ValueError, RecursionError) as e:
             return None, f"cannot read {self.path} ({e.__class__.__name__}): starting cold"
         if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
@@ -329,7 +330,7 @@ class StateFile:
         }
         if device is not None:
             doc["device"] = device
-        return json.dumps(doc)
+        return json.dumps(pack(doc))
 
     def save_async(self, monitor_state: dict, samples: int, device: Optional[dict] = None):
         if self._thread is not None and self._thread.is_alive():

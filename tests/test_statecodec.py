@@ -85,3 +85,27 @@ def test_a_monitor_state_packs_small_and_resumes_exactly(exported_models):
     for x, t in zip(X[600:], times[600:]):
         a, b = first.process(x, time=float(t)), resumed.process(x, time=float(t))
         assert json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def test_serial_state_files_are_packed_and_plain_ones_still_load(exported_models, tmp_path):
+    from edgernn.firmware_bridge.live import StateFile, model_fingerprint
+    from edgernn.runtime import Model
+    from edgernn.runtime.detector import Detector
+    from edgernn.runtime.monitor import Monitor
+
+    model = Model(exported_models[("lstm", 1)][1])
+    mon = Monitor(model, Detector.from_meta(model))
+    for i in range(300):
+        mon.process(30 * np.sin(np.arange(3) + i / 9.0), time=1.7e9 + 60.0 * i)
+    state = mon.state_dict()
+    sf = StateFile(str(tmp_path / "state.json"), model_fingerprint(model.path))
+    sf.save(state, 300)
+    text = (tmp_path / "state.json").read_text()
+    assert '"__array__"' in text
+    loaded, line = sf.load()
+    assert "resumed" in line and _same(loaded, json.loads(json.dumps(state)))
+    plain = json.loads(text)
+    plain["monitor"] = state  # as an older edgernn wrote it: numbers only
+    (tmp_path / "state.json").write_text(json.dumps(plain))
+    loaded, line = sf.load()
+    assert "resumed" in line and _same(loaded, json.loads(json.dumps(state)))
