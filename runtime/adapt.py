@@ -89,6 +89,7 @@ class OnlineHead:
 
     def reset(self) -> None:
         d, c = self.hidden + 1, self.channels
+        self._live = False  # step()'s buffers below hold the pending forecasts and pairs
         self.A = np.zeros((d, c))  # (H+1, C): the correction, normalised units
         self._block_phi = np.ones((self.block, d))  # this block's features [h, 1] by row
         self._prior = self.ridge * np.eye(d)
@@ -101,6 +102,80 @@ class OnlineHead:
         self._base = np.zeros((0, c))
         # learnt since the last solve: features, residuals, weights, the sample index
         self._pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        # step()'s own storage (the live path, one sample a call): the pending forecasts
+        # as rows _qlo.._qhi-1 of a queue, the pairs learnt as the first _pn rows of
+        # preallocated arrays; _settle() turns them back into _phi / _base / _pairs
+        cap = self.horizon + self.block
+        self._qphi, self._qbase, self._qlo, self._qhi = np.empty((cap, d)), np.empty((cap, c)), 0, 0
+        self._grow_pairs(2 * self.block)
+
+    def _grow_pairs(self, cap: int) -> None:
+        d, c, n = self.hidden + 1, self.channels, getattr(self, "_pn", 0)
+        grown = (np.empty((cap, d)), np.empty((cap, c)), np.empty(cap),
+                 np.empty(cap, dtype=np.int64))  # fmt: skip
+        if n:
+            for new, old in zip(grown, (self._pphi, self._pr, self._pw, self._pidx)):
+                new[:n] = old[:n]
+        self._pphi, self._pr, self._pw, self._pidx = grown
+        self._pn = n
+
+    # _phi, _base and _pairs as every method but step() sees them (step()'s buffers
+    # settled into them first)
+    @property
+    def _phi(self) -> np.ndarray:
+        self._settle()
+        return self._phi_
+
+    @_phi.setter
+    def _phi(self, v: np.ndarray) -> None:
+        self._settle()
+        self._phi_ = v
+
+    @property
+    def _base(self) -> np.ndarray:
+        self._settle()
+        return self._base_
+
+    @_base.setter
+    def _base(self, v: np.ndarray) -> None:
+        self._settle()
+        self._base_ = v
+
+    @property
+    def _pairs(self) -> list:
+        self._settle()
+        return self._pairs_
+
+    @_pairs.setter
+    def _pairs(self, v: list) -> None:
+        self._settle()
+        self._pairs_ = v
+
+    def _settle(self) -> None:
+        """step()'s buffers -> _phi / _base (the pending forecasts) and one more entry of
+        _pairs (the pairs step() learnt, in order): the same values as learn() / correct()
+        would have kept."""
+        if not self._live:
+            return
+        self._live = False
+        lo, hi, n = self._qlo, self._qhi, self._pn
+        self._phi_, self._base_ = self._qphi[lo:hi].copy(), self._qbase[lo:hi].copy()
+        if n:
+            self._pairs_.append((self._pphi[:n].copy(), self._pr[:n].copy(),
+                                 self._pw[:n].copy(), self._pidx[:n].copy()))  # fmt: skip
+            self._pn = 0
+
+    def _go_live(self) -> None:
+        """_phi / _base into step()'s queue (the pairs buffer starts empty)."""
+        phi, base = self._phi_, self._base_
+        m = len(phi)
+        if m + self.block > len(self._qphi):
+            self._qphi, self._qbase = np.empty((m + self.block, self.hidden + 1)), np.empty(
+                (m + self.block, self.channels)
+            )
+        self._qphi[:m], self._qbase[:m] = phi, base
+        self._qlo, self._qhi, self._pn = 0, m, 0
+        self._live = True
 
     # -- the two halves of a step, for one sample or a block --------------------------
     @property
@@ -161,27 +236,50 @@ class OnlineHead:
 
     def step(self, x, forecast, h, weight: float = 1.0) -> np.ndarray:
         """One sample of the live path: learn([x], [weight]), then correct([forecast],
-        [h])[0], the forecast made from x; the same numbers in fewer operations.
+        [h])[0], the forecast made from x; the same numbers in fewer operations (the
+        pending forecasts and the pairs learnt kept in preallocated buffers, _settle()).
         x, forecast (C,), h (hidden,); no shape checks (Monitor's arrays are right)."""
-        if self.seen >= self.horizon:
-            if not len(self._base):
+        if not self._live:
+            self._go_live()
+        seen = self.seen
+        if seen >= self.horizon:
+            lo = self._qlo
+            if lo == self._qhi:
                 raise InputError("online head: learn() got samples whose forecasts were not made")
-            r = np.subtract(x, self._base[0], dtype=np.float64)
-            r /= self.std
-            self._pairs.append((self._phi[:1], r[None], np.array([weight], dtype=np.float64),
-                                np.array([self.seen])))  # fmt: skip
-            self._phi, self._base = self._phi[1:], self._base[1:]
-        self.seen += 1
-        if self.made % self.block == 0 and self.made > 0:
-            self._solve(self.made)
-        at = self.made % self.block
-        self._block_phi[at, :-1] = h
-        correction = self._correction(slice(at, at + 1))  # as correct()
-        base = np.asarray(forecast, dtype=np.float64)
-        self.made += 1
-        self._phi = np.concatenate((self._phi, self._block_phi[at : at + 1]))
-        self._base = np.concatenate((self._base, base[None]))
-        return base + self.std * correction[0]
+            k = self._pn
+            if k == len(self._pw):
+                self._grow_pairs(2 * k)
+            r = self._pr[k]
+            np.subtract(x, self._qbase[lo], out=r)  # in float64, as learn()
+            np.divide(r, self.std, out=r)
+            self._pphi[k] = self._qphi[lo]
+            self._pw[k] = weight
+            self._pidx[k] = seen
+            self._pn = k + 1
+            self._qlo = lo + 1
+        self.seen = seen + 1
+        made = self.made
+        at = made % self.block
+        if at == 0 and made > 0:
+            self._solve(made)  # (settles the buffers)
+            self._go_live()
+        block_phi = self._block_phi
+        block_phi[at, :-1] = h
+        correction = (block_phi @ self.A)[at]  # as correct(): see _correction
+        hi = self._qhi
+        if hi == len(self._qbase):  # the queue's end: its rows back to the start
+            lo = self._qlo
+            self._qphi[: hi - lo] = self._qphi[lo:hi]
+            self._qbase[: hi - lo] = self._qbase[lo:hi]
+            self._qlo, hi = 0, hi - lo
+        self._qphi[hi] = block_phi[at]
+        base = self._qbase[hi]
+        base[...] = forecast
+        self._qhi = hi + 1
+        self.made = made + 1
+        correction *= self.std
+        correction += base  # base + std * correction, as correct()
+        return correction
 
     def run_chunk(self, Y, H, X, weigh) -> None:
         """correct() then learn() over the stream's next n forecasts and samples, in the
