@@ -37,6 +37,7 @@ class Monitor:
             online_head = detector is not None
         self.head = OnlineHead.for_model(model) if online_head else None
         # Forecasts made but not yet due: the oldest is the one for the next sample.
+        self._horizon = model.horizon
         self._pending: deque[np.ndarray] = deque(maxlen=model.horizon)
         self.samples = 0
         self.imputed = 0
@@ -68,7 +69,8 @@ class Monitor:
         """process(x) for a sample the stream was stepped on already (the live run's C
         loop): forecast, the step's output, and h, the features after it (stream.features()
         then; None: read them from the stream), are the caller's own float32 arrays."""
-        due = self._pending[0] if len(self._pending) == self.model.horizon else None
+        pending = self._pending
+        due = pending[0] if len(pending) == self._horizon else None
         return self._scored(x, forecast, due, False, None, h)
 
     def _scored(self, x, forecast, due, imputed: bool, time, h) -> dict[str, Any]:
@@ -83,16 +85,20 @@ class Monitor:
             if imputed or due is None:
                 record.update(score=None, anomaly=0 if due is None else None, onset=0)
             else:
-                if time is None:
-                    self.last_output = self.detector.score_one(x, due)
+                fields = getattr(self.detector, "score_fields", None)
+                if time is None and fields is not None:  # the per-sample fast path
+                    self.last_output, verdict = fields(x, due)
                 else:
-                    self.last_output = self.detector.score_one(x, due, time=time)
-                verdict = _detector_fields(self.last_output)
+                    if time is None:
+                        self.last_output = self.detector.score_one(x, due)
+                    else:
+                        self.last_output = self.detector.score_one(x, due, time=time)
+                    verdict = _detector_fields(self.last_output)
                 record.update(verdict)
-        if self.head is not None:  # learn this sample, then correct the forecast from it
+        head = self.head
+        if head is not None:  # learn this sample, then correct the forecast from it
             weight = 0.0 if imputed else learn_weight(verdict)
-            features = self.stream.features() if h is None else h
-            corrected = self.head.step(x, forecast, features, weight)
+            corrected = head.step(x, forecast, self.stream.features() if h is None else h, weight)
             forecast = corrected.astype(np.float32)
         self._pending.append(forecast)
         record["forecast"] = forecast

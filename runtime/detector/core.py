@@ -48,7 +48,7 @@ from edgernn.runtime.detector.normalise import (
     SeasonalProfile,
     robust_center_scale,
 )
-from edgernn.runtime.detector.outputs import BlockResult, DetectorOutput
+from edgernn.runtime.detector.outputs import BlockResult, DetectorOutput, _detector_fields_of
 from edgernn.runtime.detector.tails import TailTable
 from edgernn.runtime.detector.timeparse import as_seconds, as_seconds_array, format_time
 
@@ -66,6 +66,7 @@ STAT_GRID = (-2.0, 4.0, 72)  # statistics: log10 from 0.01 to 10,000, 12 cells a
 TOP_GRID = (0.0, 30.0, 240)  # T = -log10 p_min: 0 to 30 in steps of 0.125
 N_STATS = 5  # statistics per channel (see _statistics)
 BACKENDS = ("auto", "c", "numpy")
+_F32 = np.dtype(np.float32)
 
 
 class Detector:
@@ -350,6 +351,49 @@ class Detector:
         if self._kernel is not None and self._kernel_ready():
             return self._score_kernel_one(x, forecast, time, when)
         return self._score_numpy(x, forecast, time, when)
+
+    def score_fields(self, x: np.ndarray, forecast: np.ndarray) -> tuple[DetectorOutput, dict]:
+        """score_one(x, forecast) (no timestamp) and its record fields as
+        runtime/monitor.py's _detector_fields makes them, for the per-sample path (the
+        live run): x and forecast numpy vectors. Where they are float32, finite, of the
+        detector's channels and the kernel is ready, straight to it: no conversions, checks or
+        record made twice; anything else through score_one (its errors too)."""
+        kernel, n = self._kernel, self._n
+        if (
+            kernel is None or x.shape != (n,) or forecast.shape != (n,)
+            or x.dtype != _F32 or forecast.dtype != _F32
+            or (self._pair is None or self._moments is None) and not self._kernel_ready()
+        ):  # fmt: skip
+            out = self.score_one(x, forecast)
+            return out, _detector_fields_of(out)
+        xf, flat, W, score, flags, contrib = kernel.one_rows()
+        xf[0], xf[1] = x, forecast
+        # finite float32 values: their squares' sum is finite (< 2C x 1.2e77, so no
+        # overflow warning), a NaN or inf makes it NaN or inf: then score_one's error
+        if not math.isfinite(flat.dot(flat)):
+            out = self.score_one(x, forecast)
+            return out, _detector_fields_of(out)
+        W[0] = math.nan
+        threshold = self._threshold  # the kernel takes the anchor as an argument
+        if self._threshold_step is not self._step:
+            threshold = self._current_threshold()
+        t = self.t
+        kernel.call(1, threshold, self._anchor_fraction)
+        fl = int(flags[0])
+        contributions = contrib[0].copy()
+        if fl & ckernel.F_LEARNING:
+            return (DetectorOutput(0.0, False, None, True, contributions),
+                    {"score": 0.0, "anomaly": 0, "onset": 0})  # fmt: skip
+        value, flagged = float(score[0]), bool(fl & ckernel.F_FLAGGED)
+        out = DetectorOutput(value, flagged, threshold, False, contributions)
+        if not fl & ckernel.F_REPLAY:  # no event open or opened: to_record()'s keys
+            return out, {"score": value, "anomaly": int(flagged), "onset": 0,
+                         "threshold": threshold}  # fmt: skip
+        opened, closed = self._events.update(t, flagged, value, contributions, format_time(None))
+        out.onset, out.event_opened, out.event_closed = opened is not None, opened, closed
+        if self._events.open is not None:
+            out.event = self._events.open.id
+        return out, _detector_fields_of(out)
 
     def _score_numpy(self, x: np.ndarray, forecast: np.ndarray, time, when) -> DetectorOutput:
         """score_one() in numpy (the reference; the kernel computes the same)."""
