@@ -102,22 +102,18 @@ class OnlineHead:
         self._base = np.zeros((0, c))
         # learnt since the last solve: features, residuals, weights, the sample index
         self._pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        # step()'s own storage (the live path, one sample a call): the pending forecasts
-        # as rows _qlo.._qhi-1 of a queue, the pairs learnt as the first _pn rows of
-        # preallocated arrays; _settle() turns them back into _phi / _base / _pairs
-        cap = self.horizon + self.block
-        self._qphi, self._qbase, self._qlo, self._qhi = np.empty((cap, d)), np.empty((cap, c)), 0, 0
-        self._grow_pairs(2 * self.block)
+        # step()'s own storage (the live path, one sample a call): the forecasts made as
+        # rows of a queue, features and trained forecast, rows _qlo.._qhi-1 pending, the
+        # rows before _qlo learnt since the queue started (their samples, weights and
+        # indices in the same rows of _qx, _qw, _qidx); _settle() turns them back into
+        # _phi / _base / _pairs
+        self._queue(self.horizon + self.block + 1)
 
-    def _grow_pairs(self, cap: int) -> None:
-        d, c, n = self.hidden + 1, self.channels, getattr(self, "_pn", 0)
-        grown = (np.empty((cap, d)), np.empty((cap, c)), np.empty(cap),
-                 np.empty(cap, dtype=np.int64))  # fmt: skip
-        if n:
-            for new, old in zip(grown, (self._pphi, self._pr, self._pw, self._pidx)):
-                new[:n] = old[:n]
-        self._pphi, self._pr, self._pw, self._pidx = grown
-        self._pn = n
+    def _queue(self, cap: int) -> None:
+        d, c = self.hidden + 1, self.channels
+        self._qphi, self._qbase, self._qx = np.empty((cap, d)), np.empty((cap, c)), np.empty((cap, c))
+        self._qw, self._qidx = np.empty(cap), np.empty(cap, dtype=np.int64)
+        self._qlo = self._qhi = 0
 
     # _phi, _base and _pairs as every method but step() sees them (step()'s buffers
     # settled into them first)
@@ -152,29 +148,30 @@ class OnlineHead:
         self._pairs_ = v
 
     def _settle(self) -> None:
-        """step()'s buffers -> _phi / _base (the pending forecasts) and one more entry of
+        """step()'s queue -> _phi / _base (the pending forecasts) and one more entry of
         _pairs (the pairs step() learnt, in order): the same values as learn() / correct()
-        would have kept."""
+        would have kept (the residuals made here for all rows at once: the same
+        elementwise arithmetic as learn()'s)."""
         if not self._live:
             return
         self._live = False
-        lo, hi, n = self._qlo, self._qhi, self._pn
+        lo, hi = self._qlo, self._qhi
         self._phi_, self._base_ = self._qphi[lo:hi].copy(), self._qbase[lo:hi].copy()
-        if n:
-            self._pairs_.append((self._pphi[:n].copy(), self._pr[:n].copy(),
-                                 self._pw[:n].copy(), self._pidx[:n].copy()))  # fmt: skip
-            self._pn = 0
+        if lo:
+            r = self._qx[:lo] - self._qbase[:lo]
+            r /= self.std
+            self._pairs_.append((self._qphi[:lo].copy(), r, self._qw[:lo].copy(),
+                                 self._qidx[:lo].copy()))  # fmt: skip
+        self._qlo = self._qhi = 0
 
     def _go_live(self) -> None:
-        """_phi / _base into step()'s queue (the pairs buffer starts empty)."""
+        """_phi / _base into step()'s queue, from its first row."""
         phi, base = self._phi_, self._base_
         m = len(phi)
-        if m + self.block > len(self._qphi):
-            self._qphi, self._qbase = np.empty((m + self.block, self.hidden + 1)), np.empty(
-                (m + self.block, self.channels)
-            )
+        if m + self.block + 1 > len(self._qphi):
+            self._queue(m + self.block + 1)
         self._qphi[:m], self._qbase[:m] = phi, base
-        self._qlo, self._qhi, self._pn = 0, m, 0
+        self._qlo, self._qhi = 0, m
         self._live = True
 
     # -- the two halves of a step, for one sample or a block --------------------------
@@ -243,19 +240,12 @@ class OnlineHead:
             self._go_live()
         seen = self.seen
         if seen >= self.horizon:
-            lo = self._qlo
+            lo = self._qlo  # the forecast due now: learnt from x (its residual: _settle)
             if lo == self._qhi:
                 raise InputError("online head: learn() got samples whose forecasts were not made")
-            k = self._pn
-            if k == len(self._pw):
-                self._grow_pairs(2 * k)
-            r = self._pr[k]
-            np.subtract(x, self._qbase[lo], out=r)  # in float64, as learn()
-            np.divide(r, self.std, out=r)
-            self._pphi[k] = self._qphi[lo]
-            self._pw[k] = weight
-            self._pidx[k] = seen
-            self._pn = k + 1
+            self._qx[lo] = x
+            self._qw[lo] = weight
+            self._qidx[lo] = seen
             self._qlo = lo + 1
         self.seen = seen + 1
         made = self.made
@@ -267,11 +257,10 @@ class OnlineHead:
         block_phi[at, :-1] = h
         correction = (block_phi @ self.A)[at]  # as correct(): see _correction
         hi = self._qhi
-        if hi == len(self._qbase):  # the queue's end: its rows back to the start
-            lo = self._qlo
-            self._qphi[: hi - lo] = self._qphi[lo:hi]
-            self._qbase[: hi - lo] = self._qbase[lo:hi]
-            self._qlo, hi = 0, hi - lo
+        if hi == len(self._qbase):  # (a solve settles the queue at least once a block)
+            self._settle()
+            self._go_live()
+            hi = self._qhi
         self._qphi[hi] = block_phi[at]
         base = self._qbase[hi]
         base[...] = forecast
