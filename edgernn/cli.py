@@ -313,7 +313,7 @@ def cmd_export_module(args) -> int:
 
 # ----------------------------------------------------------------------------- run
 def add_run(sub) -> None:
-    from edgernn.firmware_bridge.live import add_serial_arguments
+    from edgernn.firmware_bridge.options import add_mqtt_arguments, add_serial_arguments
     from edgernn.runtime.evaluate_commands import add_detector_arguments
 
     p = sub.add_parser(
@@ -352,7 +352,6 @@ def add_run(sub) -> None:
         "min-samples steps; the `event` column holds the decided class",
     )  # fmt: skip
     add_serial_arguments(p, src)
-    from edgernn.firmware_bridge.mqtt_run import add_mqtt_arguments
 
     add_mqtt_arguments(p, src)
     p.set_defaults(func=cmd_run)

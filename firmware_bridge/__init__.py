@@ -12,7 +12,18 @@ live runtime.
 Only numpy and pyserial are needed (plus onnxruntime for the live run).
 """
 
-from edgernn.firmware_bridge.framing import Counters, Decoder, Samples
-from edgernn.firmware_bridge.protocol import decode_frame, encode_data, encode_hello
+import importlib
 
-__all__ = ["Counters", "Decoder", "Samples", "decode_frame", "encode_data", "encode_hello"]
+_EXPORTS = {
+    "Counters": "framing", "Decoder": "framing", "Samples": "framing",
+    "decode_frame": "protocol", "encode_data": "protocol", "encode_hello": "protocol",
+}  # fmt: skip
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """The package's names, imported on first use: `edgernn run --csv` builds its
+    parser from options.py without the decoder (and numpy) a live run needs."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

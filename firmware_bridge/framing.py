@@ -29,6 +29,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from edgernn.firmware_bridge.options import MODES
 from edgernn.firmware_bridge.protocol import (
     MAX_ENCODED,
     U32,
@@ -39,7 +40,6 @@ from edgernn.firmware_bridge.protocol import (
     decode_frame,
 )
 
-MODES = ("auto", "text", "binary")
 MAX_LINE = 4096  # longer "lines" are binary junk, not samples
 DETECT_LIMIT = 64 * 1024  # bytes buffered while auto-detecting before the oldest go
 REDETECT_AFTER = 64  # consecutive rejects that send auto mode back to detecting

@@ -23,7 +23,6 @@ one after a Pi reboot).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import json
@@ -38,10 +37,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgernn.argtypes import non_negative_int, positive_float
 from edgernn.errors import EdgernnError, InputError
 from edgernn.firmware_bridge.framing import (
-    MODES,
     ChannelMismatch,
     Decoder,
     DeviceInfo,
@@ -52,8 +49,8 @@ from edgernn.firmware_bridge.framing import (
     TextMismatch,
 )
 from edgernn.firmware_bridge.jsonline import RecordLines, json_line
+from edgernn.firmware_bridge.options import GAP_POLICIES, add_serial_arguments  # noqa: F401
 from edgernn.firmware_bridge.port import (
-    OVERFLOW_POLICIES,
     READ_SIZE,
     Closed,
     Connected,
@@ -62,101 +59,13 @@ from edgernn.firmware_bridge.port import (
     SampleQueue,
 )
 from edgernn.firmware_bridge.protocol import U32
-from edgernn.firmware_bridge.serial_fleet import PortsAction
 from edgernn.runtime.adapt import online_head_wanted
 from edgernn.runtime.filelocks import SidecarLock
 from edgernn.runtime.liveview import LiveView, Snapshot, printable
 from edgernn.runtime.statecodec import pack, unpack
 
-GAP_POLICIES = ("fill", "reset", "continue")
 STATE_FORMAT = 1
 POLL_S = 0.05  # the loop's longest sleep: how fast it notices a stop request
-
-
-# -- arguments -------------------------------------------------------------------------
-def add_serial_arguments(parser: argparse.ArgumentParser, source_group) -> None:
-    """Add --port to `source_group` (mutually exclusive with --csv) and the live-run options."""
-    source_group.add_argument(
-        "--port",
-        metavar="PORT",
-        action=PortsAction,  # repeatable: several boards, one stream each, batched
-        help="serial device (/dev/ttyACM0, COM3), pyserial URL (socket://host:port, "
-        "rfc2217://host:port, loop://) or usb:VID:PID[:SERIAL]; repeat for several boards",
-    )
-    g = parser.add_argument_group("serial (--port)")
-    g.add_argument("--baud", type=int, default=115200, help="baud rate (default 115200)")
-    g.add_argument(
-        "--mode", choices=MODES, default="auto", help="wire format (default: auto-detect)"
-    )
-    g.add_argument(
-        "--no-reconnect",
-        dest="reconnect",
-        action="store_false",
-        help="end the run (exit 0) when the port goes away instead of reopening it",
-    )
-    g.add_argument(
-        "--reconnect-timeout",
-        type=positive_float,
-        metavar="S",
-        help="give up (exit 1) if the port is not back within S seconds (default: never)",
-    )
-    g.add_argument(
-        "--on-gap",
-        choices=GAP_POLICIES,
-        default="fill",
-        help="missing samples: fill small gaps with forecasts and reset beyond (default), "
-        "always reset the state, or continue as if nothing was missing",
-    )
-    g.add_argument(
-        "--gap-fill",
-        type=non_negative_int,
-        default=4,
-        metavar="N",
-        help="largest gap filled with forecasts under --on-gap fill (default 4)",
-    )
-    g.add_argument(
-        "--queue-size",
-        type=non_negative_int,
-        default=4096,
-        metavar="N",
-        help="samples buffered between reader and inference (default 4096)",
-    )
-    g.add_argument(
-        "--on-overflow",
-        choices=OVERFLOW_POLICIES,
-        default="drop-oldest",
-        help="when inference falls behind a full queue: drop the oldest samples "
-        "(counted, handled as a gap; default) or block the reader",
-    )
-    g.add_argument(
-        "--live", action="store_true",
-        help="a live terminal view on stderr (rate, latency, score per channel, alerts) "
-        "instead of status lines",
-    )  # fmt: skip
-    g.add_argument("--state-file", metavar="PATH", help="save/resume the stream state (JSON) here")
-    g.add_argument(
-        "--state-interval",
-        type=positive_float,
-        default=5.0,
-        metavar="S",
-        help="seconds between state saves (default 5)",
-    )
-    g.add_argument(
-        "--status-interval",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="seconds between status lines on stderr; 0 turns them off (default 5)",
-    )
-    g.add_argument(
-        "--summary-json", metavar="PATH", help="also write the end-of-run counters as JSON"
-    )
-    g.add_argument(
-        "--realtime",
-        action="store_true",
-        help="ask for real-time scheduling (Linux SCHED_FIFO; needs root or CAP_SYS_NICE): "
-        "keeps latency low when other programs load the CPU",
-    )
 
 
 # -- state file ------------------------------------------------------------------------

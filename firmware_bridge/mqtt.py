@@ -32,8 +32,8 @@ from typing import Callable, Optional
 from urllib.parse import unquote, urlsplit
 
 from edgernn.errors import EdgernnError, InputError, require
+from edgernn.firmware_bridge.options import PASSWORD_ENV
 
-PASSWORD_ENV = "EDGERNN_MQTT_PASSWORD"
 SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0

@@ -25,7 +25,6 @@ the summary (and --summary-json) has every device's accounting.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -38,10 +37,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from edgernn import __version__
-from edgernn.argtypes import int_at_least, non_negative_int, positive_int
 from edgernn.errors import EdgernnError, InputError
 from edgernn.firmware_bridge.mqtt import (
-    PASSWORD_ENV,
     BrokerURL,
     DeviceNamer,
     MqttLink,
@@ -50,6 +47,7 @@ from edgernn.firmware_bridge.mqtt import (
     parse_broker_url,
     read_password,
 )
+from edgernn.firmware_bridge.options import add_mqtt_arguments  # noqa: F401
 from edgernn.firmware_bridge.payload import ChannelNames, PayloadError, PayloadParser
 from edgernn.runtime.adapt import online_head_wanted
 from edgernn.runtime.output import _jsonable
@@ -59,66 +57,6 @@ POLL_S = 0.05  # longest wait for a message: how fast the loop notices a stop re
 STOP_DRAIN_S = 10.0  # at a stop, longest wait for the messages sent before it
 STATE_FORMAT = 1
 SUMMARY_DEVICES = 50  # devices listed one per line in the summary (all in --summary-json)
-
-
-# -- arguments -------------------------------------------------------------------------
-def add_mqtt_arguments(parser: argparse.ArgumentParser, source_group) -> None:
-    source_group.add_argument(
-        "--mqtt", metavar="URL",
-        help="subscribe to a broker: mqtt://[USER@]HOST[:PORT]/TOPIC (mqtts:// for TLS); "
-        "wildcards name the devices (sensors/+/data: one stream per device; write # as %%23)",
-    )  # fmt: skip
-    g = parser.add_argument_group("MQTT (--mqtt, --publish)")
-    g.add_argument(
-        "--publish", metavar="URL",
-        help="publish forecasts, alerts and availability to this broker (default with "
-        "--mqtt: the broker it subscribes to); with --port: the board-to-broker bridge",
-    )  # fmt: skip
-    g.add_argument("--no-publish", action="store_true",
-                   help="--mqtt: publish nothing (records only to -o)")  # fmt: skip
-    g.add_argument("--publish-topic", default="edgernn/{device}/forecast", metavar="TEMPLATE",
-                   help="forecast topic; {device} is the device name (default %(default)s)")
-    g.add_argument("--alert-topic", default="edgernn/{device}/alert", metavar="TEMPLATE",
-                   help="alert events, QoS 1 (default %(default)s); its /state subtopic "
-                   "holds ON/OFF, retained")  # fmt: skip
-    g.add_argument("--availability-topic", metavar="TOPIC",
-                   help="retained online/offline with a last will (default edgernn/CLIENT_ID/"
-                   "availability)")  # fmt: skip
-    g.add_argument("--publish-every", type=positive_int, default=1, metavar="N",
-                   help="publish every N-th forecast of each device (alerts always; default 1)")
-    g.add_argument("--ha-discovery", nargs="?", const="homeassistant", metavar="PREFIX",
-                   help="Home Assistant MQTT discovery: a score sensor and an alert binary "
-                   "sensor per device (prefix default homeassistant)")  # fmt: skip
-    g.add_argument("--device-name", metavar="NAME",
-                   help="--port --publish: the board's name in topics (default: the port's)")
-    g.add_argument("--mqtt-username", metavar="USER")
-    g.add_argument("--mqtt-password-file", metavar="FILE",
-                   help=f"the password, first line of FILE (or ${PASSWORD_ENV}; never a flag)")
-    g.add_argument("--mqtt-password", type=_refuse_password, metavar="-",
-                   help="refused: a password on the command line shows in `ps` and shell "
-                   "history")  # fmt: skip
-    g.add_argument("--mqtt-ca", metavar="FILE", help="CA certificate(s) to verify the broker")
-    g.add_argument("--mqtt-cert", metavar="FILE", help="client certificate (with --mqtt-key)")
-    g.add_argument("--mqtt-key", metavar="FILE", help="client certificate's private key")
-    g.add_argument("--mqtt-client-id", metavar="ID",
-                   help="MQTT client id (default edgernn-HOST-HASH: stable, unique per source)")
-    g.add_argument("--mqtt-qos", type=int, choices=[0, 1], default=0,
-                   help="QoS of the subscription and of forecasts (default 0)")
-    g.add_argument("--mqtt-buffer", type=int_at_least(1), default=10000, metavar="N",
-                   help="outgoing messages kept while the broker is away (default 10000)")
-    g.add_argument("--max-devices", type=positive_int, default=1024, metavar="N",
-                   help="devices served at most; others are ignored and reported (default 1024)")
-    g.add_argument("--metrics-port", type=non_negative_int, metavar="PORT",
-                   help="serve Prometheus metrics on this port (extra: metrics)")
-    g.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
-                   help="address for --metrics-port (default 127.0.0.1; 0.0.0.0 for all)")
-
-
-def _refuse_password(text: str) -> str:
-    raise argparse.ArgumentTypeError(
-        f"not on the command line (it shows in `ps`): put it in a file for "
-        f"--mqtt-password-file or in ${PASSWORD_ENV}"
-    )
 
 
 def mqtt_options(args, url: BrokerURL, role: str, note: Callable[[str], None]) -> MqttOptions:

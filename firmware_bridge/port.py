@@ -29,11 +29,11 @@ from typing import Optional, Union
 
 from edgernn.errors import EdgernnError
 from edgernn.firmware_bridge.framing import Decoder, Event, Samples
+from edgernn.firmware_bridge.options import OVERFLOW_POLICIES
 
 BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # reopen delays; the last one repeats
 READ_TIMEOUT_S = 0.05  # how often a blocked read looks at the stop flag
 READ_SIZE = 1 << 16  # the most one read takes (a pty holds 4 KB, a USB tty ~64 KB)
-OVERFLOW_POLICIES = ("drop-oldest", "block")
 
 
 class PortError(EdgernnError):

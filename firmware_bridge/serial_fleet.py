@@ -15,7 +15,6 @@ the others carry on. The run ends on Ctrl-C / SIGTERM, or when every port has cl
 
 from __future__ import annotations
 
-import argparse
 import os
 import threading
 import time
@@ -33,6 +32,7 @@ from edgernn.firmware_bridge.framing import (
     SeqReset,
     TextMismatch,
 )
+from edgernn.firmware_bridge.options import PortsAction  # noqa: F401
 from edgernn.firmware_bridge.port import (
     Closed,
     Connected,
@@ -44,17 +44,6 @@ from edgernn.firmware_bridge.protocol import U32
 from edgernn.runtime.adapt import online_head_wanted
 
 POLL_S = 0.05
-
-
-class PortsAction(argparse.Action):
-    """--port, repeatable: the first stays `args.port` (one board, as ever); more go to
-    `args.more_ports` and make the run a fleet of boards."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        if getattr(namespace, self.dest, None) is None:
-            setattr(namespace, self.dest, values)
-        else:
-            namespace.more_ports = (getattr(namespace, "more_ports", None) or []) + [values]
 
 
 class _WakingQueue(SampleQueue):

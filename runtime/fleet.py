@@ -34,9 +34,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from edgernn.errors import InputError
+from edgernn.firmware_bridge.options import GAP_POLICIES
 from edgernn.runtime.model import STATE_BATCH_AXIS, Model
 
-GAP_POLICIES = ("fill", "reset", "continue")
 DUPLICATE_WINDOW = 8  # a sequence number this close behind the expected one is a redelivery
 EPOCH_S_MAX = 4102444800.0  # 2100-01-01: a larger number is not epoch seconds
 

@@ -47,3 +47,13 @@ def test_info_does_not_import_training_or_the_serial_bridge():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_run_builds_its_parser_without_the_live_sources():
+    code = (
+        "import sys; from edgernn import cli; cli.build_parser(['run', 'm.onnx', '--csv', 'x']); "
+        "print(sorted(m for m in sys.modules if m.startswith(('edgernn.train', "
+        "'edgernn.firmware_bridge.', 'torch', 'paho'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['edgernn.firmware_bridge.options']"
