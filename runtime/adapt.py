@@ -104,15 +104,16 @@ class OnlineHead:
         self._pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         # step()'s own storage (the live path, one sample a call): the forecasts made as
         # rows of a queue, features and trained forecast, rows _qlo.._qhi-1 pending, the
-        # rows before _qlo learnt since the queue started (their samples, weights and
-        # indices in the same rows of _qx, _qw, _qidx); _settle() turns them back into
-        # _phi / _base / _pairs
+        # rows before _qlo learnt since the queue started (their samples in the same rows
+        # of _qx, their weights and indices in the lists _qw, _qidx); _settle() turns
+        # them back into _phi / _base / _pairs
         self._queue(self.horizon + self.block + 1)
 
     def _queue(self, cap: int) -> None:
         d, c = self.hidden + 1, self.channels
         self._qphi, self._qbase, self._qx = np.empty((cap, d)), np.empty((cap, c)), np.empty((cap, c))
-        self._qw, self._qidx = np.empty(cap), np.empty(cap, dtype=np.int64)
+        self._qw: list[float] = []
+        self._qidx: list[int] = []
         self._qlo = self._qhi = 0
 
     # _phi, _base and _pairs as every method but step() sees them (step()'s buffers
@@ -160,9 +161,10 @@ class OnlineHead:
         if lo:
             r = self._qx[:lo] - self._qbase[:lo]
             r /= self.std
-            self._pairs_.append((self._qphi[:lo].copy(), r, self._qw[:lo].copy(),
-                                 self._qidx[:lo].copy()))  # fmt: skip
+            w, index = np.array(self._qw, dtype=np.float64), np.array(self._qidx, dtype=np.int64)
+            self._pairs_.append((self._qphi[:lo].copy(), r, w, index))
         self._qlo = self._qhi = 0
+        self._qw, self._qidx = [], []
 
     def _go_live(self) -> None:
         """_phi / _base into step()'s queue, from its first row."""
@@ -172,6 +174,7 @@ class OnlineHead:
             self._queue(m + self.block + 1)
         self._qphi[:m], self._qbase[:m] = phi, base
         self._qlo, self._qhi = 0, m
+        self._qw, self._qidx = [], []
         self._live = True
 
     # -- the two halves of a step, for one sample or a block --------------------------
@@ -244,8 +247,8 @@ class OnlineHead:
             if lo == self._qhi:
                 raise InputError("online head: learn() got samples whose forecasts were not made")
             self._qx[lo] = x
-            self._qw[lo] = weight
-            self._qidx[lo] = seen
+            self._qw.append(weight)
+            self._qidx.append(seen)
             self._qlo = lo + 1
         self.seen = seen + 1
         made = self.made

@@ -305,13 +305,13 @@ class Kernel:
             xf = np.zeros((2, n))  # x and f: the rows of one array (one_rows())
             self._one = (xf[:1], xf[1:], np.full(1, math.nan),
                          np.zeros(1), np.zeros(1, dtype=np.int32), np.zeros((1, n)))  # fmt: skip
-            self._one_rows = (xf, xf.reshape(-1), *self._one[2:])
+            self._one_rows = (xf.reshape(-1), *self._one[2:])
             self._io = None
         return self._one
 
     def one_rows(self):
-        """one()'s buffers with x and f as the two rows of one (2, C) array: xf, xf
-        flat (2C,), when, score, flags, contrib."""
+        """one()'s buffers with x and f as the two rows of one array, seen flat (2C,):
+        xf, when, score, flags, contrib."""
         if self._one is None or self._one[0].shape[1] != self.det._n:
             self.one()
         return self._one_rows

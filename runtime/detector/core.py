@@ -366,8 +366,8 @@ class Detector:
         ):  # fmt: skip
             out = self.score_one(x, forecast)
             return out, _detector_fields_of(out)
-        xf, flat, W, score, flags, contrib = kernel.one_rows()
-        xf[0], xf[1] = x, forecast
+        flat, W, score, flags, contrib = kernel.one_rows()
+        np.concatenate((x, forecast), out=flat)  # the rows x and f, in one call
         # finite float32 values: their squares' sum is finite (< 2C x 1.2e77, so no
         # overflow warning), a NaN or inf makes it NaN or inf: then score_one's error
         if not math.isfinite(flat.dot(flat)):
