@@ -153,3 +153,22 @@ def test_score_fields_refuses_what_score_one_refuses():
     twin.load_state_dict(json.loads(before))
     out, _ = det.score_fields(huge, huge)
     assert out.score == twin.score_one(huge, huge).score
+
+
+def test_score_fields_goes_through_a_replaced_score_one():
+    calls = []
+
+    class Counted(Detector):
+        def score_one(self, x, forecast, time=None):
+            calls.append(1)
+            return super().score_one(x, forecast, time)
+
+    x, f = _stream(400, 2)
+    det = Counted(warmup=30)
+    for i in range(200):
+        det.score_fields(x[i], f[i])
+    assert len(calls) == 200
+    plain = Detector(warmup=30)
+    plain.score_one = lambda *a, **k: calls.append(2) or Detector.score_one(plain, *a, **k)
+    plain.score_fields(x[0], f[0])
+    assert calls[-1] == 2

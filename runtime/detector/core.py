@@ -357,10 +357,12 @@ class Detector:
         runtime/monitor.py's _detector_fields makes them, for the per-sample path (the
         live run): x and forecast numpy vectors. Where they are float32, finite, of the
         detector's channels and the kernel is ready, straight to it: no conversions, checks or
-        record made twice; anything else through score_one (its errors too)."""
+        record made twice; anything else, or where score_one is replaced (a subclass's),
+        through score_one (its errors too)."""
         kernel, n = self._kernel, self._n
         if (
             kernel is None or x.shape != (n,) or forecast.shape != (n,)
+            or type(self).score_one is not Detector.score_one or "score_one" in self.__dict__
             or x.dtype != _F32 or forecast.dtype != _F32
             or (self._pair is None or self._moments is None) and not self._kernel_ready()
         ):  # fmt: skip
