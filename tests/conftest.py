@@ -148,7 +148,10 @@ class ScriptedDevice:
         while poller.poll(20)[0][1] & select.POLLHUP:
             pass
         time.sleep(0.1)  # pyserial flushes its input just after opening
-        for i in range(0, len(self.wire), self.piece):
-            os.write(self.master, self.wire[i : i + self.piece])
+        self._write()
         wait_until_read(self.path)
         os.close(self.master)
+
+    def _write(self):
+        for i in range(0, len(self.wire), self.piece):
+            os.write(self.master, self.wire[i : i + self.piece])

@@ -105,23 +105,13 @@ class FramedDevice(ScriptedDevice):
         self.frames = frames
         super().__init__(b"".join(frames))
 
-    def _run(self):
+    def _write(self):
         import os
-        import select
         import time
 
-        from edgernn.firmware_bridge.emulator import wait_until_read
-
-        poller = select.poll()
-        poller.register(self.master, select.POLLOUT)
-        while poller.poll(20)[0][1] & select.POLLHUP:
-            pass
-        time.sleep(0.1)  # pyserial flushes its input just after opening
         for frame in self.frames:
             os.write(self.master, frame)
             time.sleep(0.0005)
-        wait_until_read(self.path)
-        os.close(self.master)
 
 
 def split_frames(wire: bytes) -> list[bytes]:
