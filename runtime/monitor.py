@@ -61,7 +61,7 @@ class Monitor:
         time-of-day baselines, budgets in days and event times.
         """
         x = np.asarray(x, dtype=np.float32)
-        due = self._pending[0] if len(self._pending) == self.model.horizon else None
+        due = self._pending[0] if len(self._pending) == self._horizon else None
         forecast = self.stream.step(x)
         return self._scored(x, forecast, due, imputed, time, None)
 
