@@ -914,6 +914,12 @@ class FastFrames:
         self.out = np.empty((self.ROWS, 2 * c + hidden), dtype=np.float32)
         self.hidden = hidden
         self.names = run._lines.names
+        self.scorer = None  # the C loop's own scoring, where it covers this monitor
+        if not self.whole:
+            from edgernn.runtime.livescore import LiveScorer
+
+            self.scorer = LiveScorer.make(m, module, live, fields, run.stats, self._score_row,
+                                          self.names)  # fmt: skip
         self.samples = 0  # forecast here (tests: proof that the C path ran)
         self.looped = 0  # of which in the C loop
         # a sample takes at least 4 bytes a channel on the wire: a read of at most this
@@ -993,13 +999,19 @@ class FastFrames:
         d, run, reader = self.decoder, self.run, self.run.reader
         if self._loop is None or d._buf or not self._steady() or reader._fd is None:
             return False
-        stream, seq0 = self.stream, d._next_seq
-        status, taken, frames, n, cur, err, rest, t_read = self._loop(
-            self.live, stream._cur, seq0, d._period_us or 0.0, reader._fd, self._out_fd,
-            until, READ_SIZE, self.most_bytes, self.out, self._pending, self._taken,
-            self._edges, run.latency.counts, run.window.counts,
-            None if self.whole else self._score_row,
-        )  # fmt: skip
+        stream, seq0, scorer = self.stream, d._next_seq, self.scorer
+        score = None if self.whole else self._score_row if scorer is None else scorer.capsule
+        if scorer is not None:
+            scorer.push()
+        try:
+            status, taken, frames, n, cur, err, rest, t_read = self._loop(
+                self.live, stream._cur, seq0, d._period_us or 0.0, reader._fd, self._out_fd,
+                until, READ_SIZE, self.most_bytes, self.out, self._pending, self._taken,
+                self._edges, run.latency.counts, run.window.counts, score,
+            )  # fmt: skip
+        finally:
+            if scorer is not None:
+                scorer.pull()
         self.counters.bytes += taken
         if n:
             self._account(stream, cur, seq0, frames, n)

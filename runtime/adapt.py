@@ -22,6 +22,8 @@ state see the same A at the same sample and make the same forecasts. A block cos
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,38 @@ from edgernn.errors import InputError
 BLOCK = 64  # forecasts between solves (a solve is the costly part: ~1 per 64 samples)
 MEMORY = 2000.0  # samples the fit remembers (forgetting factor 1 - 1/MEMORY)
 RIDGE = 100.0  # prior weight on A = 0, in samples' worth of unit-size features
+
+
+def head_rows_reference(phi: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """What the compiled head_rows (runtime/detector/kernel.c) computes, in numpy:
+    phi (n, d) @ A (d, C) with each sum taken in the order j = 0..d-1 and every product
+    rounded before it is added, so a row gets the same bits alone as in a block."""
+    out = phi[:, :1] * A[0]
+    for j in range(1, len(A)):
+        out += phi[:, j : j + 1] * A[j]
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _head_library():
+    """The detector's compiled kernel library where it builds and its head_rows gives
+    head_rows_reference's bits on a probe; else None (OnlineHead's products in numpy).
+    EDGERNN_DETECTOR_BACKEND=numpy: None."""
+    if os.environ.get("EDGERNN_DETECTOR_BACKEND") == "numpy":
+        return None
+    from edgernn.runtime.cstep import CStepUnavailable
+    from edgernn.runtime.detector import ckernel
+
+    try:
+        lib = ckernel.load_library()
+    except (CStepUnavailable, OSError):
+        return None
+    rng = np.random.default_rng(3)  # sizes and magnitudes where rounding orders differ
+    phi = rng.standard_normal((5, 33)) * np.exp(rng.uniform(-8, 8, (5, 33)))
+    A = rng.standard_normal((33, 7)) * np.exp(rng.uniform(-8, 8, (33, 7)))
+    got = np.empty((5, 7))
+    lib.edgernn_head_rows(phi.ctypes.data, A.ctypes.data, 5, 33, 7, got.ctypes.data)
+    return lib if np.array_equal(got, head_rows_reference(phi, A)) else None
 
 
 def learn_weight(record) -> float:
@@ -92,6 +126,10 @@ class OnlineHead:
         self._live = False  # step()'s buffers below hold the pending forecasts and pairs
         self.A = np.zeros((d, c))  # (H+1, C): the correction, normalised units
         self._block_phi = np.ones((self.block, d))  # this block's features [h, 1] by row
+        self._phi_address = self._block_phi.ctypes.data  # (_product's)
+        self._out = np.empty((self.block, c))
+        self._out_address = self._out.ctypes.data
+        self._A_seen, self._A_address = None, 0
         self._prior = self.ridge * np.eye(d)
         self._gram = np.zeros((d, d))  # forgetting sum of w phi phi^T ...
         self._cross = np.zeros((d, c))  # ... and of w phi r^T, up to the last solve
@@ -112,8 +150,7 @@ class OnlineHead:
     def _queue(self, cap: int) -> None:
         d, c = self.hidden + 1, self.channels
         self._qphi, self._qbase, self._qx = np.empty((cap, d)), np.empty((cap, c)), np.empty((cap, c))
-        self._qw: list[float] = []
-        self._qidx: list[int] = []
+        self._qw, self._qidx = np.empty(cap), np.empty(cap, dtype=np.int64)
         self._qlo = self._qhi = 0
 
     # _phi, _base and _pairs as every method but step() sees them (step()'s buffers
@@ -161,10 +198,9 @@ class OnlineHead:
         if lo:
             r = self._qx[:lo] - self._qbase[:lo]
             r /= self.std
-            w, index = np.array(self._qw, dtype=np.float64), np.array(self._qidx, dtype=np.int64)
+            w, index = self._qw[:lo].copy(), self._qidx[:lo].copy()
             self._pairs_.append((self._qphi[:lo].copy(), r, w, index))
         self._qlo = self._qhi = 0
-        self._qw, self._qidx = [], []
 
     def _go_live(self) -> None:
         """_phi / _base into step()'s queue, from its first row."""
@@ -174,8 +210,16 @@ class OnlineHead:
             self._queue(m + self.block + 1)
         self._qphi[:m], self._qbase[:m] = phi, base
         self._qlo, self._qhi = 0, m
-        self._qw, self._qidx = [], []
         self._live = True
+
+    def live_buffers(self) -> tuple:
+        """step()'s buffers, step() ready to run, for runtime/livescore.py, which steps
+        the head in C between solves on them and on the counters seen, made, _qlo and
+        _qhi: (A, block_phi, qphi, qbase, qx, qw, qidx)."""
+        if not self._live:
+            self._go_live()
+        return (self.A, self._block_phi, self._qphi, self._qbase, self._qx, self._qw,
+                self._qidx)  # fmt: skip
 
     # -- the two halves of a step, for one sample or a block --------------------------
     @property
@@ -208,11 +252,26 @@ class OnlineHead:
         return Y + self.std * correction
 
     def _correction(self, rows: slice) -> np.ndarray:
-        """A^T phi for the block's `rows`: always the whole block's (block, H+1) @ A, each
-        forecast's features at its own row, so a forecast corrected alone (live) or in a
-        piece of a chunk meets the same BLAS call at the same row: the same bits (a
-        product of another shape may round differently)."""
-        return (self._block_phi @ self.A)[rows]
+        """A^T phi for the block's `rows` (n, C)."""
+        return self._product(rows.start, rows.stop - rows.start)
+
+    def _product(self, lo: int, n: int) -> np.ndarray:
+        """A^T phi for the block's rows lo..lo+n-1, each forecast's features at its own
+        row, so that a forecast corrected alone (live) or in a piece of a chunk gets the
+        same bits: the compiled kernel's head_rows (a fixed order of sums, per row) where
+        it loads, else numpy's product of the whole block (a BLAS product rounds by
+        shape, so every row meets the same call)."""
+        lib, A, phi = _head_library(), self.A, self._block_phi
+        if lib is None:
+            return (phi @ A)[lo : lo + n]
+        if A is not self._A_seen:  # a new solve: look its address up once
+            self._A_seen, self._A_kept = A, np.ascontiguousarray(A)
+            self._A_address = self._A_kept.ctypes.data
+        d, c = A.shape
+        out = self._out[:n]
+        lib.edgernn_head_rows(self._phi_address + 8 * d * lo, self._A_address, n, d, c,
+                              self._out_address)  # fmt: skip
+        return out.copy()
 
     def learn(self, X, weights=None) -> None:
         """Samples X (n, C) arrived (the next n of the stream): learn the forecasts made
@@ -247,8 +306,8 @@ class OnlineHead:
             if lo == self._qhi:
                 raise InputError("online head: learn() got samples whose forecasts were not made")
             self._qx[lo] = x
-            self._qw.append(weight)
-            self._qidx.append(seen)
+            self._qw[lo] = weight
+            self._qidx[lo] = seen
             self._qlo = lo + 1
         self.seen = seen + 1
         made = self.made
@@ -258,7 +317,7 @@ class OnlineHead:
             self._go_live()
         block_phi = self._block_phi
         block_phi[at, :-1] = h
-        correction = (block_phi @ self.A)[at]  # as correct(): see _correction
+        correction = self._product(at, 1)[0]  # as correct()
         hi = self._qhi
         if hi == len(self._qbase):  # (a solve settles the queue at least once a block)
             self._settle()
@@ -357,7 +416,7 @@ class OnlineHead:
             else:
                 self._pairs = []
         system = self._gram + self._prior
-        self.A = np.linalg.solve(system, self._cross)
+        self.A = np.ascontiguousarray(np.linalg.solve(system, self._cross))
 
     def _accumulate(self, phi, r, w, finite=None) -> None:
         """The Gram and cross sums += the pairs' w phi phi^T and w phi r^T."""

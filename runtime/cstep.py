@@ -1028,6 +1028,9 @@ typedef struct {
 static int live_finish(edgernn_live *L, PyObject *score, live_pass *p, char *q, uint32_t seq,
                        uint32_t t);
 
+static int scorer_sample(edgernn_live *L, PyObject *score, live_pass *p, char *q,
+                         const float *x, const float *f, uint32_t seq, uint32_t t);
+
 static Py_ssize_t live_take(edgernn_live *L, const unsigned char *d, Py_ssize_t len,
                             double period, float *rowp, Py_ssize_t rows, PyObject *starts,
                             PyObject *score, live_pass *p) {
@@ -1105,8 +1108,8 @@ static Py_ssize_t live_take(edgernn_live *L, const unsigned char *d, Py_ssize_t 
                 Py_DECREF(start);
                 continue;
             }
-            if (score) { /* the caller's Python finishes the line (live_loop's score) */
-                if (live_finish(L, score, p, q, seq + (uint32_t)k, t) < 0)
+            if (score) { /* the scorer, or the caller's Python, finishes the line */
+                if (scorer_sample(L, score, p, q, xr, fr, seq + (uint32_t)k, t) < 0)
                     return -1;
                 continue;
             }
@@ -1445,6 +1448,36 @@ static PyObject *fc_live_pairs(PyObject *self, PyObject *const *args, Py_ssize_t
     return result;
 }
 
+/* A record field's float d (value: d as a Python float, or NULL) as json_fields writes
+   it, into out (room for 48): its length; 0 where json_float's text is too long; -1 on
+   a Python error. The last value json_float formatted is remembered (a threshold of 4.0
+   comes every sample, and the C token is not sure of powers of two). */
+static int put_field_float(edgernn_live *L, char *out, double d, PyObject *value) {
+    int w = f32_token((float)d, out);
+    if (w <= 0 && L->fb_len && memcmp(&d, &L->fb_in, sizeof d) == 0) {
+        memcpy(out, L->fb_out, (size_t)L->fb_len);
+        w = L->fb_len;
+    }
+    if (w > 0)
+        return w;
+    /* not sure (a power of two, say), not finite: json_float's */
+    PyObject *own = value ? NULL : PyFloat_FromDouble(d);
+    PyObject *t = value || own ? PyObject_CallOneArg(L->fallback, value ? value : own) : NULL;
+    Py_XDECREF(own);
+    Py_ssize_t len;
+    const char *u = t && PyUnicode_Check(t) ? PyUnicode_AsUTF8AndSize(t, &len) : NULL;
+    if (!u || len > 40) {
+        Py_XDECREF(t);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    memcpy(out, u, (size_t)len);
+    Py_DECREF(t);
+    memcpy(L->fb_out, out, (size_t)len);
+    L->fb_in = d;
+    L->fb_len = (int)len;
+    return (int)len;
+}
+
 /* live_fields(live, fields) -> ',"key":value' for each item of the dict, as
    jsonline.json_fields writes them, where every key is plain ASCII (nothing to escape)
    and every value an exact float, int or None; else None (json_fields' turn). */
@@ -1486,34 +1519,294 @@ static PyObject *fc_live_fields(PyObject *self, PyObject *const *args, Py_ssize_
             }
             at += snprintf(buf + at, 24, "%lld", v);
         } else if (PyFloat_CheckExact(value)) {
-            int w = f32_token((float)PyFloat_AS_DOUBLE(value), buf + at);
-            double d = PyFloat_AS_DOUBLE(value);
-            if (w <= 0 && L->fb_len && memcmp(&d, &L->fb_in, sizeof d) == 0) {
-                memcpy(buf + at, L->fb_out, (size_t)L->fb_len);
-                w = L->fb_len;
-            }
-            if (w <= 0) { /* not sure (a power of two, say), not finite: json_float's */
-                PyObject *t = PyObject_CallOneArg(L->fallback, value);
-                const char *u = t && PyUnicode_Check(t) ? PyUnicode_AsUTF8AndSize(t, &klen) : NULL;
-                if (!u || klen > 40) {
-                    Py_XDECREF(t);
-                    if (PyErr_Occurred())
-                        return NULL;
-                    Py_RETURN_NONE;
-                }
-                memcpy(buf + at, u, (size_t)klen);
-                w = (int)klen;
-                Py_DECREF(t);
-                memcpy(L->fb_out, buf + at, (size_t)w);
-                L->fb_in = d;
-                L->fb_len = w;
-            }
+            int w = put_field_float(L, buf + at, PyFloat_AS_DOUBLE(value), value);
+            if (w < 0)
+                return NULL;
+            if (w == 0)
+                Py_RETURN_NONE;
             at += w;
         } else {
             Py_RETURN_NONE;
         }
     }
     return PyUnicode_DecodeASCII(buf, at, NULL);
+}
+
+/* -- Monitor.stepped in C: the detector's kernel and the online head (runtime/livescore.py)
+   scorer_new(fallback, replay) -> capsule: live_loop's `score` where the samples are
+   scored here. fallback(k, seq, time_us): live_finish's score, the sample in Python
+   (whenever scorer_set's state does not cover it: a head's solve or full queue, a
+   forecast not finite, or `on` 0); replay() -> the detector's fields of a sample its
+   event tracker must see (flagged, or an event open), after the kernel scored it.
+   scorer_set(scorer, on, learning, threshold, detector, head, ring, ring_len, clock, keep):
+     learning: the fields while the detector learns; threshold: ',"threshold":T';
+     detector: None or (edgernn_detect, its struct, x and f (2C float64), score, flags);
+     head: None or (edgernn_head_forecast, A, block_phi, qphi, qbase, qx, qw, qidx, std,
+       d, block, cap, horizon): OnlineHead.step's buffers;
+     ring, ring_len: the monitor's pending forecasts (horizon, C) float32, the oldest
+       at clock[4];
+     clock: int64 [head seen, made, qlo, qhi, ring start, samples scored here];
+     keep: what must stay alive while the scorer points into it. */
+typedef int (*edgernn_detect_fn)(void *det, long n);
+typedef void (*edgernn_head_fn)(const double *phi, const double *A, const double *std,
+                                const double *base, long d, long c, float *out);
+typedef struct {
+    PyObject *fallback, *replay, *keep;
+    int on;
+    char learning[160], threshold[64];
+    Py_ssize_t learning_len, threshold_len;
+    edgernn_detect_fn detect;
+    void *det;
+    double *xf, *score;
+    const int32_t *flags;
+    edgernn_head_fn forecast;
+    const double *A, *std;
+    double *block_phi, *qphi, *qbase, *qx, *qw;
+    int64_t *qidx;
+    long d, block, cap, horizon;
+    float *ring;
+    Py_ssize_t ring_len;
+    int64_t *clock;
+} edgernn_scorer;
+
+static const char SCORER[] = "edgernn.fastcall.scorer";
+#define SCORE_FLAGGED 1 /* runtime/detector/kernel.c's row flags */
+#define SCORE_LEARNING 2
+#define SCORE_REPLAY 8
+
+static void scorer_free(PyObject *capsule) {
+    edgernn_scorer *S = PyCapsule_GetPointer(capsule, SCORER);
+    if (!S)
+        return;
+    Py_XDECREF(S->fallback);
+    Py_XDECREF(S->replay);
+    Py_XDECREF(S->keep);
+    PyMem_Free(S);
+}
+
+static PyObject *fc_scorer_new(PyObject *self, PyObject *args) {
+    PyObject *fallback, *replay;
+    if (!PyArg_ParseTuple(args, "OO", &fallback, &replay))
+        return NULL;
+    if (!PyCallable_Check(fallback) || !PyCallable_Check(replay)) {
+        PyErr_SetString(PyExc_TypeError, "scorer_new(fallback, replay): callables");
+        return NULL;
+    }
+    edgernn_scorer *S = PyMem_Calloc(1, sizeof *S);
+    if (!S)
+        return PyErr_NoMemory();
+    Py_INCREF(fallback);
+    Py_INCREF(replay);
+    S->fallback = fallback;
+    S->replay = replay;
+    PyObject *capsule = PyCapsule_New(S, SCORER, scorer_free);
+    if (!capsule) {
+        Py_DECREF(fallback);
+        Py_DECREF(replay);
+        PyMem_Free(S);
+    }
+    return capsule;
+}
+
+static int copy_text(PyObject *text, char *to, size_t room, Py_ssize_t *len) {
+    const char *u = PyUnicode_Check(text) ? PyUnicode_AsUTF8AndSize(text, len) : NULL;
+    if (!u || (size_t)*len >= room) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "scorer_set: a text too long");
+        return -1;
+    }
+    memcpy(to, u, (size_t)*len);
+    return 0;
+}
+
+static PyObject *fc_scorer_set(PyObject *self, PyObject *args) {
+    PyObject *capsule, *learning, *threshold, *det, *head, *keep;
+    int on;
+    unsigned long long ring, clock;
+    Py_ssize_t ring_len;
+    if (!PyArg_ParseTuple(args, "OiUUOOKnKO", &capsule, &on, &learning, &threshold, &det, &head,
+                          &ring, &ring_len, &clock, &keep))
+        return NULL;
+    edgernn_scorer *S = PyCapsule_GetPointer(capsule, SCORER);
+    if (!S)
+        return NULL;
+    unsigned long long a[13] = {0};
+    if (det != Py_None && !PyArg_ParseTuple(det, "KKKKK", &a[0], &a[1], &a[2], &a[3], &a[4]))
+        return NULL;
+    S->detect = (edgernn_detect_fn)(uintptr_t)a[0];
+    S->det = (void *)(uintptr_t)a[1];
+    S->xf = (double *)(uintptr_t)a[2];
+    S->score = (double *)(uintptr_t)a[3];
+    S->flags = (const int32_t *)(uintptr_t)a[4];
+    memset(a, 0, sizeof a);
+    if (head != Py_None
+        && !PyArg_ParseTuple(head, "KKKKKKKKKKKKK", &a[0], &a[1], &a[2], &a[3], &a[4], &a[5],
+                             &a[6], &a[7], &a[8], &a[9], &a[10], &a[11], &a[12]))
+        return NULL;
+    S->forecast = (edgernn_head_fn)(uintptr_t)a[0];
+    S->A = (const double *)(uintptr_t)a[1];
+    S->block_phi = (double *)(uintptr_t)a[2];
+    S->qphi = (double *)(uintptr_t)a[3];
+    S->qbase = (double *)(uintptr_t)a[4];
+    S->qx = (double *)(uintptr_t)a[5];
+    S->qw = (double *)(uintptr_t)a[6];
+    S->qidx = (int64_t *)(uintptr_t)a[7];
+    S->std = (const double *)(uintptr_t)a[8];
+    S->d = (long)a[9];
+    S->block = (long)a[10];
+    S->cap = (long)a[11];
+    S->horizon = (long)a[12];
+    if (copy_text(learning, S->learning, sizeof S->learning, &S->learning_len) < 0
+        || copy_text(threshold, S->threshold, sizeof S->threshold, &S->threshold_len) < 0)
+        return NULL;
+    if (!ring || ring_len < 1 || !clock
+        || (S->forecast && (S->d < 1 || S->block < 1 || S->horizon < 1))) {
+        PyErr_SetString(PyExc_ValueError, "scorer_set: missing buffers");
+        return NULL;
+    }
+    S->ring = (float *)(uintptr_t)ring;
+    S->ring_len = ring_len;
+    S->clock = (int64_t *)(uintptr_t)clock;
+    Py_INCREF(keep);
+    Py_XSETREF(S->keep, keep);
+    S->on = on;
+    Py_RETURN_NONE;
+}
+
+/* Whether the next sample is the scorer's: its forecast due finite, the head between
+   solves with room in its queue (else OnlineHead.step's Python does it) */
+static int scorer_covers(const edgernn_scorer *S, const float *due, int C) {
+    if (!S->on)
+        return 0;
+    if (S->forecast) {
+        const int64_t *k = S->clock;
+        if ((k[1] % S->block == 0 && k[1] > 0) || k[3] >= S->cap || (k[0] >= S->horizon && k[2] >= k[3]))
+            return 0;
+    }
+    for (int c = 0; S->detect && c < C; c++)
+        if (!isfinite(due[c]))
+            return 0;
+    return 1;
+}
+
+/* OnlineHead.step (learn x with `weight`, correct the forecast f made from features h),
+   the corrected forecast into out */
+static void scorer_head(edgernn_scorer *S, int C, const float *x, const float *f,
+                        const float *h, double weight, float *out) {
+    int64_t *k = S->clock;
+    const long d = S->d;
+    int64_t seen = k[0], made = k[1];
+    if (seen >= S->horizon) {
+        int64_t lo = k[2];
+        for (int c = 0; c < C; c++)
+            S->qx[lo * C + c] = x[c];
+        S->qw[lo] = weight;
+        S->qidx[lo] = seen;
+        k[2] = lo + 1;
+    }
+    k[0] = seen + 1;
+    double *row = S->block_phi + (made % S->block) * d;
+    for (long j = 0; j < d - 1; j++)
+        row[j] = h[j];
+    int64_t hi = k[3];
+    memcpy(S->qphi + hi * d, row, sizeof(double) * (size_t)d);
+    double *base = S->qbase + hi * C;
+    for (int c = 0; c < C; c++)
+        base[c] = f[c];
+    k[3] = hi + 1;
+    k[1] = made + 1;
+    S->forecast(row, S->A, S->std, base, d, C, out);
+}
+
+/* The sample just stepped (values x, forecast f, features h) through the scorer, its
+   line finished from q ('"forecast":{' written); as live_finish. */
+static int scorer_take(edgernn_live *L, edgernn_scorer *S, live_pass *p, char *q,
+                       const float *x, const float *f, const float *h, uint32_t seq,
+                       uint32_t t) {
+    const int C = L->channels;
+    int64_t *k = S->clock;
+    float *due = S->ring + k[4] * C;
+    if (!scorer_covers(S, due, C))
+        return live_finish(L, S->fallback, p, q, seq, t);
+    char own[256];
+    const char *fields = "";
+    Py_ssize_t flen = 0;
+    PyObject *made = NULL;
+    double weight = 1.0;
+    if (S->detect) {
+        for (int c = 0; c < C; c++) {
+            S->xf[c] = x[c];
+            S->xf[C + c] = due[c];
+        }
+        if (S->detect(S->det, 1) != 0) {
+            PyErr_SetString(PyExc_RuntimeError, "the detector kernel refused a sample");
+            return -1;
+        }
+        int fl = S->flags[0];
+        if (fl & SCORE_LEARNING) {
+            fields = S->learning;
+            flen = S->learning_len;
+        } else if (fl & SCORE_REPLAY) {
+            made = PyObject_CallNoArgs(S->replay);
+            fields = made && PyUnicode_Check(made) ? PyUnicode_AsUTF8AndSize(made, &flen) : NULL;
+            if (!fields) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_TypeError, "replay gave no str");
+                Py_XDECREF(made);
+                return -1;
+            }
+        } else { /* {"score": s, "anomaly": 0, "onset": 0, "threshold": T} */
+            memcpy(own, ",\"score\":", 9);
+            int w = put_field_float(L, own + 9, S->score[0], NULL);
+            if (w <= 0) { /* json_float's text too long: the sample in Python after all */
+                if (w == 0)
+                    PyErr_SetString(PyExc_ValueError, "a score json_float cannot write");
+                return -1;
+            }
+            char *o = own + 9 + w;
+            memcpy(o, ",\"anomaly\":0,\"onset\":0", 22);
+            o += 22;
+            memcpy(o, S->threshold, (size_t)S->threshold_len);
+            fields = own;
+            flen = o + S->threshold_len - own;
+        }
+        if (fl & SCORE_FLAGGED)
+            weight = 0.0;
+    }
+    float out[256];
+    if (S->forecast)
+        scorer_head(S, C, x, f, h, weight, out);
+    else
+        memcpy(out, f, sizeof(float) * (size_t)C);
+    memcpy(due, out, sizeof(float) * (size_t)C); /* the oldest forecast out, this one in */
+    k[4] = (k[4] + 1) % S->ring_len;
+    k[5]++;
+    Py_ssize_t start = q - L->text;
+    int rc = -1;
+    if (live_reserve(L, start + 2 * (L->key_at[C] + 34 * C) + flen + 8) == 0) {
+        char *o = put_floats(L, L->text + start, out);
+        if (o) {
+            *o++ = '}';
+            memcpy(o, fields, (size_t)flen);
+            o += flen;
+            memcpy(o, "}\n", 2);
+            p->at = o + 2 - L->text;
+            rc = 0;
+        }
+    }
+    Py_XDECREF(made);
+    return rc;
+}
+
+/* live_take's score: a scorer (scorer_take) or a callable (live_finish); x, f and the
+   features h back to back in the sample's row */
+static int scorer_sample(edgernn_live *L, PyObject *score, live_pass *p, char *q,
+                         const float *x, const float *f, uint32_t seq, uint32_t t) {
+    if (PyCapsule_CheckExact(score)) {
+        edgernn_scorer *S = PyCapsule_GetPointer(score, SCORER);
+        return S ? scorer_take(L, S, p, q, x, f, f + L->channels, seq, t) : -1;
+    }
+    return live_finish(L, score, p, q, seq, t);
 }
 
 /* f32_token(v) -> RecordWriter's token for the float v (as float32), or None when not
@@ -1539,6 +1832,8 @@ static PyMethodDef methods[] = {
     {"live_loop", (PyCFunction)(void (*)(void))fc_live_loop, METH_FASTCALL, NULL},
     {"live_fields", (PyCFunction)(void (*)(void))fc_live_fields, METH_FASTCALL, NULL},
     {"live_pairs", (PyCFunction)(void (*)(void))fc_live_pairs, METH_FASTCALL, NULL},
+    {"scorer_new", fc_scorer_new, METH_VARARGS, NULL},
+    {"scorer_set", fc_scorer_set, METH_VARARGS, NULL},
     {"f32_token", fc_f32_token, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };

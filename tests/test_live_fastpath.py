@@ -119,11 +119,15 @@ def split_frames(wire: bytes) -> list[bytes]:
     return [part + b"\x00" for part in wire.split(b"\x00")[:-1]]
 
 
-def run_once(model, tmp_path, piece, fast: bool, monkeypatch, scoring: str = "forecasts"):
+def run_once(model, tmp_path, piece, fast: bool, monkeypatch, scoring: str = "forecasts",
+             c_scorer: bool = True):  # fmt: skip
     monkeypatch.delenv("EDGERNN_NO_FAST_LIVE", raising=False)
+    monkeypatch.delenv("EDGERNN_NO_C_SCORER", raising=False)
     if not fast:
         monkeypatch.setenv("EDGERNN_NO_FAST_LIVE", "1")
-    tag = f"{'fast' if fast else 'python'}-{piece}"
+    if not c_scorer:
+        monkeypatch.setenv("EDGERNN_NO_C_SCORER", "1")
+    tag = f"{'fast' if fast else 'python'}-{piece}-{c_scorer}"
     out, summary, state = (tmp_path / f"{tag}.{ext}" for ext in ("jsonl", "json", "state"))
     wire = rich_wire()
     dev = FramedDevice(split_frames(wire)) if piece == "frames" else ScriptedDevice(wire, piece)
@@ -136,6 +140,8 @@ def run_once(model, tmp_path, piece, fast: bool, monkeypatch, scoring: str = "fo
     run = LiveRun(args, model, detector)
     assert run.run() == 0
     taken = (run.fast.samples, run.fast.looped) if run.fast is not None else (0, 0)
+    if run.fast is not None and run.fast.scorer is not None:
+        taken += (run.fast.scorer.scored,)
     counters = json.loads(summary.read_text())
     for k in ("seconds", "latency_p50_ms", "latency_p99_ms", "port"):
         counters.pop(k)
@@ -164,6 +170,12 @@ def test_fast_path_writes_what_the_python_path_writes(model, tmp_path, scoring, 
     if scoring != "forecasts":  # the stream was scored, flagged, and alerted on
         assert counters["anomalies"] > 0 and b'"event_opened"' in lines
         assert (b'"online_head"' in json.dumps(state).encode()) == (scoring == "detector+head")
+        # the loop's scoring in C (runtime/livescore.py) scored most of what it looped
+        if piece == "frames":
+            assert taken[2] > taken[1] // 2
+        # and the loop calling Python per sample writes the same
+        again = run_once(model, tmp_path, piece, True, monkeypatch, scoring, c_scorer=False)
+        assert again[:3] == (lines, counters, state) and len(again[3]) == 2
 
 
 def test_unsure_tokens_come_from_recordwriters_formula(model, tmp_path, monkeypatch):
@@ -194,3 +206,42 @@ def test_c_fields_write_what_json_fields_writes(model):
             handled += text is not None
             assert text is None or text == json_fields(fields), fields
     assert handled >= len(floats)
+
+
+@pytest.mark.parametrize("c_scorer", [True, False])
+def test_a_failing_verdict_stops_both_paths_at_the_same_sample(model, tmp_path, monkeypatch,
+                                                               c_scorer):  # fmt: skip
+    """The event tracker's turn (kernel_verdict, Python on every path) raising at the
+    fault: the fast path (scoring in C or calling Python per sample) writes the lines
+    before it, counts its forecasts, and fails as the Python path fails."""
+    from edgernn.errors import EdgernnError
+
+    calls = {"n": 0}
+    verdict = Detector.kernel_verdict
+
+    def failing(self, t, threshold):
+        out = verdict(self, t, threshold)
+        if out[1].get("anomaly"):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise EdgernnError("verdict failed")
+        return out
+
+    monkeypatch.setattr(Detector, "kernel_verdict", failing)
+    results = []
+    for fast in (True, False):
+        calls["n"] = 0
+        monkeypatch.delenv("EDGERNN_NO_FAST_LIVE", raising=False)
+        monkeypatch.delenv("EDGERNN_NO_C_SCORER", raising=False)
+        if not fast:
+            monkeypatch.setenv("EDGERNN_NO_FAST_LIVE", "1")
+        if not c_scorer:
+            monkeypatch.setenv("EDGERNN_NO_C_SCORER", "1")
+        out = tmp_path / f"{fast}.jsonl"
+        dev = FramedDevice(split_frames(rich_wire()))
+        args = parse("--port", dev.path, "--no-reconnect", "-o", str(out))
+        run = LiveRun(args, model, Detector.from_meta(model.meta, alarm_every=40, warmup=20))
+        with pytest.raises(EdgernnError, match="verdict failed"):
+            run.run()
+        results.append((out.read_bytes(), run.stats.forecasts))  # (reads: timing's)
+    assert results[0] == results[1] and results[0][1] > 100

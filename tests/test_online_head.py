@@ -14,8 +14,18 @@ import numpy as np
 import pytest
 
 from edgernn.errors import InputError
-from edgernn.runtime import Model
+from edgernn.runtime import Model, adapt
 from edgernn.runtime.adapt import OnlineHead
+
+
+@pytest.fixture(params=["c", "numpy"])
+def products(request, monkeypatch):
+    """The head's products by the compiled kernel (where it builds) or numpy's BLAS."""
+    if request.param == "numpy":
+        monkeypatch.setattr(adapt, "_head_library", lambda: None)
+    elif adapt._head_library() is None:
+        pytest.skip("no compiled kernel here")
+    return request.param
 
 
 def _stream(model: Model, n: int, seed: int = 0, drift: float = 0.0) -> np.ndarray:
@@ -60,7 +70,7 @@ def test_features_are_the_last_layers_h_on_every_backend(exported_models, backen
     np.testing.assert_array_equal(first[-1], H[-1])
 
 
-def test_chunked_equals_per_sample_and_resumes_exactly(exported_models):
+def test_chunked_equals_per_sample_and_resumes_exactly(exported_models, products):
     _, path = exported_models[("lstm", 1)]
     model = Model(path)
     X = _stream(model, 700, drift=3.0)
@@ -166,7 +176,7 @@ def test_csv_chunks_equal_the_live_monitor(exported_models, tmp_path):
     assert np.abs(want - plain).max() > 1e-3
 
 
-def test_step_is_learn_then_correct(exported_models):
+def test_step_is_learn_then_correct(exported_models, products):
     _, path = exported_models[("gru", 1)]
     model = Model(path)
     X = _stream(model, 300, drift=2.0)
@@ -202,3 +212,34 @@ def test_a_huge_sample_does_not_spoil_the_head(exported_models):
     head = OnlineHead.for_model(model)
     F = _per_sample(head, X, Y, H, w)
     assert np.isfinite(head.A).all() and np.isfinite(F[np.arange(len(F)) != 100]).all()
+
+
+def test_compiled_products_are_the_reference_sums_to_the_bit():
+    """kernel.c's head_rows: each sum in order, no fused multiply-add, so a row alone
+    and the same row in a block of any size give the same bits; close to BLAS."""
+    lib = adapt._head_library()
+    if lib is None:
+        pytest.skip("no compiled kernel here")
+    rng = np.random.default_rng(11)
+    for n, d, c in ((1, 33, 8), (64, 33, 8), (7, 65, 3), (64, 129, 1)):
+        phi = rng.standard_normal((n, d)) * np.exp(rng.uniform(-20, 20, (n, d)))
+        A = rng.standard_normal((d, c)) * np.exp(rng.uniform(-20, 20, (d, c)))
+        got = np.empty((n, c))
+        lib.edgernn_head_rows(phi.ctypes.data, A.ctypes.data, n, d, c, got.ctypes.data)
+        np.testing.assert_array_equal(got, adapt.head_rows_reference(phi, A))
+        alone = np.empty((1, c))
+        row = np.ascontiguousarray(phi[n // 2 : n // 2 + 1])
+        lib.edgernn_head_rows(row.ctypes.data, A.ctypes.data, 1, d, c, alone.ctypes.data)
+        np.testing.assert_array_equal(alone[0], got[n // 2])
+        scale = np.abs(phi) @ np.abs(A)
+        assert (np.abs(got - phi @ A) <= 1e-12 * scale).all()
+    # the corrected forecast: float32(base + std * (A^T phi))
+    phi, A = rng.standard_normal(33), rng.standard_normal((33, 8))
+    std, base = rng.uniform(0.1, 10, 8), rng.standard_normal(8)
+    out = np.empty(8, dtype=np.float32)
+    lib.edgernn_head_forecast(phi.ctypes.data, A.ctypes.data, std.ctypes.data, base.ctypes.data,
+                              33, 8, out.ctypes.data)  # fmt: skip
+    corr = adapt.head_rows_reference(phi[None], A)[0]
+    corr *= std
+    corr += base
+    np.testing.assert_array_equal(out, corr.astype(np.float32))

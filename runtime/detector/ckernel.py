@@ -92,6 +92,11 @@ def load_library() -> ctypes.CDLL:
         lib.edgernn_shortest.restype = _l
         lib.edgernn_repr_lines.argtypes = [_p, _p, _p, _l, _l, _p, _l, _p, _p]
         lib.edgernn_repr_lines.restype = _l
+        # the online head's products (runtime/adapt.py head_rows, livescore.py)
+        lib.edgernn_head_rows.argtypes = [_p, _p, _l, _l, _l, _p]
+        lib.edgernn_head_rows.restype = None
+        lib.edgernn_head_forecast.argtypes = [_p, _p, _p, _p, _l, _l, _p]
+        lib.edgernn_head_forecast.restype = None
         lib.edgernn_cache_path = lib_path  # for probe_known() / probe_passed()
         if probe_known(lib, "detector"):
             return lib
@@ -275,21 +280,58 @@ class Kernel:
         elif self._io is None:
             ctx.x, ctx.f, ctx.when, ctx.score, ctx.flags, ctx.contrib = self._one_addresses()
             self._io = "one"
-        events, profile, dbl, cnt = det._events, det._profile, self.dbl, self.cnt
-        floors, model, level = det._floors, det._model, det._level_norm
-        dbl[0], dbl[1] = det._first.total, det._second.total
-        dbl[2] = math.nan if profile is None or profile.first is None else profile.first
-        cnt[0], cnt[1], cnt[2], cnt[3] = det.t, floors.n, model.n, level.n
-        cnt[4], cnt[5], cnt[6] = events.open is not None, events.quiet, 0
+        self._push()
         rc = self.lib.edgernn_detect(self._address, n)
         if rc != 0:
             raise CStepUnavailable(f"the detector kernel refused the call ({rc})")
+        self._pull()
+
+    def _push(self) -> None:
+        """The detector's scalar state into dbl / cnt, where the kernel keeps it."""
+        det, dbl, cnt = self.det, self.dbl, self.cnt
+        events, profile, floors = det._events, det._profile, det._floors
+        dbl[0], dbl[1] = det._first.total, det._second.total
+        dbl[2] = math.nan if profile is None or profile.first is None else profile.first
+        cnt[0], cnt[1], cnt[2], cnt[3] = det.t, floors.n, det._model.n, det._level_norm.n
+        cnt[4], cnt[5], cnt[6] = events.open is not None, events.quiet, 0
+
+    def _pull(self) -> None:
+        """dbl / cnt back into the detector (the event tracker's own state is Python's:
+        it sees every row the kernel marks F_REPLAY)."""
+        det, dbl, cnt = self.det, self.dbl, self.cnt
+        profile, floors = det._profile, det._floors
         det._first.total, det._second.total = dbl[0], dbl[1]
         if profile is not None and dbl[2] == dbl[2]:
             profile.first = dbl[2]
-        det.t, floors.n, model.n, level.n = cnt[0], cnt[1], cnt[2], cnt[3]
+        det.t, floors.n, det._model.n, det._level_norm.n = cnt[0], cnt[1], cnt[2], cnt[3]
         if cnt[6]:
             floors._decimals_changed()
+            cnt[6] = 0
+
+    def enter_live(self, threshold: float, anchor: float) -> tuple[int, ...]:
+        """For a caller that runs the kernel itself, one sample a call, on one()'s
+        buffers (runtime/livescore.py, in C): the struct bound to them, the threshold
+        and anchor set, the scalar state pushed. Returns (edgernn_detect's address, the
+        struct's, x and f's (2C float64, x then f), score's, flags', contrib's). Until
+        leave_live(), the detector's scalar state is the kernel's (dbl / cnt)."""
+        det = self.det
+        if self.ctx is None or self._profile is not det._profile:
+            self._bind()
+        ctx = self.ctx
+        ctx.threshold, ctx.anchor_fraction = threshold, anchor
+        xf, when, score, flags, contrib = self.one_rows()
+        if self._io is None:
+            ctx.x, ctx.f, ctx.when, ctx.score, ctx.flags, ctx.contrib = self._one_addresses()
+            self._io = "one"
+        when[0] = math.nan
+        self._push()
+        fn = ctypes.cast(self.lib.edgernn_detect, ctypes.c_void_p).value
+        return (fn, self._address, xf.ctypes.data, score.ctypes.data, flags.ctypes.data,
+                contrib.ctypes.data)  # fmt: skip
+
+    def leave_live(self) -> None:
+        """The scalar state back from the kernel (after enter_live())."""
+        self._pull()
 
     def nan_when(self, n: int) -> np.ndarray:
         """(at least n,) NaN: no timestamps."""

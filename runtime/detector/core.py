@@ -376,11 +376,34 @@ class Detector:
             out = self.score_one(x, forecast)
             return out, _detector_fields_of(out)
         W[0] = math.nan
-        threshold = self._threshold  # the kernel takes the anchor as an argument
+        threshold, anchor = self.live_threshold()
+        t = self.t
+        kernel.call(1, threshold, anchor)
+        return self.kernel_verdict(t, threshold)
+
+    # -- the live loop's C scoring (runtime/livescore.py) ----------------------------
+    def live_ready(self) -> bool:
+        """Whether score_fields() runs the kernel on the next sample (one of the
+        detector's channels, float32 and finite): the kernel loaded, the normalisers
+        ready, score_one not replaced."""
+        return (
+            self._kernel is not None and self._n is not None
+            and type(self).score_one is Detector.score_one and "score_one" not in self.__dict__
+            and (self._pair is not None and self._moments is not None or self._kernel_ready())
+        )  # fmt: skip
+
+    def live_threshold(self) -> tuple[float, float]:
+        """The threshold and the tails' anchor the kernel takes for the next sample
+        without a timestamp."""
+        threshold = self._threshold
         if self._threshold_step is not self._step:
             threshold = self._current_threshold()
-        t = self.t
-        kernel.call(1, threshold, self._anchor_fraction)
+        return threshold, self._anchor_fraction
+
+    def kernel_verdict(self, t: int, threshold: float) -> tuple[DetectorOutput, dict]:
+        """score_fields()'s result for sample t, which the kernel has just scored into
+        its one() buffers (without a timestamp) against `threshold`."""
+        _, _, score, flags, contrib = self._kernel.one_rows()
         fl = int(flags[0])
         contributions = contrib[0].copy()
         if fl & ckernel.F_LEARNING:

@@ -378,6 +378,42 @@ int edgernn_detect(det_t *d, long N)
     return 0;
 }
 
+/* ---- the online head's products (runtime/adapt.py head_rows, OnlineHead.step) ------
+ * out (n, c) = phi (n, d) @ A (d, c), each sum taken in the order j = 0 .. d-1, each
+ * product rounded and then added (no FMA: the pragmas above). numpy's
+ * `out = phi[:, :1] * A[0]; out += phi[:, j:j+1] * A[j]` does the same operations, so
+ * both give the same bits, and a row gives the same bits alone or in a block. */
+void edgernn_head_rows(const double *phi, const double *A, long n, long d, long c, double *out)
+{
+    for (long i = 0; i < n; i++) {
+        const double *p = phi + i * d;
+        double *o = out + i * c;
+        for (long k = 0; k < c; k++)
+            o[k] = p[0] * A[k];
+        for (long j = 1; j < d; j++) {
+            const double pj = p[j], *a = A + j * c;
+            for (long k = 0; k < c; k++)
+                o[k] += pj * a[k];
+        }
+    }
+}
+
+/* One corrected forecast (OnlineHead.step's last lines, then Monitor's float32):
+ * out = float32(base + std * (A^T phi)), phi (d,), base and std (c,). */
+void edgernn_head_forecast(const double *phi, const double *A, const double *std,
+                           const double *base, long d, long c, float *out)
+{
+    double corr[MAX_CHANNELS];
+    if (c > MAX_CHANNELS)
+        return;
+    edgernn_head_rows(phi, A, 1, d, c, corr);
+    for (long k = 0; k < c; k++) {
+        corr[k] *= std[k];
+        corr[k] += base[k];
+        out[k] = (float)corr[k];
+    }
+}
+
 /* ---- CSV text of float32 values: runtime/output.py float32_repr_lines in C ----------
  * The same float64 operations as output.py's _shortest_bisected (pass 1) and the same
  * layout rules as its grid (pass 2); the values pass 1 is not sure of are left to

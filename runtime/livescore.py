@@ -1,0 +1,162 @@
+"""Monitor.stepped in C for the live run's steady state (cstep's live loop).
+
+With the detector or the online head on, the C loop (firmware_bridge/live.py FastFrames)
+used to call back into Python once per sample: at 1 kHz with caches cold after each idle
+millisecond that call, not the arithmetic, was most of the run's CPU. A LiveScorer lets
+the loop score a sample itself: the detector's compiled kernel (kernel.c edgernn_detect)
+on its own buffers, the head's step (kernel.c edgernn_head_forecast, the same sums as
+OnlineHead.step, see adapt.py), the monitor's pending forecasts in a ring, the line's
+fields as json_fields writes them. Python still does what is rare or not arithmetic:
+
+- a sample the scorer does not cover (the head's solve every `block` samples, a forecast
+  that is not finite, the detector still forming its normalisers) goes through
+  Monitor.stepped as before (`fallback`: the state pulled into Python first, pushed after);
+- a sample the event tracker must see (flagged, or an event open) comes back after the
+  kernel scored it (`replay`: Detector.kernel_verdict, events and fields).
+
+So the lines, counters and state are the Python path's to the bit (tests/test_live_fastpath.py
+runs both). Between push() and pull() the state lives in C-visible buffers: the
+detector's scalar state in its kernel's dbl / cnt, the head's counters and the ring
+start in `clock`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections import deque
+from typing import Callable, Optional
+
+import numpy as np
+
+# the record fields a detector may write: a channel named like one of them makes its
+# lines Python's (RecordLines declines), so the scorer is not used
+DETECTOR_FIELDS = frozenset(
+    {"score", "anomaly", "onset", "threshold", "event", "event_opened", "event_closed"}
+)
+SEEN, MADE, QLO, QHI, RING, SCORED = range(6)
+
+
+class LiveScorer:
+    """module: cstep's fastcall module; live: its live_bind capsule; fields(dict) ->
+    text: json_fields' text of a record's fields; stats: the run's LiveStats (forecasts,
+    anomalies); score_row(k, seq, time_us): live_loop's Python score of sample k;
+    channels: the stream's channel count."""
+
+    def __init__(self, monitor, module, live, fields: Callable, stats, score_row: Callable,
+                 channels: int):  # fmt: skip
+        self.monitor, self.module, self.live = monitor, module, live
+        self.fields, self.stats, self._score_row = fields, stats, score_row
+        self.channels = c = channels
+        self.capsule = module.scorer_new(self._fallback, self._replay)
+        self.clock = np.zeros(6, dtype=np.int64)
+        self.ring = np.zeros((monitor._horizon, c), dtype=np.float32)
+        self._learning = module.live_fields(live, {"score": 0.0, "anomaly": 0, "onset": 0})
+        self._pushed = False
+        self.scored = 0  # samples scored here, all loops (tests: proof that it ran)
+        self._threshold = 0.0
+        self._forecast = None
+        if monitor.head is not None:
+            from edgernn.runtime.adapt import _head_library
+
+            lib = _head_library()
+            self._forecast = ctypes.cast(lib.edgernn_head_forecast, ctypes.c_void_p).value
+
+    @classmethod
+    def make(cls, monitor, module, live, fields, stats, score_row, names) -> Optional[LiveScorer]:
+        """A scorer for this monitor (names: the channels' names), or None where the
+        Python path must score every sample: no scorer in the module, a detector other
+        than the compiled one, a head whose products are numpy's, a channel named like
+        a detector field; EDGERNN_NO_C_SCORER=1 (tests: the Python score to compare)."""
+        from edgernn.runtime.adapt import _head_library
+        from edgernn.runtime.detector.core import Detector
+
+        det, head = monitor.detector, monitor.head
+        if os.environ.get("EDGERNN_NO_C_SCORER") or not hasattr(module, "scorer_new"):
+            return None
+        if not names.isdisjoint(DETECTOR_FIELDS):
+            return None
+        if det is None and head is None:
+            return None
+        if det is not None and (not isinstance(det, Detector) or det._kernel is None):
+            return None
+        if head is not None and _head_library() is None:
+            return None
+        if not 1 <= len(names) <= 255:
+            return None
+        return cls(monitor, module, live, fields, stats, score_row, len(names))
+
+    # -- the state, into C-visible buffers and back --------------------------------------
+    def push(self) -> None:
+        """Before the loop (and after a sample done in Python): the state where C
+        scores the samples; `on` 0 where it cannot (each sample then Python's)."""
+        m, det, head, clock = self.monitor, self.monitor.detector, self.monitor.head, self.clock
+        on = len(m._pending) == m._horizon and (det is None or det._n == self.channels)
+        keep: list = []
+        det_args = head_args = None
+        threshold_text = ""
+        if on and det is not None:
+            on = det.live_ready()
+            if on:
+                self._threshold, anchor = det.live_threshold()
+                # (fn, struct, x and f, score, flags; contrib is replay's to read)
+                det_args = det._kernel.enter_live(self._threshold, anchor)[:5]
+                threshold_text = self.module.live_fields(self.live, {"threshold": self._threshold})
+                on = threshold_text is not None
+                if not on:
+                    det._kernel.leave_live()
+        if on and head is not None:
+            A, block_phi, qphi, qbase, qx, qw, qidx = head.live_buffers()
+            A = np.ascontiguousarray(A)
+            keep = [A, block_phi, qphi, qbase, qx, qw, qidx, head.std]
+            head_args = (self._forecast, *(a.ctypes.data for a in keep), head.hidden + 1,
+                         head.block, len(qbase), head.horizon)  # fmt: skip
+            clock[SEEN], clock[MADE] = head.seen, head.made
+            clock[QLO], clock[QHI] = head._qlo, head._qhi
+        if on:
+            for i, f in enumerate(m._pending):
+                self.ring[i] = f
+        clock[RING] = clock[SCORED] = 0
+        self.module.scorer_set(self.capsule, int(on), self._learning, threshold_text, det_args,
+                               head_args, self.ring.ctypes.data, len(self.ring),
+                               clock.ctypes.data, tuple(keep))  # fmt: skip
+        self._pushed = on
+
+    def pull(self) -> None:
+        """After the loop (and before a sample done in Python): the state back where
+        Python keeps it, the samples scored here counted."""
+        if not self._pushed:
+            return
+        self._pushed = False
+        m, clock = self.monitor, self.clock
+        if m.detector is not None:
+            m.detector._kernel.leave_live()
+        head = m.head
+        if head is not None:
+            head.seen, head.made = int(clock[SEEN]), int(clock[MADE])
+            head._qlo, head._qhi = int(clock[QLO]), int(clock[QHI])
+        scored = int(clock[SCORED])
+        if scored:
+            start, h = int(clock[RING]), len(self.ring)
+            m._pending = deque((self.ring[(start + i) % h].copy() for i in range(h)), maxlen=h)
+            m.samples += scored
+            self.stats.forecasts += scored
+            self.scored += scored
+        clock[SCORED] = 0
+
+    # -- C's calls back --------------------------------------------------------------
+    def _fallback(self, k: int, seq: int, time_us: int):
+        """A sample C does not cover: Monitor.stepped's Python, on the state pulled."""
+        self.pull()
+        try:
+            return self._score_row(k, seq, time_us)
+        finally:
+            self.push()
+
+    def _replay(self) -> str:
+        """A sample the kernel scored that the event tracker must see: its fields."""
+        det = self.monitor.detector
+        out, fields = det.kernel_verdict(det._kernel.cnt[0] - 1, self._threshold)
+        self.monitor.last_output = out
+        self.stats.anomalies += fields["anomaly"]
+        return self.fields(fields)
