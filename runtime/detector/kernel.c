@@ -383,17 +383,29 @@ int edgernn_detect(det_t *d, long N)
  * product rounded and then added (no FMA: the pragmas above). numpy's
  * `out = phi[:, :1] * A[0]; out += phi[:, j:j+1] * A[j]` does the same operations, so
  * both give the same bits, and a row gives the same bits alone or in a block. */
-void edgernn_head_rows(const double *phi, const double *A, long n, long d, long c, double *out)
+void edgernn_head_rows(const double *restrict phi, const double *restrict A, long n, long d,
+                       long c, double *restrict out)
 {
     for (long i = 0; i < n; i++) {
         const double *p = phi + i * d;
         double *o = out + i * c;
-        for (long k = 0; k < c; k++)
-            o[k] = p[0] * A[k];
-        for (long j = 1; j < d; j++) {
-            const double pj = p[j], *a = A + j * c;
-            for (long k = 0; k < c; k++)
-                o[k] += pj * a[k];
+        long k0 = 0;
+        for (; k0 + 8 <= c; k0 += 8) { /* 8 columns in registers: one vector or two */
+            double acc[8];
+            for (int k = 0; k < 8; k++)
+                acc[k] = p[0] * A[k0 + k];
+            for (long j = 1; j < d; j++) {
+                const double pj = p[j], *a = A + j * c + k0;
+                for (int k = 0; k < 8; k++)
+                    acc[k] += pj * a[k];
+            }
+            memcpy(o + k0, acc, sizeof acc);
+        }
+        for (long k = k0; k < c; k++) { /* the last columns, one at a time */
+            double acc = p[0] * A[k];
+            for (long j = 1; j < d; j++)
+                acc += p[j] * A[j * c + k];
+            o[k] = acc;
         }
     }
 }
