@@ -22,6 +22,15 @@ built around (each point measured: benchmarks/cstep_floor.py, runtime/cfloor.py)
 - The vector width comes from the target's predefined macros: 16 floats with AVX-512, 8
   with AVX, else 4 (SSE2, NEON; plain scalar code where there is no SIMD). A 32-byte
   type on SSE2 is two registers per value and spilled every accumulator.
+- SSE2 (x86-64's portable build) has no FMA and no broadcast load, which makes its GEMV
+  bound by the FP pipes and the L2 stream rather than by L2 alone: there the layer
+  stores the GEMV's input pre-broadcast (a load instead of a shuffle per row and pass),
+  and, when the weights exceed L1, each GEMV pass prefetches its own rows a few ahead
+  (its two 32-column passes over a 64-column panel stride 256 bytes, which the hardware
+  prefetcher alone does not keep fed at 16-byte loads).
+- The cell's gates run in two passes over a block (LSTM: c, then o and tanh(c); GRU: r,
+  then z and the candidate), so each pass's nonlinearities are independent and their
+  latency chains overlap; one pass per vector chained two tanh and was latency-bound.
 - Larger batches run GEMM tiles of 6 rows x 4 vectors (32-register targets) or x 2, in
   chunks of ROWS rows whose gates stay in L1.
 - Sigmoid gates are packed pre-halved, as in the numpy step: sigmoid(g) = tanh(g/2)/2 + 1/2.
@@ -43,6 +52,7 @@ UNITS = 16  # hidden units per block for LSTM and GRU (4 x 16 = 64 GEMV columns)
 GATES = {"lstm": 4, "gru": 4, "rnn": 1}  # gate blocks in G (GRU: z, r, n_x, n_h)
 PANEL_GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight columns per unit (GRU: 3H)
 SIGMOID_GATES = {"lstm": 3, "gru": 2, "rnn": 0}  # leading gate blocks that are sigmoids
+L1_BYTES = 32 * 1024  # weights over this stream from L2 (SPILL_L1 in the C)
 
 
 def _pad(n: int) -> int:
@@ -249,7 +259,7 @@ static inline vf vdiv(vf p, vf q) {
     return (vf)vmulq_f32(NF(p), r);
 }
 #else
-static inline vf vsplat(float x) { return (vf){0} + x; }
+static inline vf vsplat(float x) { return x - (vf){0}; }  /* x - 0 is x: no add */
 static inline vf vadd(vf a, vf b) { return a + b; }
 static inline vf vsub(vf a, vf b) { return a - b; }
 static inline vf vmul(vf a, vf b) { return a * b; }
@@ -257,17 +267,41 @@ static inline vf vfma(vf acc, vf a, vf b) { return acc + a * b; }  /* contracted
 static inline vf vdiv(vf p, vf q) { return p / q; }
 #endif
 
+/* The batch-1 GEMV's input a[k], splat across a vector. SSE2 has no broadcast load, so a
+   splat there is a shuffle on an FP pipe, once per row of every pass, and the SSE2 GEMV is
+   FP-bound (no FMA: a multiply and an add per column vector). There the layer stores its
+   input pre-broadcast, each a[k] VW times, once per layer (ABCAST), and the splat is a
+   plain load. Elsewhere a broadcast load or a multiply by lane does it for free. */
+#if defined(__SSE2__) && !defined(__AVX__)
+#define ABCAST 1
+#define AK(a, k) LD((a) + (long)(k) * VW)
+#else
+#define ABCAST 0
+#define AK(a, k) vsplat((a)[k])
+#endif
+/* Also there: the GEMV prefetches its own weight rows PFD rows ahead, when the weights
+   stream from L2 (SPILL_L1, from the generator). Zen 4 at SSE2's 16-byte loads does not
+   keep the two 32-column passes over a 64-column panel (256-byte row stride) fed from
+   L2 by itself. */
+#if ABCAST && SPILL_L1
+#define PFD 4
+#define PREFETCH_ROW(p, n) UNROLL for (int l_ = 0; l_ < (n) / 16; l_++) __builtin_prefetch((p) + l_ * 16)
+#else
+#define PREFETCH_ROW(p, n) ((void)0)
+#define PFD 0
+#endif
+
 /* tanh as a 13/6 rational function on [-7.9, 7.9] (the MLAS/Eigen constants, abs error
    < 4e-7); branch-free: the clamp is a min and a max, the division runs on every lane
    (q > 0). The polynomials in Estrin's form: shorter dependency chains than Horner's,
    which is what the gates are short of once the GEMV no longer hides them (SSE2). */
-static inline vf vtanh(vf x) {
+static inline vf vtanh_s(vf x, float s) {  /* s * tanh(x), s a power of two */
     x = vmax(vmin(x, vsplat(7.90531110763549805f)), vsplat(-7.90531110763549805f));
     vf x2 = vmul(x, x), x4 = vmul(x2, x2), x8 = vmul(x4, x4);
-    vf p01 = vfma(vsplat(4.89352455891786e-03f), vsplat(6.37261928875436e-04f), x2);
-    vf p23 = vfma(vsplat(1.48572235717979e-05f), vsplat(5.12229709037114e-08f), x2);
-    vf p45 = vfma(vsplat(-8.60467152213735e-11f), vsplat(2.00018790482477e-13f), x2);
-    vf p6 = vsplat(-2.76076847742355e-16f);
+    vf p01 = vfma(vsplat(s * 4.89352455891786e-03f), vsplat(s * 6.37261928875436e-04f), x2);
+    vf p23 = vfma(vsplat(s * 1.48572235717979e-05f), vsplat(s * 5.12229709037114e-08f), x2);
+    vf p45 = vfma(vsplat(s * -8.60467152213735e-11f), vsplat(s * 2.00018790482477e-13f), x2);
+    vf p6 = vsplat(s * -2.76076847742355e-16f);
     vf p03 = vfma(p01, p23, x4), p46 = vfma(p45, p6, x4);
     vf p = vmul(vfma(p03, p46, x8), x);
     vf q01 = vfma(vsplat(4.89352518554385e-03f), vsplat(2.26843463243900e-03f), x2);
@@ -275,9 +309,11 @@ static inline vf vtanh(vf x) {
     vf q = vfma(q01, q23, x4);
     return vdiv(p, q);
 }
+static inline vf vtanh(vf x) { return vtanh_s(x, 1.0f); }
 
-/* sigmoid of a pre-halved gate: sigmoid(2 g) = tanh(g) / 2 + 1/2 */
-static inline vf vsigmoid_h(vf g) { return vfma(vsplat(0.5f), vsplat(0.5f), vtanh(g)); }
+/* sigmoid of a pre-halved gate: sigmoid(2 g) = tanh(g) / 2 + 1/2, the halving folded
+   into p's coefficients (exact, and so is (p / 2) / q = (p / q) / 2) */
+static inline vf vsigmoid_h(vf g) { return vadd(vtanh_s(g, 0.5f), vsplat(0.5f)); }
 
 %GEMM%
 typedef struct {
@@ -322,8 +358,9 @@ static __attribute__((noinline)) void gemv{width}(
     vf acc[{width} / VW];
     UNROLL for (int v = 0; v < {width} / VW; v++) acc[v] = LD(bias + v * VW);
     for (int k = 0; k < K; k++) {{
-        const vf x = vsplat(a[k]);
+        const vf x = AK(a, k);
         const float *wk = w + (long)k * ldw;
+        PREFETCH_ROW(wk + PFD * ldw, {width});
         UNROLL for (int v = 0; v < {width} / VW; v++) acc[v] = vfma(acc[v], x, LD(wk + v * VW));
     }}
     UNROLL for (int v = 0; v < {width} / VW; v++) ST(g + v * VW, acc[v]);
@@ -355,8 +392,9 @@ static __attribute__((noinline)) void gemv_gru(
         z[v] = LD(bias + v * VW); r[v] = LD(bias + 16 + v * VW); n[v] = LD(bias + 32 + v * VW);
     }
     for (int k = 0; k < ks; k++) {
-        const vf x = vsplat(a[k]);
+        const vf x = AK(a, k);
         const float *wk = w + k * 48;
+        PREFETCH_ROW(wk + PFD * 48, 48);
         UNROLL for (int v = 0; v < TV; v++) {
             z[v] = vfma(z[v], x, LD(wk + v * VW));
             r[v] = vfma(r[v], x, LD(wk + 16 + v * VW));
@@ -365,8 +403,9 @@ static __attribute__((noinline)) void gemv_gru(
     }
     UNROLL for (int v = 0; v < TV; v++) { ST(g + 32 + v * VW, n[v]); n[v] = LD(bias + 48 + v * VW); }
     for (int k = ks; k < K; k++) {
-        const vf x = vsplat(a[k]);
+        const vf x = AK(a, k);
         const float *wk = w + k * 48;
+        PREFETCH_ROW(wk + PFD * 48, 48);
         UNROLL for (int v = 0; v < TV; v++) {
             z[v] = vfma(z[v], x, LD(wk + v * VW));
             r[v] = vfma(r[v], x, LD(wk + 16 + v * VW));
@@ -440,22 +479,39 @@ def _gemm_source() -> str:
 
 
 # One block of U units, every lane a vector: g holds the block's gates (each U wide),
-# the state pointers are offset to the block's first unit.
+# the state pointers are offset to the block's first unit. Two passes over the block
+# where a cell chains two nonlinearities (LSTM: c, then tanh(c); GRU: r, then the
+# candidate's tanh): each pass is a few independent nonlinearities per vector, so the
+# vectors' latency chains overlap instead of running one after another (which is what
+# the gates cost on SSE2, where they were a quarter of the step). The first pass leaves
+# what the second reads in the output state (LSTM: c in c_out; GRU: the candidate's
+# argument in h_out, overwritten by h).
 _CELL_BODIES = {
-    "lstm": """
-        vf i = vsigmoid_h(LD(g + u)), o = vsigmoid_h(LD(g + U + u));
-        vf f = vsigmoid_h(LD(g + 2 * U + u)), cc = vtanh(LD(g + 3 * U + u));
-        vf c = vfma(vmul(f, LD(c_in + u)), i, cc);
-        ST(c_out + u, c);
-        ST(h_out + u, vmul(o, vtanh(c)));""",
-    "gru": """
-        vf z = vsigmoid_h(LD(g + u)), r = vsigmoid_h(LD(g + U + u));
-        vf n = vtanh(vfma(LD(g + 2 * U + u), r, LD(g + 3 * U + u)));
+    "lstm": (
+        """
+        vf i = vsigmoid_h(LD(g + u)), f = vsigmoid_h(LD(g + 2 * U + u));
+        vf cc = vtanh(LD(g + 3 * U + u));
+        ST(c_out + u, vfma(vmul(f, LD(c_in + u)), i, cc));""",
+        """
+        vf o = vsigmoid_h(LD(g + U + u));
+        ST(h_out + u, vmul(o, vtanh(LD(c_out + u))));""",
+    ),
+    "gru": (
+        """
+        vf r = vsigmoid_h(LD(g + U + u));
+        ST(h_out + u, vfma(LD(g + 2 * U + u), r, LD(g + 3 * U + u)));""",
+        """
+        vf z = vsigmoid_h(LD(g + u)), n = vtanh(LD(h_out + u));
         ST(h_out + u, vfma(n, z, vsub(LD(h_in + u), n)));""",
-    "rnn_tanh": """
+    ),
+    "rnn_tanh": (
+        """
         ST(h_out + u, vtanh(LD(g + u)));""",
-    "rnn_relu": """
+    ),
+    "rnn_relu": (
+        """
         ST(h_out + u, vmax(LD(g + u), vsplat(0.0f)));""",
+    ),
 }
 
 
@@ -467,12 +523,13 @@ def _cell_function(cell: str, lstm: bool) -> str:
     c_copy_out = "\n    for (int u = 0; u < nu; u++) c_out[u] = co[u];" if lstm else ""
     c_local = ", ci[U] = {0}, co[U]" if lstm else ""
     c_local_args = ", ci, co" if lstm else ""
+    passes = "".join(
+        f"\n    for (int u = 0; u < U; u += VW) {{{body}\n    }}" for body in _CELL_BODIES[cell]
+    )
     return f"""
 static inline __attribute__((always_inline)) void cell(
         const float *restrict g, const float *restrict h_in, float *restrict h_out{c_params}) {{
-    (void)h_in;
-    for (int u = 0; u < U; u += VW) {{{_CELL_BODIES[cell]}
-    }}
+    (void)h_in;{passes}
 }}
 
 static void cell_part(int nu, const float *g, const float *h_in, float *h_out{c_params.replace("restrict ", "")}) {{
@@ -502,8 +559,8 @@ def _layer_source(net: Network, index: int, layer: tuple[int, int, int, int]) ->
 
     def one(b: str, g: str) -> str:
         if gru:
-            return f"gemv_gru({k}, {n_in}, A, {w(b)}, {bias(b)}, {g});"
-        return f"gemv({k}, A, {w(b)}, {panel_w}, {panel_w}, {bias(b)}, {g});"
+            return f"gemv_gru({k}, {n_in}, AB, {w(b)}, {bias(b)}, {g});"
+        return f"gemv({k}, AB, {w(b)}, {panel_w}, {panel_w}, {bias(b)}, {g});"
 
     if gru:
         many = (
@@ -549,6 +606,12 @@ static void layer{index}(const float *P, long B, long r0, int m, const float *xn
            the gates' arithmetic fills the gaps while the next panel streams in
            (unrolled for up to 8 blocks: straight-line code schedules better) */
         float *G2 = G + {gate_w};
+#if ABCAST
+        float *AB = A + KROW;  /* rows 1 to VW of A (of ROWS = 16) are free when m == 1 */
+        for (int k = 0; k < {k}; k++) ST(AB + k * VW, vsplat(A[k]));
+#else
+        float *AB = A;
+#endif
         {one("0", "G")}
         {"UNROLL " if blocks <= 8 else ""}for (int b = 0; b < {blocks}; b++) {{
             float *g_now = (b & 1) ? G2 : G, *g_next = (b & 1) ? G : G2;
@@ -574,7 +637,8 @@ def generate_source(net: Network) -> str:
     cell = net.cell if net.cell != "rnn" else f"rnn_{net.nonlinearity}"
     k_row, g_row = _scratch_parts(net)
     hp = _pad(h)
-    out = [_PRELUDE.replace("%GEMM%", _gemm_source())]
+    spill = 4 * sum(k * PANEL_GATES[net.cell] * net.hidden for k, *_ in layers) > L1_BYTES
+    out = [f"#define SPILL_L1 {int(spill)}\n", _PRELUDE.replace("%GEMM%", _gemm_source())]
     out.append(f"#define H {h}\n#define C {c}\n#define L {n_layers}\n#define S {net.n_state}\n")
     out.append(f"#define ROWS {ROWS}\n#define KROW {k_row}\n#define GROW {g_row}\n")
     out.append(f"#define U {units_per_block(net)}\n")
