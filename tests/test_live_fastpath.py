@@ -22,14 +22,13 @@ from edgernn.runtime.model import Model
 NAMES = list(DEFAULT_NAMES)
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Model:
+def _model(tmp_path_factory, **config) -> Model:
     torch = pytest.importorskip("torch")
     from edgernn.export.onnx_export import export_onnx
     from edgernn.train.model import Forecaster, ModelConfig
 
     torch.manual_seed(1)
-    net = Forecaster(ModelConfig(n_channels=8, cell="gru", hidden=12, channels=NAMES))
+    net = Forecaster(ModelConfig(n_channels=8, hidden=12, channels=NAMES, **config))
     net.set_normalisation(np.full(8, 30.0), np.full(8, 10.0))
     path = tmp_path_factory.mktemp("model") / "fast.onnx"
     export_onnx(net, path)
@@ -37,6 +36,17 @@ def model(tmp_path_factory) -> Model:
     if m.stream().live_binding() is None:
         pytest.skip("no C step here")
     return m
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Model:
+    return _model(tmp_path_factory, cell="gru")
+
+
+@pytest.fixture(scope="module")
+def model_ahead(tmp_path_factory) -> Model:
+    """Forecasts 3 samples ahead: the scorer's ring and the head's queue hold 3."""
+    return _model(tmp_path_factory, cell="lstm", horizon=3)
 
 
 def rich_wire() -> bytes:
@@ -245,3 +255,14 @@ def test_a_failing_verdict_stops_both_paths_at_the_same_sample(model, tmp_path, 
             run.run()
         results.append((out.read_bytes(), run.stats.forecasts))  # (reads: timing's)
     assert results[0] == results[1] and results[0][1] > 100
+
+
+@pytest.mark.parametrize("piece", [1, "frames"])
+def test_forecasts_three_ahead_score_the_same_on_every_path(model_ahead, tmp_path, piece,
+                                                            monkeypatch):  # fmt: skip
+    assert model_ahead.horizon == 3
+    got = run_once(model_ahead, tmp_path, piece, True, monkeypatch, "detector+head")
+    want = run_once(model_ahead, tmp_path, piece, False, monkeypatch, "detector+head")
+    assert got[:3] == want[:3] and got[1]["unaccounted"] == 0
+    if piece == "frames":
+        assert got[3][2] > got[3][1] // 2  # scored in C, most of them
