@@ -41,6 +41,8 @@ built around (each point measured: benchmarks/cstep_floor.py, runtime/cfloor.py)
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from edgernn.runtime.numpy_backend import Network
@@ -316,21 +318,6 @@ static inline vf vtanh(vf x) { return vtanh_s(x, 1.0f); }
 static inline vf vsigmoid_h(vf g) { return vadd(vtanh_s(g, 0.5f), vsplat(0.5f)); }
 
 %GEMM%
-typedef struct {
-    long batch;
-    const float *params;
-    float *x;      /* (B, C) */
-    float *y;      /* (B, C) */
-    float *s[2];   /* two (S, L, B, H) state buffers, read one, write the other */
-    float *scratch;
-} ctx_t;
-
-static int all_finite(const float *v, long n) {
-    int ok = 1;
-    for (long i = 0; i < n; i++) ok &= (v[i] - v[i]) == 0.0f;  /* NaN for NaN and inf */
-    return ok;
-}
-
 /* sum of a[i] * w[i] over n floats, n a multiple of 16 */
 static inline float dot16(const float *a, const float *w, int n) {
     vf s0 = vsplat(0.0f), s1 = vsplat(0.0f);
@@ -346,6 +333,90 @@ static inline float dot16(const float *a, const float *w, int n) {
     return t;
 }
 """
+
+
+# what every target's copy of the step shares (scalar code)
+_COMMON = r"""
+typedef struct {
+    long batch;
+    const float *params;
+    float *x;      /* (B, C) */
+    float *y;      /* (B, C) */
+    float *s[2];   /* two (S, L, B, H) state buffers, read one, write the other */
+    float *scratch;
+} ctx_t;
+
+static int all_finite(const float *v, long n) {
+    int ok = 1;
+    for (long i = 0; i < n; i++) ok &= (v[i] - v[i]) == 0.0f;  /* NaN for NaN and inf */
+    return ok;
+}
+"""
+
+# Runtime dispatch in the portable x86-64 build (cstep.py's `-O3` fallback, SSE2 only):
+# the step is compiled a second time under `#pragma GCC target("avx2,fma")` (which also
+# defines __AVX__, __AVX2__ and __FMA__ for the preprocessor, so the copy is the AVX2
+# code, 8-float vectors and all), its names suffixed, and the library runs that copy
+# where the CPU (and OS) has AVX2 and FMA. GCC on x86-64 Linux only, and only where the
+# build does not have AVX2 already; clang, other targets and -DEDGERNN_NO_DISPATCH
+# (the pure SSE2 build, for measurement) compile the one copy alone.
+_DISPATCH_GUARD = r"""
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) \
+    && __GNUC__ >= 8 && !defined(__AVX2__) && !defined(EDGERNN_NO_DISPATCH)
+#define EDGERNN_AVX2 1
+#else
+#define EDGERNN_AVX2 0
+#endif
+"""
+_DISPATCH_NAMES = (
+    "vf vi vnative vselect vmin vmax vsplat vadd vsub vmul vfma vdiv vtanh_s vtanh "
+    "vsigmoid_h dot16 gemv16 gemv32 gemv64 gemv_gru gemv gemm_t1 gemm_t2 gemm_t4 gemm "
+    "cell cell_part step_rows step_all"
+).split()
+_DISPATCH = r"""
+#if EDGERNN_AVX2
+static int edgernn_use_avx2;
+__attribute__((constructor)) static void edgernn_pick_target(void) {
+    __builtin_cpu_init();
+    edgernn_use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#endif
+
+/* 2: the AVX2 copy runs, 0: the copy compiled for the build's own flags */
+int edgernn_step_target(void) {
+#if EDGERNN_AVX2
+    return edgernn_use_avx2 ? 2 : 0;
+#else
+    return 0;
+#endif
+}
+
+static void step_any(const ctx_t *ctx, const float *x, float *y, const float *s_in,
+                     float *s_out) {
+#if EDGERNN_AVX2
+    if (edgernn_use_avx2) {
+        step_all_avx2(ctx, x, y, s_in, s_out);
+        return;
+    }
+#endif
+    step_all(ctx, x, y, s_in, s_out);
+}
+"""
+
+
+def _avx2_copy(body: str, n_layers: int) -> str:
+    """`body` again for the AVX2 copy, under the target pragma, its names suffixed by
+    macros (so the text is the same in both copies: one edit to the source edits both),
+    those names and the body's own macros undefined after it (the plain copy defines
+    them again for its own target)."""
+    names = _DISPATCH_NAMES + [f"{f}{i}" for f in ("gates", "layer") for i in range(n_layers)]
+    rename = "".join(f"#define {n} {n}_avx2\n" for n in names)
+    macros = sorted(set(re.findall(r"^#define (\w+)", body, re.M)))
+    undef = "".join(f"#undef {m}\n" for m in names + macros)
+    return (
+        '#if EDGERNN_AVX2\n#pragma GCC push_options\n#pragma GCC target("avx2,fma")\n'
+        f"{rename}{body}\n#pragma GCC pop_options\n{undef}#endif\n"
+    )
 
 
 def _gemv_kernel(width: int) -> str:
@@ -638,10 +709,12 @@ def generate_source(net: Network) -> str:
     k_row, g_row = _scratch_parts(net)
     hp = _pad(h)
     spill = 4 * sum(k * PANEL_GATES[net.cell] * net.hidden for k, *_ in layers) > L1_BYTES
-    out = [f"#define SPILL_L1 {int(spill)}\n", _PRELUDE.replace("%GEMM%", _gemm_source())]
-    out.append(f"#define H {h}\n#define C {c}\n#define L {n_layers}\n#define S {net.n_state}\n")
-    out.append(f"#define ROWS {ROWS}\n#define KROW {k_row}\n#define GROW {g_row}\n")
-    out.append(f"#define U {units_per_block(net)}\n")
+    common = [f"#define SPILL_L1 {int(spill)}\n"]
+    common.append(f"#define H {h}\n#define C {c}\n#define L {n_layers}\n#define S {net.n_state}\n")
+    common.append(f"#define ROWS {ROWS}\n#define KROW {k_row}\n#define GROW {g_row}\n")
+    common.append(f"#define U {units_per_block(net)}\n")
+    common += [_COMMON, _DISPATCH_GUARD]
+    out = [_PRELUDE.replace("%GEMM%", _gemm_source())]
     out.append(_cell_function(cell, net.cell == "lstm"))
     for index, layer in enumerate(layers):
         out.append(_layer_source(net, index, layer))
@@ -677,12 +750,17 @@ static void step_all(const ctx_t *ctx, const float *x, float *y, const float *s_
         step_rows(ctx, r0, left < ROWS ? (int)left : ROWS, x, y, s_in, s_out);
     }}
 }}
-
+"""
+    )
+    body = "".join(out)
+    tail = (
+        _DISPATCH
+        + f"""
 /* One sample per stream: ctx->x -> ctx->y, state s[cur] -> s[1 - cur].
    Returns 1 (and touches nothing) if x holds NaN or inf. */
 int edgernn_step(const ctx_t *ctx, int cur) {{
     if (!all_finite(ctx->x, ctx->batch * C)) return 1;
-    step_all(ctx, ctx->x, ctx->y, ctx->s[cur], ctx->s[1 - cur]);
+    step_any(ctx, ctx->x, ctx->y, ctx->s[cur], ctx->s[1 - cur]);
     return 0;
 }}
 
@@ -693,7 +771,7 @@ int edgernn_run_features(const ctx_t *ctx, int cur, long T, const float *X, floa
     long n = ctx->batch * C, bh = ctx->batch * H;
     if (!all_finite(X, T * n)) return 1;
     for (long t = 0; t < T; t++) {{
-        step_all(ctx, X + t * n, Y + t * n, ctx->s[cur], ctx->s[1 - cur]);
+        step_any(ctx, X + t * n, Y + t * n, ctx->s[cur], ctx->s[1 - cur]);
         cur = 1 - cur;
         if (Hs) {{
             const float *h = ctx->s[cur] + {n_layers - 1} * bh;  /* state 0 is h */
@@ -708,4 +786,4 @@ int edgernn_run(const ctx_t *ctx, int cur, long T, const float *X, float *Y) {{
 }}
 """
     )
-    return "".join(out)
+    return "".join(common) + _avx2_copy(body, n_layers) + body + tail
