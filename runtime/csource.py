@@ -28,6 +28,11 @@ built around (each point measured: benchmarks/cstep_floor.py, runtime/cfloor.py)
   and, when the weights exceed L1, each GEMV pass prefetches its own rows a few ahead
   (its two 32-column passes over a 64-column panel stride 256 bytes, which the hardware
   prefetcher alone does not keep fed at 16-byte loads).
+- The portable x86-64 build (GCC, Linux, flags without AVX2) holds the step twice: the
+  SSE2 code and, under `#pragma GCC target("avx2,fma")`, the AVX2 code, and runs the
+  AVX2 copy where the CPU has AVX2 and FMA (_DISPATCH; -DEDGERNN_NO_DISPATCH keeps the
+  SSE2 copy alone). Measured: SSE2 alone 1.7x the native AVX-512 step, the AVX2 copy
+  1.05 to 1.09x (benchmarks/cstep_floor.py).
 - The cell's gates run in two passes over a block (LSTM: c, then o and tanh(c); GRU: r,
   then z and the candidate), so each pass's nonlinearities are independent and their
   latency chains overlap; one pass per vector chained two tanh and was latency-bound.
