@@ -470,8 +470,30 @@ def build_parser(argv: Optional[list[str]] = None) -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose numpy keeps BLAS's own threads: training (torch on aarch64 uses
+# OpenBLAS itself) and export.
+BLAS_THREADED_COMMANDS = ("train", "export")
+
+
+def single_threaded_blas(argv: list[str]) -> None:
+    """One BLAS thread for the commands that stream (run, evaluate, bench, demo, ...).
+    They hand BLAS only tiny products, one sample or one chunk at a time (the online
+    head's 33 x 33 solve, its (64, 33) Gram update), where OpenBLAS's worker threads
+    only spin: measured here, every solve kept a second core busy (CPU time twice the
+    wall time), which on a 1 kHz serial stream delayed the next line by the length of
+    the spin (most of the p99 latency). An explicit setting wins; too late once numpy
+    is imported (edgernn.cli.main called from a process of one's own)."""
+    if "numpy" in sys.modules:
+        return
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in BLAS_THREADED_COMMANDS:
+        for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    single_threaded_blas(argv)
     args = build_parser(argv).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

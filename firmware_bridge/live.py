@@ -26,6 +26,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 import os
 import signal
 import sys
@@ -487,7 +488,7 @@ class LiveRun:
             while not self.stop.is_set():
                 if reader.inline:  # this thread reads the port when nothing is queued
                     event = queue.get(0)
-                    if event is None and fast is not None and fast.loop(self._until(status, save)):
+                    if event is None and fast is not None and fast.loop(self._until(status, save, 0)):
                         event = queue.get(0)  # the C loop gave back what needs Python
                     elif event is None:  # (or the port reports trouble: read_inline's)
                         got = reader.read_inline(POLL_S)
@@ -538,10 +539,10 @@ class LiveRun:
             raise EdgernnError(f"{sf.last_error}; the stream state was never saved")
         return 0
 
-    def _until(self, status: Ticker, save: Ticker) -> float:
+    def _until(self, status: Ticker, save: Ticker, poll: float = POLL_S) -> float:
         """When the loop must look up again (perf_counter time): the stop flag every
-        POLL_S, the status line and the state save when due."""
-        until = time.perf_counter() + POLL_S
+        `poll` seconds, the status line and the state save when due."""
+        until = time.perf_counter() + poll if poll else math.inf
         if status.next < until:
             until = status.next
         if self.state_file is not None and save.next < until:
@@ -993,25 +994,35 @@ class FastFrames:
         self._edges = LatencyHistogram.EDGES
 
     def loop(self, until: float) -> bool:
-        """The C loop (cstep live_loop) until `until` (perf_counter time) or until
-        something needs Python; False where it cannot run now, or the port reports
-        trouble (then read_inline, with the Python path's error handling)."""
+        """The C loop (cstep live_loop) until `until` (perf_counter time: the next
+        status line or state save) or until something needs Python, looking at the stop
+        flag every POLL_S; False where it cannot run now, or the port reports trouble
+        (then read_inline, with the Python path's error handling)."""
         d, run, reader = self.decoder, self.run, self.run.reader
         if self._loop is None or d._buf or not self._steady() or reader._fd is None:
             return False
-        stream, seq0, scorer = self.stream, d._next_seq, self.scorer
-        score = None if self.whole else self._score_row if scorer is None else scorer.capsule
+        scorer = self.scorer
         if scorer is not None:
             scorer.push()
         try:
-            status, taken, frames, n, cur, err, rest, t_read = self._loop(
-                self.live, stream._cur, seq0, d._period_us or 0.0, reader._fd, self._out_fd,
-                until, READ_SIZE, self.most_bytes, self.out, self._pending, self._taken,
-                self._edges, run.latency.counts, run.window.counts, score,
-            )  # fmt: skip
+            while True:  # the stop flag looked at between calls (the scorer stays pushed)
+                status = self._loop_once(min(until, time.perf_counter() + POLL_S))
+                if status or run.stop.is_set() or time.perf_counter() >= until:
+                    return status != 4
         finally:
             if scorer is not None:
                 scorer.pull()
+
+    def _loop_once(self, until: float) -> int:
+        """One live_loop call; its status (0: `until`, or a signal)."""
+        d, run, reader, scorer = self.decoder, self.run, self.run.reader, self.scorer
+        stream, seq0 = self.stream, d._next_seq
+        score = None if self.whole else self._score_row if scorer is None else scorer.capsule
+        status, taken, frames, n, cur, err, rest, t_read = self._loop(
+            self.live, stream._cur, seq0, d._period_us or 0.0, reader._fd, self._out_fd,
+            until, READ_SIZE, self.most_bytes, self.out, self._pending, self._taken,
+            self._edges, run.latency.counts, run.window.counts, score,
+        )  # fmt: skip
         self.counters.bytes += taken
         if n:
             self._account(stream, cur, seq0, frames, n)
@@ -1021,17 +1032,15 @@ class FastFrames:
                 self._keep_pending(n)
                 run.stats.forecasts += lines
             run.writer.count += lines
-        if status == 5:  # _score_row (the detector, the head) raised
-            raise rest
-        if status == 4:  # a hang-up or error on the port: read_inline reads it
-            return False
+        if status in (5, 6):  # the detector or the head raised (the scorer's fallback, its
+            raise rest  # replay, its idle-time solve, or _score_row)
         if status == 1:  # the rest of a read: the decoder's
             reader.feed(rest, t_read)
         elif status == 2:
             reader.read_failed(err)
         elif status == 3:
             run.writer._raise_naming_output(OSError(err, os.strerror(err)))
-        return True
+        return status  # (4: a hang-up or error on the port: read_inline reads it)
 
     def _keep_pending(self, n: int) -> None:
         """The loop's last forecasts, from its ring, into Monitor's pending."""

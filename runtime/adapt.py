@@ -135,6 +135,7 @@ class OnlineHead:
         self._cross = np.zeros((d, c))  # ... and of w phi r^T, up to the last solve
         self.made = 0  # forecasts corrected so far (the block clock)
         self.seen = 0  # samples learnt so far
+        self._solved_at = -1  # the `made` of the last solve (solve_ahead: done before its sample)
         # forecasts not yet learnt, oldest first: features [H+1] and trained forecast [C]
         self._phi = np.zeros((0, d))
         self._base = np.zeros((0, c))
@@ -241,7 +242,7 @@ class OnlineHead:
             )
         if n > self.room:
             raise InputError(f"online head: {n} forecasts at once, room for {self.room}")
-        if self.made % self.block == 0 and self.made > 0 and n:
+        if self._solve_due(self.made) and n:
             self._solve(self.made)
         rows = slice(self.made % self.block, self.made % self.block + n)
         self._block_phi[rows, :-1] = H
@@ -312,7 +313,7 @@ class OnlineHead:
         self.seen = seen + 1
         made = self.made
         at = made % self.block
-        if at == 0 and made > 0:
+        if at == 0 and self._solve_due(made):
             self._solve(made)  # (settles the buffers)
             self._go_live()
         block_phi = self._block_phi
@@ -361,7 +362,7 @@ class OnlineHead:
             t = s + a
             at = t % self.block
             b = a + min(self.block - at, n - a)
-            if at == 0 and t > 0:
+            if at == 0 and self._solve_due(t):
                 j = max(0, a - blind)
                 self._pairs = carried + self._chunk_pair(phi, r, w, index, blind, j0, j)
                 self._solve(t, None if carried else finite[j0:j])
@@ -392,6 +393,20 @@ class OnlineHead:
             self.learn(X[a:b], weigh(a, b))
             a = b
 
+    def _solve_due(self, made: int) -> bool:
+        """Whether the forecast numbered `made` needs a solve first (it starts a block,
+        and solve_ahead() has not done it)."""
+        return made > 0 and made % self.block == 0 and made != self._solved_at
+
+    def solve_ahead(self) -> None:
+        """The solve the next forecast needs, now, where it is due (the live loop calls
+        it in the idle time after a sample, not when the next one comes). A solve uses
+        the samples before its block (the pairs indexed below `made`), all learnt by
+        now: the same A, Gram and cross sums as step() makes at the next sample."""
+        if self._solve_due(self.made):
+            self._solve(self.made)
+            self._go_live()
+
     def _solve(self, limit: int, finite=None) -> None:
         """A from the samples before `limit`; later ones wait for the next solve.
         finite: (run_chunk) whether each pair's residual and features are finite, where
@@ -417,6 +432,7 @@ class OnlineHead:
                 self._pairs = []
         system = self._gram + self._prior
         self.A = np.ascontiguousarray(np.linalg.solve(system, self._cross))
+        self._solved_at = limit
 
     def _accumulate(self, phi, r, w, finite=None) -> None:
         """The Gram and cross sums += the pairs' w phi phi^T and w phi r^T."""
@@ -447,6 +463,7 @@ class OnlineHead:
             "settings": self.settings(),
             "A": self.A.tolist(), "gram": self._gram.tolist(), "cross": self._cross.tolist(),
             "made": self.made, "seen": self.seen,
+            "solved": self._solved_at == self.made > 0,  # (solve_ahead: its block's A is in)
             "phi": self._phi.tolist(), "base": self._base.tolist(),
             "pairs": None if pairs is None else [p.tolist() for p in pairs],
         }  # fmt: skip
@@ -469,11 +486,15 @@ class OnlineHead:
                     np.asarray(d["pairs"][3], dtype=np.int64).reshape(k),
                 )]  # fmt: skip
             made, seen = int(d["made"]), int(d["seen"])
+            solved = d.get("solved", False)  # (absent from files written before it)
+            if not isinstance(solved, bool):
+                raise TypeError(f"solved: {solved!r}")
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise InputError(f"damaged online head state ({e!r})") from None
         self.A, self._gram, self._cross = A, gram, cross
         self._phi, self._base, self._pairs = phi, base, pairs
         self.made, self.seen = made, seen
+        self._solved_at = made if solved else -1
 
 
 def _matrix(v, shape: tuple) -> np.ndarray:

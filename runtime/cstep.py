@@ -1245,10 +1245,12 @@ static PyObject *fc_live_frames(PyObject *self, PyObject *const *args, Py_ssize_
    call at row (taken[0] + k) % P; taken: int64 [samples before the call], updated.
    score: None (forecasts only), or live_take's score(k, seq, time_us) that finishes each
    sample's line (the detector, the online head: rows then (R, 2 C + hidden), pending
-   unused); when it raises, status 5 and rest is the exception (the lines made before it
-   are written, the samples taken counted). */
+   unused), or a scorer (scorer_new); when it raises, status 5 and rest is the exception
+   (the lines made before it are written, the samples taken counted); status 6: the
+   scorer's idle() raised (rest), every line written. */
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1270,6 +1272,22 @@ static void bin_latency(const double *edges, Py_ssize_t ne, int64_t *a, int64_t 
     }
     a[lo] += n;
     b[lo] += n;
+}
+
+static int scorer_idle(PyObject *score);
+
+/* The exception raised (with its traceback), taken out of the error indicator */
+static PyObject *take_exception(void) {
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyErr_NormalizeException(&et, &ev, &etb);
+    if (etb && ev)
+        PyException_SetTraceback(ev, etb);
+    Py_XDECREF(et);
+    Py_XDECREF(etb);
+    if (!ev)
+        PyErr_SetString(PyExc_SystemError, "live_loop: an error without an exception");
+    return ev;
 }
 
 static PyObject *fc_live_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -1356,17 +1374,8 @@ static PyObject *fc_live_loop(PyObject *self, PyObject *const *args, Py_ssize_t 
         live_pass q = {p.cur, p.next_seq, 0, 0, 0, 0};
         Py_ssize_t pos = r > max_bytes ? 0 : live_take(L, buf, r, period, rows.buf, R, NULL, score, &q);
         if (pos < 0) { /* a Python error (score raised): what was done is still counted */
-            PyObject *et, *etb;
-            PyErr_Fetch(&et, &rest, &etb);
-            PyErr_NormalizeException(&et, &rest, &etb);
-            if (etb && rest)
-                PyException_SetTraceback(rest, etb);
-            Py_XDECREF(et);
-            Py_XDECREF(etb);
-            if (!rest) {
-                PyErr_SetString(PyExc_SystemError, "live_loop: an error without an exception");
+            if (!(rest = take_exception()))
                 goto release_buf;
-            }
             pos = q.pos;
             status = 5;
         }
@@ -1399,6 +1408,12 @@ static PyObject *fc_live_loop(PyObject *self, PyObject *const *args, Py_ssize_t 
             break; /* (a write error too is then the lesser news) */
         if (err) {
             status = 3;
+            break;
+        }
+        if (pos == r && scorer_idle(score) < 0) { /* (the read taken, its lines written) */
+            if (!(rest = take_exception()))
+                goto release_buf;
+            status = 6;
             break;
         }
         if (pos < r) {
@@ -1533,11 +1548,14 @@ static PyObject *fc_live_fields(PyObject *self, PyObject *const *args, Py_ssize_
 }
 
 /* -- Monitor.stepped in C: the detector's kernel and the online head (runtime/livescore.py)
-   scorer_new(fallback, replay) -> capsule: live_loop's `score` where the samples are
-   scored here. fallback(k, seq, time_us): live_finish's score, the sample in Python
+   scorer_new(fallback, replay, idle) -> capsule: live_loop's `score` where the samples
+   are scored here. fallback(k, seq, time_us): live_finish's score, the sample in Python
    (whenever scorer_set's state does not cover it: a head's solve or full queue, a
    forecast not finite, or `on` 0); replay() -> the detector's fields of a sample its
-   event tracker must see (flagged, or an event open), after the kernel scored it.
+   event tracker must see (flagged, or an event open), after the kernel scored it;
+   idle(): live_loop's call once a read's lines are written and the next forecast needs
+   the head's solve (OnlineHead.solve_ahead, then scorer_head), so that no sample waits
+   for it.
    scorer_set(scorer, on, learning, threshold, detector, head, ring, ring_len, clock, keep):
      learning: the fields while the detector learns; threshold: ',"threshold":T';
      detector: None or (edgernn_detect, its struct, x and f (2C float64), score, flags);
@@ -1545,13 +1563,15 @@ static PyObject *fc_live_fields(PyObject *self, PyObject *const *args, Py_ssize_
        d, block, cap, horizon): OnlineHead.step's buffers;
      ring, ring_len: the monitor's pending forecasts (horizon, C) float32, the oldest
        at clock[4];
-     clock: int64 [head seen, made, qlo, qhi, ring start, samples scored here];
-     keep: what must stay alive while the scorer points into it. */
+     clock: int64 [head seen, made, qlo, qhi, ring start, samples scored here, the
+       `made` the head's last solve was for];
+     keep: what must stay alive while the scorer points into it.
+   scorer_head(scorer, head, keep): the head's part again (after idle's solve). */
 typedef int (*edgernn_detect_fn)(void *det, long n);
 typedef void (*edgernn_head_fn)(const double *phi, const double *A, const double *std,
                                 const double *base, long d, long c, float *out);
 typedef struct {
-    PyObject *fallback, *replay, *keep;
+    PyObject *fallback, *replay, *idle, *keep, *head_keep;
     int on;
     char learning[160], threshold[64];
     Py_ssize_t learning_len, threshold_len;
@@ -1580,16 +1600,18 @@ static void scorer_free(PyObject *capsule) {
         return;
     Py_XDECREF(S->fallback);
     Py_XDECREF(S->replay);
+    Py_XDECREF(S->idle);
     Py_XDECREF(S->keep);
+    Py_XDECREF(S->head_keep);
     PyMem_Free(S);
 }
 
 static PyObject *fc_scorer_new(PyObject *self, PyObject *args) {
-    PyObject *fallback, *replay;
-    if (!PyArg_ParseTuple(args, "OO", &fallback, &replay))
+    PyObject *fallback, *replay, *idle;
+    if (!PyArg_ParseTuple(args, "OOO", &fallback, &replay, &idle))
         return NULL;
-    if (!PyCallable_Check(fallback) || !PyCallable_Check(replay)) {
-        PyErr_SetString(PyExc_TypeError, "scorer_new(fallback, replay): callables");
+    if (!PyCallable_Check(fallback) || !PyCallable_Check(replay) || !PyCallable_Check(idle)) {
+        PyErr_SetString(PyExc_TypeError, "scorer_new(fallback, replay, idle): callables");
         return NULL;
     }
     edgernn_scorer *S = PyMem_Calloc(1, sizeof *S);
@@ -1597,12 +1619,15 @@ static PyObject *fc_scorer_new(PyObject *self, PyObject *args) {
         return PyErr_NoMemory();
     Py_INCREF(fallback);
     Py_INCREF(replay);
+    Py_INCREF(idle);
     S->fallback = fallback;
     S->replay = replay;
+    S->idle = idle;
     PyObject *capsule = PyCapsule_New(S, SCORER, scorer_free);
     if (!capsule) {
         Py_DECREF(fallback);
         Py_DECREF(replay);
+        Py_DECREF(idle);
         PyMem_Free(S);
     }
     return capsule;
@@ -1619,30 +1644,17 @@ static int copy_text(PyObject *text, char *to, size_t room, Py_ssize_t *len) {
     return 0;
 }
 
-static PyObject *fc_scorer_set(PyObject *self, PyObject *args) {
-    PyObject *capsule, *learning, *threshold, *det, *head, *keep;
-    int on;
-    unsigned long long ring, clock;
-    Py_ssize_t ring_len;
-    if (!PyArg_ParseTuple(args, "OiUUOOKnKO", &capsule, &on, &learning, &threshold, &det, &head,
-                          &ring, &ring_len, &clock, &keep))
-        return NULL;
-    edgernn_scorer *S = PyCapsule_GetPointer(capsule, SCORER);
-    if (!S)
-        return NULL;
+/* scorer_set's head (None, or the tuple it describes); -1 on an error */
+static int scorer_set_head(edgernn_scorer *S, PyObject *head) {
     unsigned long long a[13] = {0};
-    if (det != Py_None && !PyArg_ParseTuple(det, "KKKKK", &a[0], &a[1], &a[2], &a[3], &a[4]))
-        return NULL;
-    S->detect = (edgernn_detect_fn)(uintptr_t)a[0];
-    S->det = (void *)(uintptr_t)a[1];
-    S->xf = (double *)(uintptr_t)a[2];
-    S->score = (double *)(uintptr_t)a[3];
-    S->flags = (const int32_t *)(uintptr_t)a[4];
-    memset(a, 0, sizeof a);
     if (head != Py_None
         && !PyArg_ParseTuple(head, "KKKKKKKKKKKKK", &a[0], &a[1], &a[2], &a[3], &a[4], &a[5],
                              &a[6], &a[7], &a[8], &a[9], &a[10], &a[11], &a[12]))
-        return NULL;
+        return -1;
+    if (head != Py_None && (!a[0] || (long)a[9] < 1 || (long)a[10] < 1 || (long)a[12] < 1)) {
+        PyErr_SetString(PyExc_ValueError, "scorer: a head without its buffers");
+        return -1;
+    }
     S->forecast = (edgernn_head_fn)(uintptr_t)a[0];
     S->A = (const double *)(uintptr_t)a[1];
     S->block_phi = (double *)(uintptr_t)a[2];
@@ -1656,11 +1668,46 @@ static PyObject *fc_scorer_set(PyObject *self, PyObject *args) {
     S->block = (long)a[10];
     S->cap = (long)a[11];
     S->horizon = (long)a[12];
+    return 0;
+}
+
+static PyObject *fc_scorer_head(PyObject *self, PyObject *args) {
+    PyObject *capsule, *head, *keep;
+    if (!PyArg_ParseTuple(args, "OOO", &capsule, &head, &keep))
+        return NULL;
+    edgernn_scorer *S = PyCapsule_GetPointer(capsule, SCORER);
+    if (!S || scorer_set_head(S, head) < 0)
+        return NULL;
+    Py_INCREF(keep);
+    Py_XSETREF(S->head_keep, keep);
+    Py_RETURN_NONE;
+}
+
+static PyObject *fc_scorer_set(PyObject *self, PyObject *args) {
+    PyObject *capsule, *learning, *threshold, *det, *head, *keep;
+    int on;
+    unsigned long long ring, clock;
+    Py_ssize_t ring_len;
+    if (!PyArg_ParseTuple(args, "OiUUOOKnKO", &capsule, &on, &learning, &threshold, &det, &head,
+                          &ring, &ring_len, &clock, &keep))
+        return NULL;
+    edgernn_scorer *S = PyCapsule_GetPointer(capsule, SCORER);
+    if (!S)
+        return NULL;
+    unsigned long long a[5] = {0};
+    if (det != Py_None && !PyArg_ParseTuple(det, "KKKKK", &a[0], &a[1], &a[2], &a[3], &a[4]))
+        return NULL;
+    S->detect = (edgernn_detect_fn)(uintptr_t)a[0];
+    S->det = (void *)(uintptr_t)a[1];
+    S->xf = (double *)(uintptr_t)a[2];
+    S->score = (double *)(uintptr_t)a[3];
+    S->flags = (const int32_t *)(uintptr_t)a[4];
+    if (scorer_set_head(S, head) < 0)
+        return NULL;
     if (copy_text(learning, S->learning, sizeof S->learning, &S->learning_len) < 0
         || copy_text(threshold, S->threshold, sizeof S->threshold, &S->threshold_len) < 0)
         return NULL;
-    if (!ring || ring_len < 1 || !clock
-        || (S->forecast && (S->d < 1 || S->block < 1 || S->horizon < 1))) {
+    if (!ring || ring_len < 1 || !clock) {
         PyErr_SetString(PyExc_ValueError, "scorer_set: missing buffers");
         return NULL;
     }
@@ -1673,6 +1720,12 @@ static PyObject *fc_scorer_set(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Whether the head's next forecast starts a block not solved yet */
+static int scorer_solve_due(const edgernn_scorer *S) {
+    const int64_t *k = S->clock;
+    return S->forecast && k[1] > 0 && k[1] % S->block == 0 && k[6] != k[1];
+}
+
 /* Whether the next sample is the scorer's: its forecast due finite, the head between
    solves with room in its queue (else OnlineHead.step's Python does it) */
 static int scorer_covers(const edgernn_scorer *S, const float *due, int C) {
@@ -1680,7 +1733,7 @@ static int scorer_covers(const edgernn_scorer *S, const float *due, int C) {
         return 0;
     if (S->forecast) {
         const int64_t *k = S->clock;
-        if ((k[1] % S->block == 0 && k[1] > 0) || k[3] >= S->cap || (k[0] >= S->horizon && k[2] >= k[3]))
+        if (scorer_solve_due(S) || k[3] >= S->cap || (k[0] >= S->horizon && k[2] >= k[3]))
             return 0;
     }
     for (int c = 0; S->detect && c < C; c++)
@@ -1798,6 +1851,24 @@ static int scorer_take(edgernn_live *L, edgernn_scorer *S, live_pass *p, char *q
     return rc;
 }
 
+/* live_loop's turn once a read is taken and its lines written: the scorer's idle() where
+   the head's next forecast needs a solve; -1 on a Python error */
+static int scorer_idle(PyObject *score) {
+    if (!score || !PyCapsule_CheckExact(score))
+        return 0;
+    edgernn_scorer *S = PyCapsule_GetPointer(score, SCORER);
+    if (!S)
+        return -1;
+    if (!S->on || !scorer_solve_due(S))
+        return 0;
+    /* The lines just written woke their reader, likely on this CPU (the scheduler puts a
+       woken task beside its waker): let it read them before the solve takes the CPU. */
+    sched_yield();
+    PyObject *r = PyObject_CallNoArgs(S->idle);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
 /* live_take's score: a scorer (scorer_take) or a callable (live_finish); x, f and the
    features h back to back in the sample's row */
 static int scorer_sample(edgernn_live *L, PyObject *score, live_pass *p, char *q,
@@ -1834,6 +1905,7 @@ static PyMethodDef methods[] = {
     {"live_pairs", (PyCFunction)(void (*)(void))fc_live_pairs, METH_FASTCALL, NULL},
     {"scorer_new", fc_scorer_new, METH_VARARGS, NULL},
     {"scorer_set", fc_scorer_set, METH_VARARGS, NULL},
+    {"scorer_head", fc_scorer_head, METH_VARARGS, NULL},
     {"f32_token", fc_f32_token, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };

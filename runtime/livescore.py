@@ -34,7 +34,7 @@ import numpy as np
 DETECTOR_FIELDS = frozenset(
     {"score", "anomaly", "onset", "threshold", "event", "event_opened", "event_closed"}
 )
-SEEN, MADE, QLO, QHI, RING, SCORED = range(6)
+SEEN, MADE, QLO, QHI, RING, SCORED, SOLVED = range(7)
 
 
 class LiveScorer:
@@ -48,9 +48,13 @@ class LiveScorer:
         self.monitor, self.module, self.live = monitor, module, live
         self.fields, self.stats, self._score_row = fields, stats, score_row
         self.channels = c = channels
-        self.capsule = module.scorer_new(self._fallback, self._replay)
-        self.clock = np.zeros(6, dtype=np.int64)
+        self.capsule = module.scorer_new(self._fallback, self._replay, self._idle)
+        self.clock = np.zeros(7, dtype=np.int64)
         self.ring = np.zeros((monitor._horizon, c), dtype=np.float32)
+        self._clock_address, self._ring_address = self.clock.ctypes.data, self.ring.ctypes.data
+        self._head_keep: tuple = ()  # the head's buffers scorer_set points into
+        self._head_tuple: tuple = ()
+        self._threshold_text: Optional[str] = None
         self._learning = module.live_fields(live, {"score": 0.0, "anomaly": 0, "onset": 0})
         self._pushed = False
         self.scored = 0  # samples scored here, all loops (tests: proof that it ran)
@@ -92,35 +96,47 @@ class LiveScorer:
         scores the samples; `on` 0 where it cannot (each sample then Python's)."""
         m, det, head, clock = self.monitor, self.monitor.detector, self.monitor.head, self.clock
         on = len(m._pending) == m._horizon and (det is None or det._n == self.channels)
-        keep: list = []
         det_args = head_args = None
         threshold_text = ""
-        if on and det is not None:
-            on = det.live_ready()
-            if on:
-                self._threshold, anchor = det.live_threshold()
-                # (fn, struct, x and f, score, flags; contrib is replay's to read)
-                det_args = det._kernel.enter_live(self._threshold, anchor)[:5]
-                threshold_text = self.module.live_fields(self.live, {"threshold": self._threshold})
-                on = threshold_text is not None
-                if not on:
-                    det._kernel.leave_live()
+        if on and det is not None and det.live_ready():
+            threshold, anchor = det.live_threshold()
+            if threshold != self._threshold or self._threshold_text is None:
+                self._threshold, self._threshold_text = threshold, self.module.live_fields(
+                    self.live, {"threshold": threshold}
+                )
+            threshold_text = self._threshold_text
+            on = threshold_text is not None
+            if on:  # (fn, struct, x and f, score, flags; contrib is replay's to read)
+                det_args = det._kernel.enter_live(threshold, anchor)[:5]
+        elif det is not None:
+            on = False
         if on and head is not None:
-            A, block_phi, qphi, qbase, qx, qw, qidx = head.live_buffers()
-            A = np.ascontiguousarray(A)
-            keep = [A, block_phi, qphi, qbase, qx, qw, qidx, head.std]
-            head_args = (self._forecast, *(a.ctypes.data for a in keep), head.hidden + 1,
-                         head.block, len(qbase), head.horizon)  # fmt: skip
-            clock[SEEN], clock[MADE] = head.seen, head.made
-            clock[QLO], clock[QHI] = head._qlo, head._qhi
+            head_args = self._head_args()
         if on:
             for i, f in enumerate(m._pending):
                 self.ring[i] = f
         clock[RING] = clock[SCORED] = 0
         self.module.scorer_set(self.capsule, int(on), self._learning, threshold_text, det_args,
-                               head_args, self.ring.ctypes.data, len(self.ring),
-                               clock.ctypes.data, tuple(keep))  # fmt: skip
+                               head_args, self._ring_address, len(self.ring),
+                               self._clock_address, self._head_keep)  # fmt: skip
         self._pushed = on
+
+    def _head_args(self) -> tuple:
+        """scorer_set's head part (OnlineHead.step's buffers and sizes; their addresses
+        looked up again only when the buffers change: a solve's A, a larger queue), its
+        counters into the clock."""
+        head, clock = self.monitor.head, self.clock
+        buffers = (*head.live_buffers(), head.std)
+        kept = self._head_keep
+        if len(kept) != len(buffers) or any(a is not b for a, b in zip(buffers, kept)):
+            if not all(b.flags.c_contiguous for b in buffers):
+                raise ValueError("online head: a buffer is not contiguous")
+            self._head_keep = buffers
+            self._head_tuple = (self._forecast, *(b.ctypes.data for b in buffers),
+                                head.hidden + 1, head.block, len(buffers[3]), head.horizon)  # fmt: skip
+        clock[SEEN], clock[MADE] = head.seen, head.made
+        clock[QLO], clock[QHI], clock[SOLVED] = head._qlo, head._qhi, head._solved_at
+        return self._head_tuple
 
     def pull(self) -> None:
         """After the loop (and before a sample done in Python): the state back where
@@ -133,8 +149,7 @@ class LiveScorer:
             m.detector._kernel.leave_live()
         head = m.head
         if head is not None:
-            head.seen, head.made = int(clock[SEEN]), int(clock[MADE])
-            head._qlo, head._qhi = int(clock[QLO]), int(clock[QHI])
+            self._pull_head()
         scored = int(clock[SCORED])
         if scored:
             start, h = int(clock[RING]), len(self.ring)
@@ -152,6 +167,18 @@ class LiveScorer:
             return self._score_row(k, seq, time_us)
         finally:
             self.push()
+
+    def _pull_head(self) -> None:
+        head, clock = self.monitor.head, self.clock
+        head.seen, head.made = int(clock[SEEN]), int(clock[MADE])
+        head._qlo, head._qhi = int(clock[QLO]), int(clock[QHI])
+
+    def _idle(self) -> None:
+        """The loop waits for the next sample and the head's next forecast needs a
+        solve: solve now (OnlineHead.solve_ahead), so that no sample waits for it."""
+        self._pull_head()
+        self.monitor.head.solve_ahead()
+        self.module.scorer_head(self.capsule, self._head_args(), self._head_keep)
 
     def _replay(self) -> str:
         """A sample the kernel scored that the event tracker must see: its fields."""

@@ -243,3 +243,40 @@ def test_compiled_products_are_the_reference_sums_to_the_bit():
     corr *= std
     corr += base
     np.testing.assert_array_equal(out, corr.astype(np.float32))
+
+
+def test_solving_ahead_changes_no_bit_and_resumes(exported_models, products):
+    """solve_ahead() after each sample (the live loop's idle time) gives the forecasts,
+    sums and state of step() alone, also through a state saved just after it, then
+    continued by step() or by the CSV path's run_chunk()."""
+    _, path = exported_models[("lstm", 1)]
+    model = Model(path)
+    X = _stream(model, 400, drift=2.0)
+    Y, H = model.stream().run_features(X)
+    w = (np.random.default_rng(5).random(len(X)) > 0.1).astype(float)
+    plain = OnlineHead.for_model(model)
+    want = np.array([plain.step(X[t], Y[t], H[t], w[t]) for t in range(len(X))])
+    ahead, got = OnlineHead.for_model(model), []
+    for t in range(len(X)):
+        got.append(ahead.step(X[t], Y[t], H[t], w[t]))
+        ahead.solve_ahead()
+    np.testing.assert_array_equal(np.array(got), want)
+    assert json.dumps(ahead.state_dict()).replace("true", "false") == json.dumps(
+        plain.state_dict()
+    ).replace("true", "false")
+    cut = 128  # the block starts here: saved after its solve was made ahead
+    first = OnlineHead.for_model(model)
+    for t in range(cut):
+        first.step(X[t], Y[t], H[t], w[t])
+    first.solve_ahead()
+    saved = json.loads(json.dumps(first.state_dict()))
+    assert saved["solved"] is True
+    resumed = OnlineHead.for_model(model)
+    resumed.load_state_dict(saved)
+    rest = np.array([resumed.step(X[t], Y[t], H[t], w[t]) for t in range(cut, len(X))])
+    np.testing.assert_array_equal(rest, want[cut:])
+    chunked = OnlineHead.for_model(model)
+    chunked.load_state_dict(saved)
+    Yc = Y[cut:].copy()
+    chunked.run_chunk(Yc, H[cut:], X[cut:], lambda a, b: w[cut + a : cut + b])
+    np.testing.assert_array_equal(Yc, want[cut:].astype(np.float32))

@@ -193,6 +193,7 @@ class Kernel:
         self._nan = np.full(4096, math.nan)
         self._bases: Optional[tuple] = None  # run_rows(): the last arrays, their addresses
         self._neg_powers = 10.0 ** -np.arange(7).astype(float)
+        self._live = None  # enter_live()'s addresses, for its struct and buffers
 
     def invalidate(self) -> None:
         self.ctx = None
@@ -319,15 +320,19 @@ class Kernel:
             self._bind()
         ctx = self.ctx
         ctx.threshold, ctx.anchor_fraction = threshold, anchor
-        xf, when, score, flags, contrib = self.one_rows()
+        rows = self.one_rows()
         if self._io is None:
             ctx.x, ctx.f, ctx.when, ctx.score, ctx.flags, ctx.contrib = self._one_addresses()
             self._io = "one"
-        when[0] = math.nan
+        rows[1][0] = math.nan  # when: no timestamp
         self._push()
-        fn = ctypes.cast(self.lib.edgernn_detect, ctypes.c_void_p).value
-        return (fn, self._address, xf.ctypes.data, score.ctypes.data, flags.ctypes.data,
-                contrib.ctypes.data)  # fmt: skip
+        live = self._live
+        if live is None or live[0] is not ctx or live[1] is not rows:  # (looked up once)
+            xf, _, score, flags, contrib = rows
+            fn = ctypes.cast(self.lib.edgernn_detect, ctypes.c_void_p).value
+            self._live = live = (ctx, rows, (fn, self._address, xf.ctypes.data, score.ctypes.data,
+                                             flags.ctypes.data, contrib.ctypes.data))  # fmt: skip
+        return live[2]
 
     def leave_live(self) -> None:
         """The scalar state back from the kernel (after enter_live())."""
