@@ -14,7 +14,9 @@ python3-numpy and python3-serial, `pip install --no-deps`), then runs `edgernn i
 `edgernn run --csv` on a float and an int8 (dynamic) model with every backend and
 compares the forecasts with the x86 run of the same file (|a-b| <= 1e-5 + 1e-5|b|), a
 live `edgernn run --port` over a pty fed by `edgernn emulate` inside the chroot, a
-state-file resume (the resumed forecasts equal an unbroken replay on x86), and the C
+state-file resume (the resumed forecasts equal an unbroken replay on x86), a live run
+with the detector and the online head on a recorded binary wire, scored in C by the live
+loop and again on the Python path (the same JSON lines, byte for byte), and the C
 step compiled by the userland's own gcc (an ELF of that architecture, its NEON
 instructions counted with the userland's objdump). It also shows what `gcc
 -march=native` resolves to on each Pi's CPU (a /proc/cpuinfo of that CPU bind-mounted
@@ -317,6 +319,7 @@ def prepare(stage: Path) -> dict:
     with open(stage / "in.csv", "w") as f:
         f.write(",".join(names) + "\n")
         f.writelines(",".join(f"{v:.4f}" for v in row) + "\n" for row in x)
+    write_detector_wire(stage / "wire.bin", x[:DETECTOR_SAMPLES], names)
     refs = {}
     for m, _ in MODELS:
         out = stage / "ref" / f"{m}.csv"
@@ -330,6 +333,22 @@ def prepare(stage: Path) -> dict:
     shutil.copy(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt",
                 stage / "ca-certificates.crt")  # fmt: skip
     return {"wheel": wheels[0].name, "names": names, "refs": refs}
+
+
+DETECTOR_SAMPLES = 700  # the detector run's binary wire: a hello, then these samples
+
+
+def write_detector_wire(path: Path, x: np.ndarray, names: list[str]) -> None:
+    """A device's binary stream of `x` at 100 Hz, one sample a frame, with three spikes
+    for the detector to flag (its events go through Python, the rest is scored in C)."""
+    from edgernn.firmware_bridge import protocol as P
+
+    x = x.astype(np.float32)
+    for row in (450, 520, 600):
+        x[row, row % x.shape[1]] += 80.0
+    frames = [P.encode_hello(1, 100.0, names)]
+    frames += [P.encode_data(seq, seq * 10_000, x[seq]) for seq in range(len(x))]
+    path.write_bytes(b"".join(frames))
 
 
 def forecast_columns(path: Path) -> np.ndarray:
@@ -393,6 +412,44 @@ finally:
         emu.wait(30)
     except subprocess.TimeoutExpired:
         emu.kill()
+print(json.dumps(res))
+"""
+
+
+# the live serial run with the detector and the online head (scored in C by the live
+# loop, runtime/livescore.py) against the same run on the Python path, same bytes in
+DETECTOR_SCRIPT = r"""
+import json, os, select, subprocess, time, tty
+from edgernn.firmware_bridge.emulator import wait_until_read
+M, W = "/pi-check/float.onnx", "/pi-check/out"
+frames = open("/pi-check/wire.bin", "rb").read().split(b"\0")[:-1]
+from edgernn.runtime.adapt import _head_library
+from edgernn.runtime.cstep import fastcall_module
+module = fastcall_module()  # what the C path needs: the extension, the compiled kernel
+res = {"c_scorer": bool(module is not None and hasattr(module, "scorer_new")
+                        and _head_library() is not None)}
+for tag, extra in (("c", {}), ("python", {"EDGERNN_NO_FAST_LIVE": "1"})):
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    port = os.ttyname(slave)
+    os.close(slave)
+    run = subprocess.Popen(["edgernn", "run", M, "--port", port, "--no-reconnect",
+        "--alarm-every", "200", "--status-interval", "0", "--summary-json",
+        W + "/det-" + tag + ".json", "-o", W + "/det-" + tag + ".jsonl"],
+        env={**os.environ, **extra}, stderr=subprocess.PIPE, text=True)
+    poller = select.poll()
+    poller.register(master, select.POLLOUT)
+    end = time.monotonic() + 300
+    while poller.poll(20)[0][1] & select.POLLHUP and time.monotonic() < end:
+        pass  # until the run opens the port
+    time.sleep(1.0)  # pyserial flushes its input just after opening (slowly, under qemu)
+    for frame in frames:
+        os.write(master, frame + b"\0")
+        time.sleep(0.002)
+    wait_until_read(port, timeout=120)
+    os.close(master)  # an unplug: the run ends (--no-reconnect)
+    res["rc_" + tag] = run.wait(300)
+    res["err_" + tag] = run.stderr.read()[-400:]
 print(json.dumps(res))
 """
 
@@ -623,6 +680,40 @@ def check_userland(arch: str, root: Path, prep: dict, stage: Path, table: Table)
         else:
             detail += f"; {one_line(res.get('err2', ''))}"
         table.add(u, "state-file resume", "PASS" if ok2 else "FAIL", 0.0, detail)
+        check_detector_live(ch, root, u, table)
+
+
+def check_detector_live(ch, root: Path, u: str, table: Table) -> None:
+    """run --port with the detector and the online head, scored in the C loop, against
+    the Python path (EDGERNN_NO_FAST_LIVE=1) on the same bytes: the same lines."""
+    step = "run --port, detector: C = Python"
+    (root / "pi-check" / "det_check.py").write_text(DETECTOR_SCRIPT)
+    rc, out, err, s = ch.run("python /pi-check/det_check.py", timeout=900)
+    try:
+        res = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        table.add(u, step, "FAIL", s, f"rc {rc}: {one_line(err)}")
+        return
+    lines, sums = {}, {}
+    for tag in ("c", "python"):
+        path, summary = (root / f"pi-check/out/det-{tag}.{ext}" for ext in ("jsonl", "json"))
+        lines[tag] = path.read_bytes() if path.exists() else b""
+        sums[tag] = json.loads(summary.read_text()) if summary.exists() else {}
+    n = lines["c"].count(b"\n")
+    flagged = lines["c"].count(b'"anomaly":1')
+    ok = bool(
+        res.get("c_scorer") and res.get("rc_c") == 0 and res.get("rc_python") == 0
+        and n == DETECTOR_SAMPLES and lines["c"] == lines["python"]
+        and b'"score":' in lines["c"] and flagged > 0
+        and sums["c"].get("unaccounted") == 0 and sums["python"].get("unaccounted") == 0
+    )  # fmt: skip
+    detail = (f"C scorer built: {res.get('c_scorer')}; {n} lines, byte for byte the same: "
+              f"{lines['c'] == lines['python']}, "
+              f"{flagged} flagged, unaccounted {sums['c'].get('unaccounted')} / "
+              f"{sums['python'].get('unaccounted')}")  # fmt: skip
+    if not ok:
+        detail += f"; rc {res.get('rc_c')} / {res.get('rc_python')}: {one_line(res.get('err_c', ''))}"
+    table.add(u, step, "PASS" if ok else "FAIL", s, detail)
 
 
 # ------------------------------------------------------------------------------------
