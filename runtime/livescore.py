@@ -8,9 +8,11 @@ on its own buffers, the head's step (kernel.c edgernn_head_forecast, the same su
 OnlineHead.step, see adapt.py), the monitor's pending forecasts in a ring, the line's
 fields as json_fields writes them. Python still does what is rare or not arithmetic:
 
-- a sample the scorer does not cover (the head's solve every `block` samples, a forecast
-  that is not finite, the detector still forming its normalisers) goes through
-  Monitor.stepped as before (`fallback`: the state pulled into Python first, pushed after);
+- the head's solve, due every `block` forecasts, in the idle time after the line before
+  it is written (`idle`: OnlineHead.solve_ahead), so that no sample waits for it;
+- a sample the scorer does not cover (a solve not made ahead, a forecast that is not
+  finite, the detector still forming its normalisers) goes through Monitor.stepped as
+  before (`fallback`: the state pulled into Python first, pushed after);
 - a sample the event tracker must see (flagged, or an event open) comes back after the
   kernel scored it (`replay`: Detector.kernel_verdict, events and fields).
 
@@ -88,7 +90,8 @@ class LiveScorer:
             return None
         if not 1 <= len(names) <= 255:
             return None
-        return cls(monitor, module, live, fields, stats, score_row, len(names))
+        scorer = cls(monitor, module, live, fields, stats, score_row, len(names))
+        return scorer if scorer._learning is not None else None
 
     # -- the state, into C-visible buffers and back --------------------------------------
     def push(self) -> None:
