@@ -114,6 +114,31 @@ def assert_resumes_exactly(new_detector, step, n: int, cuts) -> None:
         assert got == expected, f"cut at {cut}"
 
 
+def random_start(model, batch: int, seed: int = 0, steps: int = 40):
+    """A random non-zero state and a sequence in raw units: ({name: (L, B, H)}, (T, B, C))."""
+    rng = np.random.default_rng(seed)
+    state = {
+        s.input: (0.5 * rng.standard_normal((s.layers, batch, s.hidden))).astype(np.float32)
+        for s in model.meta.states
+    }
+    std, mean = np.asarray(model.meta.norm_std), np.asarray(model.meta.norm_mean)
+    X = (rng.standard_normal((steps, batch, model.n_channels)) * std + mean).astype(np.float32)
+    return state, X
+
+
+def stream_outputs(model, state, X, batch):
+    """Half the sequence through step(), half through run(); outputs normalised by std.
+    batch None: the unbatched stream, on batch row 0 of state and X."""
+    if batch is None:
+        stream = model.stream(state={k: v[:, 0] for k, v in state.items()})
+        X = X[:, 0]
+    else:
+        stream = model.stream(state=state, batch=batch)
+    half = len(X) // 2
+    y = np.concatenate([np.stack([stream.step(x) for x in X[:half]]), stream.run(X[half:])])
+    return y / np.asarray(model.meta.norm_std, np.float32), stream.state
+
+
 def parse_run_args(*argv: str) -> argparse.Namespace:
     """The arguments `edgernn run MODEL --port ...` would get (status lines off)."""
     from edgernn.firmware_bridge.live import add_serial_arguments

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import random_start, stream_outputs
 
 from edgernn.errors import EdgernnError, InputError, ModelFormatError
 from edgernn.runtime import Model
@@ -26,30 +27,6 @@ FAST_BACKENDS = [
 ]
 
 
-def _random_start(model: Model, batch: int, seed: int = 0):
-    """A random non-zero state and a sequence in raw units: ({name: (L, B, H)}, (T, B, C))."""
-    rng = np.random.default_rng(seed)
-    state = {
-        s.input: (0.5 * rng.standard_normal((s.layers, batch, s.hidden))).astype(np.float32)
-        for s in model.meta.states
-    }
-    std, mean = np.asarray(model.meta.norm_std), np.asarray(model.meta.norm_mean)
-    X = (rng.standard_normal((40, batch, model.n_channels)) * std + mean).astype(np.float32)
-    return state, X
-
-
-def _stream_outputs(model: Model, state, X, batch):
-    """Half the sequence through step(), half through run(); outputs normalised by std."""
-    if batch is None:
-        stream = model.stream(state={k: v[:, 0] for k, v in state.items()})
-        X = X[:, 0]
-    else:
-        stream = model.stream(state=state, batch=batch)
-    half = len(X) // 2
-    y = np.concatenate([np.stack([stream.step(x) for x in X[:half]]), stream.run(X[half:])])
-    return y / np.asarray(model.meta.norm_std, np.float32), stream.state
-
-
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("batch", [None, 4])
 @pytest.mark.parametrize("key", CELLS, ids=[f"{c}-{n}" for c, n in CELLS])
@@ -57,9 +34,9 @@ def test_backend_matches_onnxruntime(exported_models, key, batch, backend):
     _, path = exported_models[key]
     ref, fast = Model(path, backend="onnxruntime"), Model(path, backend=backend)
     assert fast.backend == backend and ref.backend == "onnxruntime"
-    state, X = _random_start(ref, batch or 1, seed=len(key[0]) + key[1])
-    y_ref, s_ref = _stream_outputs(ref, state, X, batch)
-    y, s = _stream_outputs(fast, state, X, batch)
+    state, X = random_start(ref, batch or 1, seed=len(key[0]) + key[1])
+    y_ref, s_ref = stream_outputs(ref, state, X, batch)
+    y, s = stream_outputs(fast, state, X, batch)
     assert y.shape == y_ref.shape
     assert np.max(np.abs(y - y_ref)) <= TOL
     for name in s_ref:
@@ -76,7 +53,7 @@ def test_interpreter_matches_onnxruntime(exported_models, key):
     parsed = nb.load_onnx(path)
     interp = nb.Interpreter(parsed.graph)
     model = Model(path, backend="onnxruntime")
-    state, X = _random_start(model, 3)
+    state, X = random_start(model, 3)
     feeds = {"x": X[0], **state}
     names = [o.name for o in ort.InferenceSession(path).get_outputs()]
     want = ort.InferenceSession(path).run(names, feeds)
@@ -171,9 +148,9 @@ def test_graph_disagreeing_with_metadata_is_not_fused(exported_models, tmp_path)
     with pytest.raises(ModelFormatError, match="does not compute"):
         Model(edited, backend="c")
     ref, interp = Model(edited, backend="onnxruntime"), Model(edited, backend="numpy")
-    state, X = _random_start(ref, 2)
-    y_ref, _ = _stream_outputs(ref, state, X[:8], 2)
-    y, _ = _stream_outputs(interp, state, X[:8], 2)
+    state, X = random_start(ref, 2)
+    y_ref, _ = stream_outputs(ref, state, X[:8], 2)
+    y, _ = stream_outputs(interp, state, X[:8], 2)
     assert np.max(np.abs(y - y_ref)) <= TOL
 
 
@@ -185,9 +162,9 @@ def test_unrolled_graph_runs_on_numpy_backend(exported_models, tmp_path):
     path = str(tmp_path / "unrolled.onnx")
     unrolled.export_unrolled(model, path)
     ref, fast = Model(path, backend="onnxruntime"), Model(path, backend="numpy")
-    state, X = _random_start(ref, 3)
-    y_ref, s_ref = _stream_outputs(ref, state, X[:10], 3)
-    y, s = _stream_outputs(fast, state, X[:10], 3)
+    state, X = random_start(ref, 3)
+    y_ref, s_ref = stream_outputs(ref, state, X[:10], 3)
+    y, s = stream_outputs(fast, state, X[:10], 3)
     assert np.max(np.abs(y - y_ref)) <= TOL
 
 

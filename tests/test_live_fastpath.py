@@ -129,14 +129,19 @@ def split_frames(wire: bytes) -> list[bytes]:
     return [part + b"\x00" for part in wire.split(b"\x00")[:-1]]
 
 
+def choose_path(monkeypatch, fast: bool, c_scorer: bool) -> None:
+    """The C loop (fast) or the Python path; in the C loop, scoring in C or per-sample
+    calls into Python."""
+    for var, off in (("EDGERNN_NO_FAST_LIVE", not fast), ("EDGERNN_NO_C_SCORER", not c_scorer)):
+        if off:
+            monkeypatch.setenv(var, "1")
+        else:
+            monkeypatch.delenv(var, raising=False)
+
+
 def run_once(model, tmp_path, piece, fast: bool, monkeypatch, scoring: str = "forecasts",
              c_scorer: bool = True):  # fmt: skip
-    monkeypatch.delenv("EDGERNN_NO_FAST_LIVE", raising=False)
-    monkeypatch.delenv("EDGERNN_NO_C_SCORER", raising=False)
-    if not fast:
-        monkeypatch.setenv("EDGERNN_NO_FAST_LIVE", "1")
-    if not c_scorer:
-        monkeypatch.setenv("EDGERNN_NO_C_SCORER", "1")
+    choose_path(monkeypatch, fast, c_scorer)
     tag = f"{'fast' if fast else 'python'}-{piece}-{c_scorer}"
     out, summary, state = (tmp_path / f"{tag}.{ext}" for ext in ("jsonl", "json", "state"))
     wire = rich_wire()
@@ -241,12 +246,7 @@ def test_a_failing_verdict_stops_both_paths_at_the_same_sample(model, tmp_path, 
     results = []
     for fast in (True, False):
         calls["n"] = 0
-        monkeypatch.delenv("EDGERNN_NO_FAST_LIVE", raising=False)
-        monkeypatch.delenv("EDGERNN_NO_C_SCORER", raising=False)
-        if not fast:
-            monkeypatch.setenv("EDGERNN_NO_FAST_LIVE", "1")
-        if not c_scorer:
-            monkeypatch.setenv("EDGERNN_NO_C_SCORER", "1")
+        choose_path(monkeypatch, fast, c_scorer)
         out = tmp_path / f"{fast}.jsonl"
         dev = FramedDevice(split_frames(rich_wire()))
         args = parse("--port", dev.path, "--no-reconnect", "-o", str(out))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_model
+from conftest import make_model, random_start, stream_outputs
 
 from edgernn.runtime import Model, csource
 from edgernn.runtime import cstep as cstep_mod
@@ -52,20 +52,6 @@ def portable_models(tmp_path_factory):
     return out
 
 
-def _outputs(model: Model, batch: int, seed: int):
-    rng = np.random.default_rng(seed)
-    state = {
-        s.input: (0.5 * rng.standard_normal((s.layers, batch, s.hidden))).astype(np.float32)
-        for s in model.meta.states
-    }
-    std, mean = np.asarray(model.meta.norm_std), np.asarray(model.meta.norm_mean)
-    X = (rng.standard_normal((30, batch, model.n_channels)) * std + mean).astype(np.float32)
-    stream = model.stream(state=state, batch=batch)
-    half = len(X) // 2
-    y = np.concatenate([np.stack([stream.step(x) for x in X[:half]]), stream.run(X[half:])])
-    return y / np.asarray(std, np.float32), stream.state
-
-
 @pytest.mark.parametrize("build", sorted(BUILDS))
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("key", KEYS, ids=[f"{c}-{n}x{h}" for c, n, h in KEYS])
@@ -77,8 +63,9 @@ def test_portable_build_matches_onnxruntime(
     ref = Model(portable_models[key], backend="onnxruntime")
     fast = Model(portable_models[key], backend="c")
     assert fast.backend == "c"
-    y_ref, s_ref = _outputs(ref, batch, seed=key[2] + batch)
-    y, s = _outputs(fast, batch, seed=key[2] + batch)
+    state, X = random_start(ref, batch, seed=key[2] + batch, steps=30)
+    y_ref, s_ref = stream_outputs(ref, state, X, batch)
+    y, s = stream_outputs(fast, state, X, batch)
     assert np.ptp(y_ref) > 0
     assert np.max(np.abs(y - y_ref)) <= TOL
     for name in s_ref:

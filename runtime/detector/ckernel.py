@@ -268,13 +268,22 @@ class Kernel:
     def call(self, n: int, threshold: float, anchor: float, buffers=None, addresses=None) -> None:
         """run() on `buffers` (x, f, when, score, flags, contrib) or at their
         `addresses`, or on one()'s."""
+        if buffers is not None:
+            addresses = tuple(b.ctypes.data for b in buffers)
+        self._prepare(threshold, anchor, addresses)
+        rc = self.lib.edgernn_detect(self._address, n)
+        if rc != 0:
+            raise CStepUnavailable(f"the detector kernel refused the call ({rc})")
+        self._pull()
+
+    def _prepare(self, threshold: float, anchor: float, addresses) -> None:
+        """The struct bound to the detector's arrays, the threshold and anchor set, its
+        rows pointed at `addresses` (None: one()'s buffers), the scalar state pushed."""
         det = self.det
         if self.ctx is None or self._profile is not det._profile:
             self._bind()
         ctx = self.ctx
         ctx.threshold, ctx.anchor_fraction = threshold, anchor
-        if buffers is not None:
-            addresses = tuple(b.ctypes.data for b in buffers)
         if addresses is not None:
             ctx.x, ctx.f, ctx.when, ctx.score, ctx.flags, ctx.contrib = addresses
             self._io = None
@@ -282,10 +291,6 @@ class Kernel:
             ctx.x, ctx.f, ctx.when, ctx.score, ctx.flags, ctx.contrib = self._one_addresses()
             self._io = "one"
         self._push()
-        rc = self.lib.edgernn_detect(self._address, n)
-        if rc != 0:
-            raise CStepUnavailable(f"the detector kernel refused the call ({rc})")
-        self._pull()
 
     def _push(self) -> None:
         """The detector's scalar state into dbl / cnt, where the kernel keeps it."""
@@ -315,18 +320,10 @@ class Kernel:
         and anchor set, the scalar state pushed. Returns (edgernn_detect's address, the
         struct's, x and f's (2C float64, x then f), score's, flags', contrib's). Until
         leave_live(), the detector's scalar state is the kernel's (dbl / cnt)."""
-        det = self.det
-        if self.ctx is None or self._profile is not det._profile:
-            self._bind()
-        ctx = self.ctx
-        ctx.threshold, ctx.anchor_fraction = threshold, anchor
         rows = self.one_rows()
-        if self._io is None:
-            ctx.x, ctx.f, ctx.when, ctx.score, ctx.flags, ctx.contrib = self._one_addresses()
-            self._io = "one"
         rows[1][0] = math.nan  # when: no timestamp
-        self._push()
-        live = self._live
+        self._prepare(threshold, anchor, None)
+        ctx, live = self.ctx, self._live
         if live is None or live[0] is not ctx or live[1] is not rows:  # (looked up once)
             xf, _, score, flags, contrib = rows
             fn = ctypes.cast(self.lib.edgernn_detect, ctypes.c_void_p).value

@@ -361,10 +361,8 @@ class Detector:
         through score_one (its errors too)."""
         kernel, n = self._kernel, self._n
         if (
-            kernel is None or x.shape != (n,) or forecast.shape != (n,)
-            or type(self).score_one is not Detector.score_one or "score_one" in self.__dict__
-            or x.dtype != _F32 or forecast.dtype != _F32
-            or (self._pair is None or self._moments is None) and not self._kernel_ready()
+            x.shape != (n,) or forecast.shape != (n,) or x.dtype != _F32 or forecast.dtype != _F32
+            or not self.live_ready()
         ):  # fmt: skip
             out = self.score_one(x, forecast)
             return out, _detector_fields_of(out)
