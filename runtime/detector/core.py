@@ -61,7 +61,11 @@ N_STEPS = 50  # time steps whose median is the sampling interval
 PERIODS = {"day": (86400.0, 1440), "week": (604800.0, 2016)}  # seconds, most bins
 _UNSET = object()
 ANCHOR_RATE = 3.0  # tails below this many times the false-alarm rate are extrapolated
-MAX_USUAL = 1000.0  # |z| learnt by the time-of-day baseline at most
+# The time-of-day baseline learns errors of at most this many scales: a bound for
+# numbers, not for patterns. The scale's floor (0.1 x the mean sample-to-sample change)
+# keeps a pattern that repeats every period under 10 x bins / changes per period scales:
+# 14,400 for one jump a day in 1-minute samples, the finest profile there is.
+MAX_USUAL = 1e5
 STAT_GRID = (-2.0, 4.0, 72)  # statistics: log10 from 0.01 to 10,000, 12 cells a decade
 TOP_GRID = (0.0, 30.0, 240)  # T = -log10 p_min: 0 to 30 in steps of 0.125
 N_STATS = 5  # statistics per channel (see _statistics)
@@ -338,8 +342,25 @@ class Detector:
             self._steps = [float(s) for s in d["steps"]]
             self._last_time = None if d["last_time"] is None else float(d["last_time"])
             self._events.load_state_dict(d["events"])
+            self._profile_in_units()
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise InputError(f"damaged detector state ({e!r})") from None
+
+    def _profile_in_units(self) -> None:
+        """A seasonal profile loaded from an earlier edgernn's state holds z: times the
+        scale the stream resumes with, it is in the error's units again (the scale it
+        had when each bin learnt is gone; the current one is the best estimate)."""
+        profile = self._profile
+        if profile is None or not profile.in_z_units:
+            return
+        profile.in_z_units = False
+        scales = [self._model.scale, self._level_norm.scale] if self._model is not None else []
+        if self._floors is None or any(s is None for s in scales):
+            profile.mean[:] = 0.0  # no scale yet (nothing much learnt): learn afresh
+            profile.count[:] = 0.0
+            return
+        bound = np.maximum(np.stack(scales), self._floors.floor()).reshape(-1)
+        profile.mean *= bound
 
     # -- scoring -----------------------------------------------------------------------
     def score_one(self, x, forecast, time: Union[str, float, None] = None) -> DetectorOutput:
@@ -437,9 +458,13 @@ class Detector:
         z = (deviation[0] / deviation[1]).reshape(-1)
         usual = self._seasonal_center(when)
         if self._profile is not None and when is not None:
-            self._profile.update(np.clip(z, -MAX_USUAL, MAX_USUAL), when)
-        if usual is not None:  # what is usual at this time of day is normal
-            z = np.where(np.abs(z - usual) < np.abs(z), z - usual, z)
+            # in the error's own units: an error that repeats every day is subtracted
+            # exactly, however the scale (the unit of z) moves in between
+            dev, bound = deviation[0].reshape(-1), deviation[1].reshape(-1)
+            self._profile.update(np.clip(dev, -MAX_USUAL * bound, MAX_USUAL * bound), when)
+            if usual is not None:  # what is usual at this time of day is normal
+                unusual = (dev - usual) / bound
+                z = np.where(np.abs(unusual) < np.abs(z), unusual, z)
         stats = self._statistics(z)
         threshold = self._current_threshold()
         at_first = self._first.locate(stats)

@@ -15,7 +15,7 @@
 #include <string.h>
 
 #define CLIP 3.0
-#define MAX_USUAL 1000.0
+#define MAX_USUAL 1e5
 #define MIN_ENERGY 0.01
 #define PRIOR_WEIGHT 10.0
 #define MAX_SCORE 50.0
@@ -277,13 +277,13 @@ int edgernn_detect(det_t *d, long N)
             if (known) memcpy(usual, m, sizeof(double) * n2);
             d->prof_count[b] += 1;
             double r = dmax(1.0 / d->prof_count[b], 1.0 / d->periods);
-            for (long j = 0; j < n2; j++) {
-                double cz = dmin(dmax(z[j], -MAX_USUAL), MAX_USUAL);
-                m[j] += r * (cz - m[j]);
+            for (long j = 0; j < n2; j++) { /* in the error's units, as core.py */
+                double cd = dmin(dmax(d0[j], -MAX_USUAL * bound[j]), MAX_USUAL * bound[j]);
+                m[j] += r * (cd - m[j]);
             }
             if (known)
                 for (long j = 0; j < n2; j++) {
-                    double zu = z[j] - usual[j];
+                    double zu = (d0[j] - usual[j]) / bound[j];
                     if (fabs(zu) < fabs(z[j])) z[j] = zu;
                 }
         }

@@ -268,9 +268,11 @@ def _scale_rows(rows: np.ndarray, buffer: np.ndarray, first: float, second: floa
 
 
 class SeasonalProfile:
-    """The usual normalised error at each time of day (or week): a forecaster that
-    misses a daily pattern (a nightly batch job, the morning ramp) errs the same way
-    at the same time every day, and that error is normal.
+    """The usual error at each time of day (or week), in the error's own units (centred,
+    not divided by the scale): a forecaster that misses a daily pattern (a nightly batch
+    job, the morning ramp) errs the same way at the same time every day, and that error
+    is normal. Units, not z: z's unit (the scale) moves between days, and a large error
+    that repeats exactly would otherwise leave a large z every day.
 
     One bin per sample interval (at most `max_bins`); a bin's value follows a running
     average over its first days, then an exponential one over `periods` periods. A bin
@@ -283,6 +285,7 @@ class SeasonalProfile:
         self.mean = np.zeros((self.bins, n))
         self.count = np.zeros(self.bins)
         self.first: Optional[float] = None
+        self.in_z_units = False  # load_state_dict() of an old state: mean still in z
 
     def _bin(self, when: float) -> int:
         return int((when % self.period) / self.period * self.bins) % self.bins
@@ -303,9 +306,13 @@ class SeasonalProfile:
         self.mean[b] += rate * (z - self.mean[b])
 
     def state_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "count": self.count.tolist(), "first": self.first}
+        return {"mean": self.mean.tolist(), "count": self.count.tolist(), "first": self.first,
+                "units": "error"}  # fmt: skip
 
     def load_state_dict(self, d: dict) -> None:
         self.mean = np.asarray(d["mean"], dtype=np.float64).reshape(self.mean.shape)
         self.count = np.asarray(d["count"], dtype=np.float64)
         self.first = None if d["first"] is None else float(d["first"])
+        # a state saved by an earlier edgernn, which kept z: the detector converts it
+        # with the scale it resumes with
+        self.in_z_units = d.get("units") != "error"
