@@ -148,6 +148,7 @@ def write_csv(path: str, x: np.ndarray) -> None:
 
 # ------------------------------------------------------------------------------ methods
 RUN_ARGS: list = []  # extra `edgernn run` arguments (--run-args), e.g. a detector config
+TRAIN_ARGS: list = []  # extra `edgernn train` arguments (--train-args), e.g. another cell
 REUSE = [False]  # --reuse: keep a model trained by an earlier run of this script
 
 
@@ -162,7 +163,7 @@ def edgernn_scores(path: str, work: str) -> tuple[np.ndarray, np.ndarray]:
         fh.write("\n".join(rows[: 1 + int(TRAIN_FRAC * (len(rows) - 1))]) + "\n")
     run_dir, model, out = (os.path.join(work, p) for p in ("run", "model.onnx", "out.csv"))
     steps = [
-        [*edgernn, "train", head, "--out", run_dir, "--no-progress"],
+        [*edgernn, "train", head, "--out", run_dir, "--no-progress", *TRAIN_ARGS],
         [*edgernn, "export", run_dir, "-o", model],
     ]
     if REUSE[0] and os.path.exists(model):
@@ -282,8 +283,10 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--reuse", action="store_true", help="reuse models OUT holds already")
     ap.add_argument("--run-args", default="", help="extra `edgernn run` arguments")
+    ap.add_argument("--train-args", default="", help="extra `edgernn train` arguments")
     args = ap.parse_args(argv)
     RUN_ARGS.extend(args.run_args.split())
+    TRAIN_ARGS.extend(args.train_args.split())
     REUSE[0] = args.reuse
     os.makedirs(args.out, exist_ok=True)
     began = time.time()
