@@ -62,10 +62,11 @@ PERIODS = {"day": (86400.0, 1440), "week": (604800.0, 2016)}  # seconds, most bi
 _UNSET = object()
 ANCHOR_RATE = 3.0  # tails below this many times the false-alarm rate are extrapolated
 # The time-of-day baseline learns errors of at most this many scales: a bound for
-# numbers, not for patterns. The scale's floor (0.1 x the mean sample-to-sample change)
-# keeps a pattern that repeats every period under 10 x bins / changes per period scales:
-# 14,400 for one jump a day in 1-minute samples, the finest profile there is.
-MAX_USUAL = 1e5
+# numbers, not for patterns. Under the scale's floor (0.1 x the mean sample-to-sample
+# change) a noiseless pattern's repeating error reaches 10 x samples per period / jumps
+# per period scales (1,440 for a daily square wave in 5-minute samples), and the
+# baseline must learn it whole.
+MAX_USUAL = 1e9
 STAT_GRID = (-2.0, 4.0, 72)  # statistics: log10 from 0.01 to 10,000, 12 cells a decade
 TOP_GRID = (0.0, 30.0, 240)  # T = -log10 p_min: 0 to 30 in steps of 0.125
 N_STATS = 5  # statistics per channel (see _statistics)

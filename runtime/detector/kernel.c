@@ -15,7 +15,7 @@
 #include <string.h>
 
 #define CLIP 3.0
-#define MAX_USUAL 1e5
+#define MAX_USUAL 1e9
 #define MIN_ENERGY 0.01
 #define PRIOR_WEIGHT 10.0
 #define MAX_SCORE 50.0
