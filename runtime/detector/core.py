@@ -343,25 +343,22 @@ class Detector:
             self._steps = [float(s) for s in d["steps"]]
             self._last_time = None if d["last_time"] is None else float(d["last_time"])
             self._events.load_state_dict(d["events"])
-            self._profile_in_units()
+            saved_profile = d["parts"]["profile"]
+            if saved_profile is not None and saved_profile.get("units") != "error":
+                self._profile_in_units()
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise InputError(f"damaged detector state ({e!r})") from None
 
     def _profile_in_units(self) -> None:
-        """A seasonal profile loaded from an earlier edgernn's state holds z: times the
-        scale the stream resumes with, it is in the error's units again (the scale it
-        had when each bin learnt is gone; the current one is the best estimate)."""
-        profile = self._profile
-        if profile is None or not profile.in_z_units:
-            return
-        profile.in_z_units = False
-        scales = [self._model.scale, self._level_norm.scale] if self._model is not None else []
-        if self._floors is None or any(s is None for s in scales):
+        """The seasonal profile just loaded from an earlier edgernn's state holds z:
+        times the scale the stream resumes with, it is in the error's units again (the
+        scale it had when each bin learnt is gone; the current one is the best estimate)."""
+        profile, scales = self._profile, (self._model.scale, self._level_norm.scale)
+        if any(s is None for s in scales):
             profile.mean[:] = 0.0  # no scale yet (nothing much learnt): learn afresh
             profile.count[:] = 0.0
             return
-        bound = np.maximum(np.stack(scales), self._floors.floor()).reshape(-1)
-        profile.mean *= bound
+        profile.mean *= np.maximum(np.stack(scales), self._floors.floor()).reshape(-1)
 
     # -- scoring -----------------------------------------------------------------------
     def score_one(self, x, forecast, time: Union[str, float, None] = None) -> DetectorOutput:

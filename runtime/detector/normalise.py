@@ -285,7 +285,6 @@ class SeasonalProfile:
         self.mean = np.zeros((self.bins, n))
         self.count = np.zeros(self.bins)
         self.first: Optional[float] = None
-        self.in_z_units = False  # load_state_dict() of an old state: mean still in z
 
     def _bin(self, when: float) -> int:
         return int((when % self.period) / self.period * self.bins) % self.bins
@@ -313,6 +312,4 @@ class SeasonalProfile:
         self.mean = np.asarray(d["mean"], dtype=np.float64).reshape(self.mean.shape)
         self.count = np.asarray(d["count"], dtype=np.float64)
         self.first = None if d["first"] is None else float(d["first"])
-        # a state saved by an earlier edgernn, which kept z: the detector converts it
-        # with the scale it resumes with
-        self.in_z_units = d.get("units") != "error"
+
