@@ -40,6 +40,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def auto_or_non_negative_float(text: str) -> float | str:
+    """'auto', or a number >= 0."""
+    if text == "auto":
+        return text
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or >= 0, got {text}")
+    return value
+
+
 def csv_list(text: str) -> list[str]:
     """'a, b,c' -> ['a', 'b', 'c']."""
     return [t.strip() for t in text.split(",") if t.strip()]

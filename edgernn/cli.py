@@ -14,7 +14,7 @@ import sys
 from typing import Callable, Optional
 
 from edgernn import __version__
-from edgernn.argtypes import csv_list, positive_int
+from edgernn.argtypes import auto_or_non_negative_float, csv_list, positive_int
 from edgernn.errors import EdgernnError, MissingDependencyError
 
 # Modules that register further subcommands with add_commands(subparsers), by the
@@ -102,6 +102,12 @@ def add_train(sub) -> None:
         help="forecast the value itself, not the change from the current sample (default: "
         "the change)",
     )  # fmt: skip
+    g.add_argument("--level-jitter", type=auto_or_non_negative_float, default=d.level_jitter,
+                   metavar="STDS|auto",
+                   help="lstm/gru/rnn forecasters: shift each training window, input and "
+                   "target, by a random level of about this many training stds, so forecasts "
+                   "follow the dynamics, not the levels seen in training; auto: 1 for one "
+                   "channel, 0 for several (default %(default)s)")  # fmt: skip
     g.add_argument(
         "--bidirectional", action="store_true",
         help="refused: bidirectional models are not causal and cannot stream",
@@ -204,6 +210,9 @@ def cmd_train(args) -> int:
         cfg = TrainConfig.from_dict(given)
     except ValueError as e:
         raise EdgernnError(str(e)) from None
+    if args.level_jitter not in (None, "auto", 0) and not cfg.level_jitter:  # (dropped by cfg)
+        raise EdgernnError("--level-jitter applies to lstm, gru and rnn forecasters (an ESN's "
+                           "ridge readout, a regressor and a classifier train without it)")  # fmt: skip
     if cfg.cell != "esn":
         from edgernn.errors import require
 

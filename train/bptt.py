@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from edgernn.errors import DataError, EdgernnError
-from edgernn.train.config import TrainConfig, model_config_from
+from edgernn.train.config import TrainConfig, level_jitter_for, model_config_from
 from edgernn.train.data import (
     SplitData,
     draw_windows,
@@ -101,16 +101,33 @@ def steps_per_epoch(cfg: TrainConfig, data: SplitData) -> int:
     )
 
 
+def level_shifts(jitter: float, rng, n: int, n_channels: int) -> np.ndarray:
+    """Offsets (n, 1, C) that shift each of n training windows (or lanes) as a whole, input
+    and target alike, by ~N(0, jitter) training stds (config.level_jitter_for's).
+
+    Why: a short training part shows a few levels only, and nothing in it says how the
+    forecast should behave at another one. Left alone, a training seed decides: one model
+    tracks a new level, the next keeps pulling its forecasts back towards the levels it was
+    trained on, and every sample of a new normal regime scores as an error. Shifted copies
+    of its windows teach the model that the dynamics, not the absolute level, carry the
+    forecast. Drawn for the global batch, so every rank draws the same."""
+    return rng.normal(0.0, jitter, (n, 1, n_channels)).astype(np.float32)
+
+
 def window_batches(cfg: TrainConfig, data: SplitData, rng, ctx: Dist) -> Iterator[Batch]:
     forecast = data.task == "forecast"
     shift = cfg.horizon if forecast else 0  # other tasks' targets belong to the same step
     usable = usable_starts(data, cfg.window, shift)
     burn = min(cfg.burn_in, cfg.window - 1)
     mine = slice(ctx.rank, None, ctx.world)
+    jitter = level_jitter_for(cfg, data.n_channels) if forecast else 0.0
     for _ in range(steps_per_epoch(cfg, data)):
         files, starts = draw_windows(usable, cfg.batch_size, rng)  # the global batch
         if forecast:
             X, Y = gather_windows(data, files[mine], starts[mine], cfg.window, cfg.horizon)
+            if jitter > 0:
+                shift_by = level_shifts(jitter, rng, cfg.batch_size, data.n_channels)[mine]
+                X, Y = X + shift_by, Y + shift_by
         else:
             X, Y = gather_task_windows(data, files[mine], starts[mine], cfg.window)
         denom = cfg.batch_size * (cfg.window - burn) * data.loss_terms
@@ -123,6 +140,7 @@ def tbptt_batches(cfg: TrainConfig, data: SplitData, rng, ctx: Dist) -> Iterator
     mine = slice(ctx.rank, None, ctx.world)
     forecast = data.task == "forecast"
     shift = cfg.horizon if forecast else 0
+    jitter = level_jitter_for(cfg, data.n_channels) if forecast else 0.0
     while n < steps:
         for f in rng.permutation(len(data.raw)):
             part = data.raw[f][: data.split[f]]  # raw view: chunks are read and normalised lazily
@@ -133,10 +151,14 @@ def tbptt_batches(cfg: TrainConfig, data: SplitData, rng, ctx: Dist) -> Iterator
                 X, Y = task_lanes(part, data.targets[f][: data.split[f]], n_lanes)
             if X.shape[1] == 0:
                 raise DataError(f"{data.files[f]}: too short to cut into {n_lanes} lanes")
+            if jitter > 0:  # one shift per lane, for the whole pass
+                shift_by = level_shifts(jitter, rng, n_lanes, data.n_channels)[mine]
             for s in range(0, X.shape[1], cfg.window):
                 x = data.normalise(X[mine, s : s + cfg.window])
                 y = Y[mine, s : s + cfg.window]
                 y = data.normalise(y) if forecast else data.normalise_targets(y)
+                if jitter > 0:
+                    x, y = x + shift_by, y + shift_by
                 denom = n_lanes * x.shape[1] * data.loss_terms
                 yield Batch(x, y, denom, 0, new_sequence=(s == 0))
                 n += 1

@@ -18,6 +18,9 @@ class TrainConfig:
     dropout: float = 0.0  # between stacked layers
     horizon: int = 1  # forecast this many steps ahead
     residual: bool = True  # forecast the change from the current sample
+    # lstm/gru/rnn forecasters: training windows shifted by ~N(0, this) training stds;
+    # auto: LEVEL_JITTER_AUTO for one channel, none for several (level_jitter_for)
+    level_jitter: float | str = "auto"
     # task: forecast (next sample of every channel) | regress (--target columns from the
     # other channels, per step: a soft sensor) | classify (--label column's class per step)
     task: str = "forecast"
@@ -68,6 +71,12 @@ class TrainConfig:
             ("steps_per_epoch", self.steps_per_epoch >= 0, ">= 0 (0: automatic)"),
             ("lr", self.lr > 0, "> 0"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            (
+                "level_jitter",
+                self.level_jitter == "auto"
+                or (isinstance(self.level_jitter, (int, float)) and self.level_jitter >= 0),
+                "'auto' or >= 0",
+            ),
             ("clip", self.clip in ("norm", "value", "none"), "norm, value or none"),
             ("clip_value", self.clip == "none" or self.clip_value > 0, "> 0"),
             ("val_frac", 0.0 < self.val_frac < 1.0, "between 0 and 1"),
@@ -80,6 +89,8 @@ class TrainConfig:
         for name, holds, requirement in checks:
             if not holds:
                 raise ValueError(f"{name} must be {requirement}, got {getattr(self, name)!r}")
+        if self.task != "forecast" or self.cell == "esn":
+            self.level_jitter = 0.0  # shifted windows: gradient-trained forecasters only
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +102,24 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+LEVEL_JITTER_AUTO = 1.0  # training stds: --level-jitter auto's shift, one-channel forecasters
+
+
+def level_jitter_for(cfg: TrainConfig, n_channels: int) -> float:
+    """The sd of the level shifts training windows get (train/bptt.py level_shifts).
+
+    auto: LEVEL_JITTER_AUTO for a one-channel forecaster, 0 for several channels. A single
+    channel has nothing to judge its level by but the few levels of its training part,
+    which a long stream leaves behind (a server's load grows, a regime changes); with
+    several, how the channels' levels sit against each other is what the model should
+    learn (a pump's pressure against its current), and shifting each on its own would
+    teach it that they carry nothing. Measured: the held-out protocol (one channel)
+    gains, the pump demo (four) loses most of its recall with shifts (README)."""
+    if cfg.level_jitter == "auto":
+        return LEVEL_JITTER_AUTO if n_channels == 1 else 0.0
+    return float(cfg.level_jitter)
 
 
 CELLS = ("rnn", "lstm", "gru", "esn")

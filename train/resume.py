@@ -60,7 +60,7 @@ def _flag(name: str) -> str:
 
 def check_config(state: dict[str, Any], cfg: TrainConfig) -> None:
     """Refuse a resume whose optimisation settings differ from the saved run."""
-    saved = TrainConfig.from_dict(state["config"]).to_dict()
+    saved = TrainConfig.from_dict({"level_jitter": 0.0, **state["config"]}).to_dict()
     for name, value in cfg.to_dict().items():
         if name not in RESUMABLE_CHANGES and saved[name] != value:
             raise DataError(
@@ -98,7 +98,7 @@ def plan_resume(
     saved = state.get("data_args", {"channels": None, "ignore": []})
     return (
         list(data) or list(state["files"]),
-        {**state["config"], **given},
+        {"level_jitter": 0.0, **state["config"], **given},  # (saved before it existed: none)
         run_dir,
         channels if channels is not None else saved["channels"],
         ignore if ignore is not None else list(saved["ignore"]),
