@@ -227,8 +227,21 @@ def nab_total(streams: list[dict], flags_of) -> float:
 
 
 def best_threshold(streams: list[dict], key: str) -> tuple[float, float]:
+    """(best NAB total, its threshold) over one global threshold. Candidates: 201
+    quantiles of all scores (50 % .. 100 %), a fixed grid 0 .. 10 in steps of 0.05, then
+    steps of 0.005 around the best. The quantiles alone leave wide gaps in the top
+    0.25 % (from about 3 to 50), where the best threshold lies: a change that moved which
+    quantiles fell near it moved the figure by up to 5 points with the same flags."""
     every = np.concatenate([np.asarray(s[key]) for s in streams])
-    candidates = np.unique(np.quantile(every, np.linspace(0.5, 1.0, 201)))
+    grid = np.quantile(every, np.linspace(0.5, 1.0, 201))
+    best = _best_of(streams, key, np.unique(np.concatenate([grid, np.arange(0.0, 10.0, 0.05)])))
+    if not np.isfinite(best[1]):
+        return best
+    fine = best[1] + np.arange(-0.05, 0.05, 0.005)
+    return max(best, _best_of(streams, key, fine[fine > 0]), key=lambda b: b[0])
+
+
+def _best_of(streams: list[dict], key: str, candidates) -> tuple[float, float]:
     best = (0.0, float("inf"))  # flag nothing
     for th in candidates:
         total = nab_total(streams, lambda s: np.asarray(s[key]) >= th)  # noqa: B023

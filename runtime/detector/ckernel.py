@@ -50,7 +50,7 @@ class _Det(ctypes.Structure):
     _fields_ = [
         ("n", _l), ("first", _Table), ("second", _Table), ("center", _p), ("scale", _p),
         ("means", _p), ("prev", _p), ("decimals", _p), ("neg_powers", _p), ("moments", _p),
-        ("level", _p), ("prof_mean", _p), ("prof_count", _p), ("prof_bins", _l),
+        ("level", _p), ("regime", _p), ("prof_mean", _p), ("prof_count", _p), ("prof_bins", _l),
         ("period", _d), ("periods", _d), ("dbl", _p), ("cnt", _p),
         ("alpha", _d), ("drift_unit", _d), ("level_span", _d), ("flagged_weight", _d),
         ("level_floor", _d), ("memory", _d), ("scale_span", _d), ("threshold", _d),
@@ -204,7 +204,7 @@ class Kernel:
         floors, pair, profile = det._floors, det._pair, det._profile
         arrays = [
             det._first._padded, det._second._padded, pair.center, pair.scale, floors._means,
-            floors.prev, det._moments, det._level,
+            floors.prev, det._moments, det._level, det._regime,
         ]  # fmt: skip
         if profile is not None:
             arrays += [profile.mean, profile.count]
@@ -226,6 +226,7 @@ class Kernel:
         ctx.means, ctx.prev = floors._means.ctypes.data, floors.prev.ctypes.data
         ctx.decimals, ctx.neg_powers = floors.decimals.ctypes.data, self._neg_powers.ctypes.data
         ctx.moments, ctx.level = det._moments.ctypes.data, det._level.ctypes.data
+        ctx.regime = det._regime.ctypes.data
         if profile is not None:
             ctx.prof_mean, ctx.prof_count = profile.mean.ctypes.data, profile.count.ctypes.data
             ctx.prof_bins, ctx.period, ctx.periods = profile.bins, profile.period, profile.periods

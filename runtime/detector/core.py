@@ -53,6 +53,14 @@ from edgernn.runtime.detector.tails import TailTable
 from edgernn.runtime.detector.timeparse import as_seconds, as_seconds_array, format_time
 
 MAX_SCORE = 50.0
+# A new regime of larger errors: when more than this share of the last REGIME_SPAN
+# errors (an EWMA) lie beyond the Huber clip, the error scale takes their size at once
+# (see _follow_regime); each error's log-size counts at most this far from the scale.
+REGIME_SHARE = 0.5
+REGIME_SPAN = 20.0  # fixed, not `span`: a spike and its echo must never be a majority
+REGIME_ALPHA = 2.0 / (REGIME_SPAN + 1.0)
+LOG_REGIME_CLIP = math.log(1e3)
+LOG_ABS_GAUSS = 0.6351814227307392  # -E[log |z|], z standard Gaussian: (gamma + ln 2) / 2
 PRIOR_WEIGHT = 10.0  # samples' worth of the prior tails
 MIN_SECOND_STAGE = 30.0  # first-stage samples before the second stage learns
 MIN_ENERGY = 0.01  # stuck-value statistic 1 / EWMA(z^2) tops out at 100 (a flat channel)
@@ -190,6 +198,10 @@ class Detector:
         self._mean: Optional[np.ndarray] = None  # EWMA of clipped z
         self._energy: Optional[np.ndarray] = None  # EWMA of min(z^2, CLIP^2)
         self._moments: Optional[np.ndarray] = None  # (2, C): rows _mean, _energy
+        # (4, C), once the normalisers are ready: the recent errors' mean log-size, the
+        # shares of them beyond the clip and within a third of the scale, the scale
+        # before a jump (0: none) (_follow_regime)
+        self._regime: Optional[np.ndarray] = None
         self._smooth: Optional[np.ndarray] = None  # reference term: EWMA of the samples
         self._ref_seen: list[list[float]] = []  # ... its smoothed and raw samples to fix it
         self._ref: Optional[np.ndarray] = None  # (2, R) reference center and scale
@@ -295,6 +307,7 @@ class Detector:
             "energy": _list(self._energy),
             "smooth": _list(self._smooth),
             "level": _list(self._level),
+            "regime": _list(self._regime),
             "ref_seen": self._ref_seen,
             "ref": None if self._ref is None else self._ref.tolist(),
             "steps": self._steps,
@@ -335,6 +348,9 @@ class Detector:
             self._moments = None  # rebuilt from them
             self._smooth = _array(d["smooth"])
             self._level = _array(d["level"])
+            self._regime = _array(d.get("regime"))  # older states: made when the pair forms
+            if self._regime is not None and self._regime.shape != (4, self._n):
+                raise ValueError(f"regime of shape {self._regime.shape}")
             self._pair = None  # the normalisers' arrays were replaced
             if self._kernel is not None:
                 self._kernel.invalidate()
@@ -451,7 +467,7 @@ class Detector:
                 self._model.update(errors[0], floor, learning)
                 self._level_norm.update(errors[1], floor, learning)
                 return self._neutral()
-            self._pair = NormaliserPair(self._model, self._level_norm)
+            self._form_pair()
         deviation = self._pair.deviation(errors, floor)
         z = (deviation[0] / deviation[1]).reshape(-1)
         usual = self._seasonal_center(when)
@@ -484,6 +500,7 @@ class Detector:
             self._pair.update(deviation, learning, weight)
             if self.config.level_span > 0:
                 self._level += weight * (2.0 / (self.config.level_span + 1.0)) * (x - self._level)
+        self._follow_regime(deviation)
         contributions = self._contributions(p_first, p_ref)
         if learning:  # no verdict yet: a neutral score, the stream is still being learnt
             return DetectorOutput(0.0, False, None, True, contributions)
@@ -506,7 +523,7 @@ class Detector:
                 return False
             if self._level is None or self._floors.prev is None:
                 return False
-            self._pair = NormaliserPair(self._model, self._level_norm)
+            self._form_pair()
             self._kernel.invalidate()
         if self._moments is None:
             self._ensure_moments()
@@ -696,6 +713,55 @@ class Detector:
         np.abs(z, out=stats[:n])
         np.abs(z_both[n:], out=stats[4 * n :])
         return stats
+
+    def _form_pair(self) -> None:
+        """The normalisers are ready: updated as one pair from now on."""
+        self._pair = NormaliserPair(self._model, self._level_norm)
+        if self._regime is None:  # the errors start at the size the scale says
+            start = np.log(np.maximum(self._model.scale, 1e-300)) - LOG_ABS_GAUSS
+            zeros = np.zeros(self._n)
+            self._regime = np.stack([start, zeros, zeros, zeros])
+
+    def _follow_regime(self, deviation) -> None:
+        """Let the error scale jump up to a new regime of larger errors (numpy; kernel.c
+        does the same).
+
+        The scale's Huber clip bounds what one error can do to it (at most 3 scales'
+        worth), so that a spike barely registers; but it also bounds how fast the scale
+        can grow, about 0.7 % a sample while flagged: a stream whose errors become 10x
+        larger for good (a machine starting up, a busier service) stayed in alarm for
+        hundreds of samples, and the 10^7 x of a stream idle while it was trained for
+        about 900. When more than half of the last 20 errors lie beyond the clip,
+        no one sample is to blame: the scale takes their size (their geometric mean,
+        in Gaussian sd units) at once. One spike, or a shift the forecaster follows
+        within a few samples, never makes a majority.
+
+        A jump is provisional: once more than half of the last 20 errors lie within a
+        third of the scale, it goes back towards the scale it had before the jump (to
+        the recent size, never below the old scale), so the ordinary noise after a
+        passing burst is not a 'stuck' alarm. Errors that become smaller without a jump
+        before are left to the slow tracker: the stuck-value statistic needs the scale
+        that was normal."""
+        if self._model.span <= 0:  # a frozen scale stays frozen
+            return
+        d, bound = deviation[0][0], deviation[1][0]
+        ref = np.log(bound)
+        size = np.log(np.maximum(np.abs(d), 1e-300))
+        np.clip(size, ref - LOG_REGIME_CLIP, ref + LOG_REGIME_CLIP, out=size)
+        logsize, beyond, below, before = self._regime
+        logsize += REGIME_ALPHA * (size - logsize)
+        beyond += REGIME_ALPHA * ((np.abs(d) > CLIP * bound) - beyond)
+        below += REGIME_ALPHA * ((np.abs(d) * CLIP < bound) - below)
+        recent = np.exp(logsize + LOG_ABS_GAUSS)
+        scale = self._model.scale
+        up = (beyond > REGIME_SHARE) & (recent > bound)
+        if up.any():
+            before[up & (before <= 0)] = scale[up & (before <= 0)]
+            scale[up] = recent[up]
+        back = (before > 0) & (below > REGIME_SHARE)
+        if back.any():
+            scale[back] = np.maximum(recent[back], before[back])
+        before[(before > 0) & (scale <= before)] = 0.0
 
     def _ensure_moments(self) -> None:
         if self._moments is None:  # mean and energy as the rows of one array

@@ -26,6 +26,10 @@
 #define MAX_DECIMALS 6
 #define FLOAT32_TOL (4.0 * 5.9604644775390625e-08) /* 4 * 2^-24 */
 #define MAX_CHANNELS 256
+#define REGIME_SHARE 0.5 /* core.py's: a new regime of larger errors */
+#define LOG_REGIME_CLIP 6.907755278982137 /* log(1e3) */
+#define LOG_ABS_GAUSS 0.6351814227307392
+#define REGIME_ALPHA (2.0 / (20.0 + 1.0)) /* REGIME_SPAN 20 */
 
 /* row flags written per sample */
 #define F_FLAGGED 1
@@ -48,6 +52,8 @@ typedef struct {
     double *neg_powers;        /* 10 ** -d, d = 0..MAX_DECIMALS (numpy's values) */
     double *moments;           /* (2, n): EWMA of clip(z), of its square */
     double *level;             /* (n,) slow average of the samples */
+    double *regime; /* (4, n): recent errors' mean log-size, shares beyond / within the
+                     * clip, the scale before a jump (0: none) */
     double *prof_mean, *prof_count; /* SeasonalProfile (bins, 2n), (bins,); NULL: none */
     long prof_bins;
     double period, periods;
@@ -349,6 +355,27 @@ int edgernn_detect(det_t *d, long N)
             if (d->level_span > 0) {
                 double rate = weight * (2.0 / (d->level_span + 1.0));
                 for (long c = 0; c < n; c++) d->level[c] += rate * (x[c] - d->level[c]);
+            }
+        }
+        /* a new regime of larger errors: the scale jumps up, and back when it ends
+         * (core.py _follow_regime) */
+        if (d->scale_span > 0) {
+            double *logsize = d->regime, *beyond = d->regime + n;
+            double *below = d->regime + 2 * n, *before = d->regime + 3 * n;
+            for (long c = 0; c < n; c++) {
+                double ref = log(bound[c]), a = fabs(d0[c]);
+                double size = log(dmax(a, 1e-300));
+                size = dmin(dmax(size, ref - LOG_REGIME_CLIP), ref + LOG_REGIME_CLIP);
+                logsize[c] += REGIME_ALPHA * (size - logsize[c]);
+                beyond[c] += REGIME_ALPHA * ((a > CLIP * bound[c] ? 1.0 : 0.0) - beyond[c]);
+                below[c] += REGIME_ALPHA * ((a * CLIP < bound[c] ? 1.0 : 0.0) - below[c]);
+                double recent = exp(logsize[c] + LOG_ABS_GAUSS);
+                if (beyond[c] > REGIME_SHARE && recent > bound[c]) {
+                    if (before[c] <= 0) before[c] = d->scale[c];
+                    d->scale[c] = recent;
+                }
+                if (before[c] > 0 && below[c] > REGIME_SHARE) d->scale[c] = dmax(recent, before[c]);
+                if (before[c] > 0 && d->scale[c] <= before[c]) before[c] = 0.0;
             }
         }
         /* each channel's share of the surprisal: -min over its statistics of log10 p,
