@@ -37,6 +37,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import platform
 import tempfile
 import time
 from collections import Counter
@@ -64,7 +65,7 @@ WEIGHT_OPS = ("MatMul", "Gemm", *CELL_OPS)  # ops whose initializer inputs are w
 # What the file's `quantization` entry carries: the mode (weight and activation types
 # follow from it) and the scale granularity. Op and parameter counts, the source and the
 # calibration file are in the report; stored, they would be 1% of a hidden-64 float file.
-STORED_KEYS = ("mode", "per_channel")
+STORED_KEYS = ("mode", "per_channel", "weight_bits")
 INT8_OPS = {
     "dynamic": ("MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"),
     "static": ("DequantizeLinear",),
@@ -218,6 +219,7 @@ def quantize_model(
     entry = _metadata_entry(mode, ops, out, src, calib, calib_x)
     if mode != "fp16":
         entry["per_channel"] = per_channel
+        entry["weight_bits"] = weight_bits()
     with staged(dst) as tmp:  # dst is replaced only by a model that passes
         _write(out, tmp, props, {k: entry[k] for k in STORED_KEYS if k in entry})
         quant_model = _load_written(tmp, dst)
@@ -349,12 +351,24 @@ def _quiet():
         logging.disable(previous)
 
 
-# REDUCE_RANGE_WHY: weights in 7 bits, not 8. On x86 CPUs without VNNI (AVX2, or
-# AVX-512 without VNNI) onnxruntime's uint8 x int8 kernels add pairs of products in
-# int16, which saturates with full-range weights: on an AVX2-only EPYC a 2-layer RNN's
-# worst deviation was 0.22 (0.02 with VNNI). The parity gate measures on the machine
-# that quantizes, so every machine must give a faithful model; the Pi's ARM kernels do
-# not saturate, and a 7-bit weight's extra rounding is far smaller than that.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def weight_bits() -> int:
+    """7 on x86 CPUs without VNNI, else 8. There onnxruntime's uint8 x int8 kernels add
+    pairs of products in int16, which saturates with full-range int8 weights: on an
+    AVX2-only EPYC a 2-layer RNN's worst deviation was 0.22 (under 0.02 with VNNI), and
+    the deviation report and `--max-deviation` measure on the machine that quantizes.
+    7-bit weights (onnxruntime's reduce_range) cannot saturate; they round twice as
+    coarsely, so where the kernels allow (VNNI, ARM: the Pi) the weights keep 8 bits."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return 8
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = set(fh.read().split())
+    except OSError:  # not Linux: cannot tell, so the safe choice
+        return 7
+    return 8 if flags & set(VNNI_FLAGS) else 7
 
 
 def _quantize_dynamic(proto, tmp: str, per_channel: bool = False):
@@ -369,7 +383,7 @@ def _quantize_dynamic(proto, tmp: str, per_channel: bool = False):
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "LSTM"],
             per_channel=per_channel,
-            reduce_range=True,  # see REDUCE_RANGE_WHY
+            reduce_range=weight_bits() == 7,
         )
     return onnx.load(out)
 
@@ -400,7 +414,7 @@ def _quantize_static(proto, feeds: list[dict], tmp: str, per_channel: bool = Fal
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
-            reduce_range=True,  # see REDUCE_RANGE_WHY
+            reduce_range=weight_bits() == 7,
             calibrate_method=CalibrationMethod.MinMax,
         )  # fmt: skip
     model = onnx.load(out)

@@ -123,6 +123,8 @@ def format_description(d: dict[str, Any]) -> str:
     if isinstance(q, dict):
         mode = q.get("mode")
         weights = "float16" if mode == "fp16" else "int8"
+        if q.get("weight_bits") == 7:
+            weights = "int8 (7-bit range)"
         acts = {"dynamic": "uint8 per step", "static": "uint8 calibrated"}.get(mode, "float32")
         lines.append(
             f"  quantized    {mode}: {weights} weights, {acts} activations"

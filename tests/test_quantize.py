@@ -84,7 +84,8 @@ def test_each_cell_and_mode_round_trips(models, tmp_path, cell, mode):
     entry = json.loads(props.pop("quantization"))
     assert props == src_props
     # The file stores the mode and scale granularity; the report has the rest.
-    assert entry == ({"mode": mode} if mode == "fp16" else {"mode": mode, "per_channel": False})
+    int8 = {"mode": mode, "per_channel": False, "weight_bits": q.weight_bits()}
+    assert entry == ({"mode": mode} if mode == "fp16" else int8)
     done = report.quantization
     assert done["mode"] == mode and done["quantized_params"] > 0
     assert done["unrolled"] == (mode == "static" or (mode == "dynamic" and cell != "lstm"))
@@ -340,3 +341,36 @@ def test_a_graph_the_rebuild_cannot_prove_is_unrolled_in_place(tmp_path):
     report = q.quantize_model(src, str(tmp_path / "q.onnx"))
     assert "Transpose" in graph_ops(onnx.load(tmp_path / "q.onnx"))  # the in-place rewrite
     assert report.worst_deviation < MAX_DEVIATION["dynamic"]
+
+
+def test_weights_keep_8_bits_only_where_the_int8_kernels_cannot_saturate(monkeypatch, tmp_path):
+    """x86 without VNNI: 7-bit weights (onnxruntime's reduce_range); ARM or VNNI: 8."""
+    import builtins
+
+    real_open = builtins.open
+
+    def cpuinfo(flags):
+        def fake(path, *a, **k):
+            if path == "/proc/cpuinfo":
+                info = tmp_path / "cpuinfo"
+                info.write_text(f"processor : 0\nflags : fpu sse2 {flags}\n")
+                return real_open(info, *a, **k)
+            return real_open(path, *a, **k)
+
+        return fake
+
+    monkeypatch.setattr(q.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(builtins, "open", cpuinfo("avx2 fma"))
+    assert q.weight_bits() == 7
+    monkeypatch.setattr(builtins, "open", cpuinfo("avx2 avx512f avx512_vnni"))
+    assert q.weight_bits() == 8
+    monkeypatch.setattr(q.platform, "machine", lambda: "aarch64")
+    assert q.weight_bits() == 8
+
+
+def test_the_weight_range_is_recorded_in_the_file(models, tmp_path):
+    src, csv = models["lstm"]
+    report = q.quantize_model(src, str(tmp_path / "q.onnx"), mode="dynamic", calib=csv)
+    assert report.quantization["weight_bits"] == q.weight_bits()
+    meta = Model(str(tmp_path / "q.onnx")).meta
+    assert meta.extra["quantization"]["weight_bits"] == q.weight_bits()
