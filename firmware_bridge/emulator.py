@@ -213,6 +213,7 @@ class Emulator:
     def _open_pty(self) -> None:
         master, slave = os.openpty()
         tty.setraw(slave)  # no echo, no CR/LF translation: bytes arrive as written
+        mark_unconfigured(slave)
         self._pts = os.ttyname(slave)
         os.close(slave)  # no slave open: poll(master) says HUP until a reader opens it
         os.set_blocking(master, False)  # a write must never hang the device on a full pty
@@ -239,17 +240,19 @@ class Emulator:
             os.close(fd)
 
     def wait_for_reader(self, timeout: Optional[float] = None) -> bool:
-        """Block until a reader has the pty open (then a short settle: pyserial flushes
-        its input buffer right after opening, and bytes written before that vanish)."""
+        """Block until a reader has the pty open and set up (see wait_until_configured:
+        bytes written before pyserial's flush on open vanish)."""
         if self._master < 0:
             return False  # unplugged for good
         poller = select.poll()
         poller.register(self._master, select.POLLOUT)
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._reader_present():
+            mark_unconfigured(self._master)
         while not self._stop.is_set():
             events = poller.poll(20)
             if events and not events[0][1] & select.POLLHUP:
-                self._stop.wait(0.1)
+                wait_until_configured(self._master, stop=self._stop)
                 return True
             if deadline is not None and time.monotonic() > deadline:
                 return False
@@ -464,6 +467,38 @@ class Emulator:
                 self._stop.wait(0.001)  # the reader is behind: wait, as a UART would
                 continue
             view = view[n:]
+
+
+UNCONFIGURED_SPEED = termios.B50  # no reader asks for 50 baud: the mark of a fresh pty
+
+
+def mark_unconfigured(fd: int) -> None:
+    """Set the pty's speed to a mark that a reader setting the port up replaces (the
+    master and the slave share one termios on Linux)."""
+    attrs = termios.tcgetattr(fd)
+    attrs[4] = attrs[5] = UNCONFIGURED_SPEED
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+def wait_until_configured(
+    master: int, timeout: float = 2.0, settle: float = 0.25, stop: Optional[threading.Event] = None
+) -> bool:
+    """Once a reader has opened the pty: wait until it has set its speed (pyserial does,
+    then flushes the input, and bytes written before that flush are lost), then a short
+    settle for the flush. A plain reader that never sets the port up costs `timeout`
+    (False). A fixed sleep after the open was not enough on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    configured = False
+    while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+        try:
+            if termios.tcgetattr(master)[4] != UNCONFIGURED_SPEED:
+                configured = True
+                break
+        except termios.error:
+            return False
+        time.sleep(0.002)
+    time.sleep(settle)
+    return configured
 
 
 def wait_until_read(pts: str, timeout: float = 5.0, settle: float = 0.05) -> bool:

@@ -8,7 +8,6 @@ import select
 import subprocess
 import sys
 import threading
-import time
 import tty
 
 import numpy as np
@@ -157,8 +156,11 @@ class ScriptedDevice:
     one write) and hangs up when the reader has taken every byte."""
 
     def __init__(self, wire: bytes, piece: int | None = 97):
+        from edgernn.firmware_bridge.emulator import mark_unconfigured
+
         master, slave = os.openpty()
         tty.setraw(slave)
+        mark_unconfigured(slave)
         self.path = os.ttyname(slave)
         os.close(slave)
         self.master, self.wire, self.piece = master, wire, piece or max(1, len(wire))
@@ -166,13 +168,13 @@ class ScriptedDevice:
         self.thread.start()
 
     def _run(self):
-        from edgernn.firmware_bridge.emulator import wait_until_read
+        from edgernn.firmware_bridge.emulator import wait_until_configured, wait_until_read
 
         poller = select.poll()
         poller.register(self.master, select.POLLOUT)
         while poller.poll(20)[0][1] & select.POLLHUP:
             pass
-        time.sleep(0.1)  # pyserial flushes its input just after opening
+        wait_until_configured(self.master)  # pyserial flushes its input just after that
         self._write()
         wait_until_read(self.path)
         os.close(self.master)
