@@ -134,3 +134,73 @@ def test_after_a_passing_burst_the_scale_returns_and_the_quiet_does_not_alarm(ba
         assert flags[0] or flags[1]  # the burst is flagged
         assert flags[190:].sum() <= 3, (seed, np.flatnonzero(flags[150:]) + 150)
         assert float(det._model.scale[0]) < 1.5 * old
+
+
+# -- a lasting regime of smaller errors -------------------------------------------------
+# Before, only the slow tracker (a quarter rate while flagged) followed errors that became
+# smaller for good: 10x smaller stayed in alarm for 270-730 samples on these streams.
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("factor", [0.1, 0.3])
+def test_smaller_errors_for_good_end_their_alert_soon(backend, factor):
+    for seed in range(3):
+        x, f = noise_then(factor, seed, n=4000)
+        flags = flags_of(Detector(channels=["v"], backend=backend), x, f)
+        assert flags[1000:].sum() < 150, (seed, flags[1000:].sum())
+        assert flags[1500:].sum() <= 5, (seed, np.flatnonzero(flags[1500:])[:5] + 1500)
+    x, f = noise_then(0.1, 0, n=4000)  # the drop itself is an alert
+    assert flags_of(Detector(channels=["v"], backend=backend), x, f)[1000:1100].any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stuck_value_a_forecaster_misses_a_little_keeps_alarming(backend):
+    """The forecast of a stuck value is rarely the value itself (a recurrent model drifts
+    around it), so its errors look like a quieter regime; the value repeating itself
+    exactly is what tells them apart, and the stuck value stays an alarm."""
+    rng = np.random.default_rng(11)
+    x = 50.0 + rng.standard_normal(2400)
+    x[1200:1600] = x[1199]  # stuck for 400 samples
+    f = np.concatenate([[x[0]], x[:-1]])
+    f[1200:1600] += 0.05 * np.sin(np.arange(400) / 15.0)  # the forecaster's slow wander
+    flags = flags_of(Detector(channels=["v"], backend=backend), x, f)
+    assert flags[1200:1600].sum() > 350
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_is_exact_through_a_quieter_regime(backend):
+    x, f = noise_then(0.1, 12, n=1300, change=900)
+    times = START + 300.0 * np.arange(len(x))
+
+    def step(det, t):
+        out = det.score_one([x[t]], [f[t]], time=times[t])
+        return out.score, out.anomaly, out.onset
+
+    assert_resumes_exactly(
+        lambda: Detector(channels=["v"], backend=backend), step, len(x), cuts=(950, 1010)
+    )
+
+
+def test_the_backends_agree_through_a_quieter_regime():
+    if "c" not in BACKENDS:
+        pytest.skip("no C compiler")
+    x, f = noise_then(0.1, 13, n=2500)
+    times = START + 300.0 * np.arange(len(x))
+    scores = [
+        Detector(channels=["v"], backend=b).score_block(x[:, None], f[:, None], times=times).score
+        for b in ("numpy", "c")
+    ]
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-9, atol=1e-12)
+
+
+def test_a_state_saved_before_the_quiet_rule_resumes():
+    x, f = noise_then(0.1, 14, n=2500)
+    times = START + 300.0 * np.arange(len(x))
+    det = Detector(channels=["v"], backend="numpy")
+    det.score_block(x[:800, None], f[:800, None], times=times[:800])
+    state = det.state_dict()
+    state["regime"] = state["regime"][:4]  # what an older version saved
+    old = Detector(**state["params"], backend="numpy")
+    old.load_state_dict(state)
+    flags = old.score_block(x[800:, None], f[800:, None], times=times[800:]).anomaly
+    assert flags[200:].sum() < 150  # it has the rule from then on

@@ -30,6 +30,7 @@
 #define LOG_REGIME_CLIP 6.907755278982137 /* log(1e3) */
 #define LOG_ABS_GAUSS 0.6351814227307392
 #define REGIME_ALPHA (2.0 / (20.0 + 1.0)) /* REGIME_SPAN 20 */
+#define QUIET_HOLD 100.0 /* core.py's: a lasting regime of smaller errors */
 
 /* row flags written per sample */
 #define F_FLAGGED 1
@@ -52,8 +53,9 @@ typedef struct {
     double *neg_powers;        /* 10 ** -d, d = 0..MAX_DECIMALS (numpy's values) */
     double *moments;           /* (2, n): EWMA of clip(z), of its square */
     double *level;             /* (n,) slow average of the samples */
-    double *regime; /* (4, n): recent errors' mean log-size, shares beyond / within the
-                     * clip, the scale before a jump (0: none) */
+    double *regime; /* (6, n): EWMAs of the recent errors' log-size, of the shares beyond
+                     * / within the clip and of samples repeating the one before; the
+                     * scale before a jump (0: none); flagged quiet samples so far */
     double *prof_mean, *prof_count; /* SeasonalProfile (bins, 2n), (bins,); NULL: none */
     long prof_bins;
     double period, periods;
@@ -254,7 +256,7 @@ int edgernn_detect(det_t *d, long N)
     if (n <= 0 || n > MAX_CHANNELS) return -1;
     double floor[MAX_CHANNELS], z[2 * MAX_CHANNELS], usual[2 * MAX_CHANNELS];
     double d0[2 * MAX_CHANNELS], bound[2 * MAX_CHANNELS], st[5 * MAX_CHANNELS];
-    double p[5 * MAX_CHANNELS], surprise[MAX_CHANNELS];
+    double p[5 * MAX_CHANNELS], surprise[MAX_CHANNELS], repeat[MAX_CHANNELS];
     long idx[5 * MAX_CHANNELS];
     table_t *t1 = &d->first, *t2 = &d->second;
     for (long i = 0; i < N; i++) {
@@ -262,6 +264,7 @@ int edgernn_detect(det_t *d, long N)
         long t = d->cnt[0]++;
         int learning = t < d->warmup;
         /* the forecast error and the level deviation; their normalised form */
+        for (long c = 0; c < n; c++) repeat[c] = x[c] == d->prev[c] ? 1.0 : 0.0;
         observe(d, x, floor);
         for (long c = 0; c < n; c++) {
             double e0 = f[c] - x[c];
@@ -357,11 +360,12 @@ int edgernn_detect(det_t *d, long N)
                 for (long c = 0; c < n; c++) d->level[c] += rate * (x[c] - d->level[c]);
             }
         }
-        /* a new regime of larger errors: the scale jumps up, and back when it ends
-         * (core.py _follow_regime) */
+        /* a new regime of larger errors: the scale jumps up, and back when it ends;
+         * down after a lasting regime of smaller ones (core.py _follow_regime) */
         if (d->scale_span > 0) {
             double *logsize = d->regime, *beyond = d->regime + n;
-            double *below = d->regime + 2 * n, *before = d->regime + 3 * n;
+            double *below = d->regime + 2 * n, *repeats = d->regime + 3 * n;
+            double *before = d->regime + 4 * n, *quiet_for = d->regime + 5 * n;
             for (long c = 0; c < n; c++) {
                 double ref = log(bound[c]), a = fabs(d0[c]);
                 double size = log(dmax(a, 1e-300));
@@ -369,6 +373,7 @@ int edgernn_detect(det_t *d, long N)
                 logsize[c] += REGIME_ALPHA * (size - logsize[c]);
                 beyond[c] += REGIME_ALPHA * ((a > CLIP * bound[c] ? 1.0 : 0.0) - beyond[c]);
                 below[c] += REGIME_ALPHA * ((a * CLIP < bound[c] ? 1.0 : 0.0) - below[c]);
+                repeats[c] += REGIME_ALPHA * (repeat[c] - repeats[c]);
                 double recent = exp(logsize[c] + LOG_ABS_GAUSS);
                 if (beyond[c] > REGIME_SHARE && recent > bound[c]) {
                     if (before[c] <= 0) before[c] = d->scale[c];
@@ -376,6 +381,14 @@ int edgernn_detect(det_t *d, long N)
                 }
                 if (before[c] > 0 && below[c] > REGIME_SHARE) d->scale[c] = dmax(recent, before[c]);
                 if (before[c] > 0 && d->scale[c] <= before[c]) before[c] = 0.0;
+                int over = below[c] < 0.5 * REGIME_SHARE || repeats[c] > REGIME_SHARE || before[c] > 0;
+                int quiet = below[c] > REGIME_SHARE && !over;
+                if (over) {
+                    quiet_for[c] = 0.0;
+                } else if (quiet && flagged && (quiet_for[c] += 1.0) >= QUIET_HOLD) {
+                    d->scale[c] = dmin(d->scale[c], recent);
+                    quiet_for[c] = 0.0;
+                }
             }
         }
         /* each channel's share of the surprisal: -min over its statistics of log10 p,
