@@ -116,6 +116,9 @@ def add_train(sub) -> None:
     g.add_argument("--val-frac", type=float, default=d.val_frac,
                    help="the last fraction of every file, held out for validation "
                    "(default %(default)s)")  # fmt: skip
+    g.add_argument("--skip-bad-rows", action="store_true",
+                   help="skip (and count) rows with missing or non-numeric cells instead "
+                   "of failing; each ends a stretch that trains on its own (forecasting)")  # fmt: skip
     g.add_argument("--bptt", choices=["window", "tbptt"], default=d.bptt,
                    help="window: random windows from a zero state; tbptt: contiguous chunks, "
                    "state carried across them (default %(default)s)")  # fmt: skip

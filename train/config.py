@@ -28,6 +28,9 @@ class TrainConfig:
     label: str = ""  # classify: the column holding each step's class (never an input)
     # data
     val_frac: float = 0.2  # the last fraction of every file is validation
+    # rows with a missing or non-numeric cell: skipped and counted, each one ending a
+    # stretch of the file (the model never steps across a gap); forecasting only
+    skip_bad_rows: bool = False
     # optimisation (BPTT)
     bptt: str = "window"  # window: random windows, zero state | tbptt: carried state
     window: int = 64  # time steps per backprop window / truncated-BPTT chunk
@@ -62,6 +65,11 @@ class TrainConfig:
         check_task(self)
         if self.task != "forecast":
             self.residual = False  # a residual head adds the input: forecasting only
+            if self.skip_bad_rows:
+                raise ValueError(
+                    "--skip-bad-rows: forecasting only (targets and labels must stay aligned "
+                    "with their rows); clean the file, or train a forecaster"
+                )
         checks = [  # (field, holds, what it must be)
             ("window", self.window >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),

@@ -101,6 +101,17 @@ def normalisation(parts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def train_rows(n: int, val_frac: float, horizon: int) -> tuple[int, int]:
+    """(training rows, validation rows) of a file of n rows."""
+    n_val = max(int(round(n * val_frac)), horizon + 1)
+    return n - n_val, n_val
+
+
+def long_enough(n: int, val_frac: float, horizon: int, min_train: int = 8) -> bool:
+    """Whether split_tables can split a file of n rows."""
+    return train_rows(n, val_frac, horizon)[0] >= min_train + horizon
+
+
 def split_tables(tables: Sequence, val_frac: float, horizon: int, min_train: int = 8) -> SplitData:
     """Split every file (anything with .path and .values (T, C): a Table or a LogFile)."""
     if not 0.0 < val_frac < 1.0:
@@ -108,8 +119,7 @@ def split_tables(tables: Sequence, val_frac: float, horizon: int, min_train: int
     splits = []
     for t in tables:
         n = len(t.values)
-        n_val = max(int(round(n * val_frac)), horizon + 1)
-        k = n - n_val
+        k, n_val = train_rows(n, val_frac, horizon)
         if k < min_train + horizon:
             raise DataError(
                 f"{t.path}: {n} rows is too short to train on with validation fraction "

@@ -17,11 +17,17 @@ from typing import Any, Callable
 import numpy as np
 
 from edgernn import __version__
-from edgernn.errors import EdgernnError
+from edgernn.errors import DataError, EdgernnError
 from edgernn.train.checkpoint import CHECKPOINT, MAX_VAL_ERRORS, save_checkpoint
 from edgernn.train.config import TrainConfig, model_config_from
-from edgernn.train.data import SplitData, robust_scale, split_tables, validation_summary
-from edgernn.train.logs import load_logs, rank_from_env
+from edgernn.train.data import (
+    SplitData,
+    long_enough,
+    robust_scale,
+    split_tables,
+    validation_summary,
+)
+from edgernn.train.logs import load_logs, rank_from_env, skip_note
 from edgernn.train.resume import state_path
 
 
@@ -81,7 +87,10 @@ def _quiet(msg: str) -> None:
 def _load(paths, cfg, out_dir, channels, ignore, log, rank=0, world=1, barrier=None) -> SplitData:
     cache = cfg.cache_dir or os.path.join(out_dir, "cache")
     if cfg.task == "forecast":
-        logs = load_logs(paths, cache, channels, ignore, rank=rank, world=world, barrier=barrier)
+        logs = load_logs(paths, cache, channels, ignore, rank=rank, world=world, barrier=barrier,
+                         skip_bad=cfg.skip_bad_rows)  # fmt: skip
+        if cfg.skip_bad_rows:
+            logs = _long_stretches(logs, cfg, log)
         data = split_tables(logs, cfg.val_frac, cfg.horizon, min_train=max(cfg.washout, 8))
     else:
         from edgernn.train.tasks import load_task_data
@@ -90,10 +99,31 @@ def _load(paths, cfg, out_dir, channels, ignore, log, rank=0, world=1, barrier=N
     outputs = {"regress": f", targets {', '.join(data.target_names)}",
                "classify": f", classes {', '.join(data.classes)}"}.get(cfg.task, "")  # fmt: skip
     log(
-        f"data: {len(data.files)} file(s), {data.n_train_rows} training rows, "
+        f"data: {len(data.files)} {'stretch(es)' if cfg.skip_bad_rows else 'file(s)'}, "
+        f"{data.n_train_rows} training rows, "
         f"{data.n_val_rows} validation rows, channels {', '.join(data.channels)}{outputs}"
     )
     return data
+
+
+def _long_stretches(logs: list, cfg, log) -> list:
+    """--skip-bad-rows: the stretches long enough to train on; one note per file with bad
+    rows (how many, the first reasons, what was kept and dropped)."""
+    min_train = max(cfg.washout, 8)
+    kept, by_file = [], {}
+    for lg in logs:
+        source = lg.path.rsplit(" rows ", 1)[0] if lg.lines else lg.path
+        entry = by_file.setdefault(source, (lg.skipped, [], []))
+        fits = long_enough(len(lg), cfg.val_frac, cfg.horizon, min_train)
+        (entry[1] if fits else entry[2]).append(len(lg))
+        if fits:
+            kept.append(lg)
+    for source, (skipped, good, short) in by_file.items():
+        if skipped:
+            log(skip_note(source, skipped, good, short))
+    if not kept:
+        raise DataError("--skip-bad-rows: no stretch between bad rows is long enough to train on")
+    return kept
 
 
 def _train_esn(paths, cfg, out_dir, channels, ignore, log, resume) -> RunResult:
