@@ -84,6 +84,13 @@ class Table:
     def __len__(self) -> int:
         return len(self.values)
 
+    @property
+    def bad_rows(self) -> dict[int, str]:
+        """Rows skipped as bad (line number -> why, in file order); blank lines are left
+        out: they hold no sample, so they are no gap in the stream."""
+        blank = set(self.blank_rows)
+        return {n: why for n, why in sorted(self.skip_reasons.items()) if n not in blank}
+
 
 def sniff_delimiter(header_line: str) -> str:
     counts = {d: header_line.count(d) for d in DELIMITERS}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -61,9 +62,12 @@ class FileEvaluation:
     times: Optional[list[str]] = None  # (N,) the time column, if any
     channels: list[str] = field(default_factory=list)
     time_column: Optional[str] = None
+    skipped: dict[int, str] = field(default_factory=dict)  # --skip-bad-rows: line -> why
 
     def metrics(self, profile: str = "standard") -> dict[str, Any]:
         result: dict[str, Any] = dict(point_metrics(self.labels, self.flags))
+        if self.skipped:
+            result["skipped_rows"] = len(self.skipped)
         result.update(event_metrics(self.labels, self.flags))
         result["nab"] = self.nab(profile).to_dict()
         return result
@@ -73,14 +77,22 @@ class FileEvaluation:
 
 
 def write_table_head(table: Table, rows: int, path: str) -> None:
-    """The first `rows` rows of a table's channels as a plain CSV (a training file)."""
+    """The first `rows` rows of a table's channels as a plain CSV (a training file). Rows
+    skipped as bad among them are written as NaN rows, so that training with
+    skip_bad_rows cuts its stretches where the file had them."""
     comma = default_decimal() == ","  # train reads it back with the process's --decimal
+    values = table.values[:rows].tolist()
+    if comma:
+        values = [[repr(v).replace(".", ",") for v in row] for row in values]
+    bad = table.bad_rows
+    if bad and rows:
+        last = table.lines[rows - 1]
+        at = np.searchsorted(table.lines, [n for n in bad if n < last])
+        for k in sorted(at, reverse=True):  # a gap before kept row k
+            values.insert(int(k), ["nan"] * len(table.channels))
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh, delimiter=";" if comma else ",")
         writer.writerow(table.channels)
-        values = table.values[:rows].tolist()
-        if comma:
-            values = [[repr(v).replace(".", ",") for v in row] for row in values]
         writer.writerows(values)
 
 
@@ -90,16 +102,19 @@ def read_labelled(
     channels: Optional[Sequence[str]] = None,
     ignore: Sequence[str] = (),
     windows: Optional[dict] = None,
+    skip_bad: bool = False,
 ) -> Table:
     """The file with its 0/1 labels in table.extra[label]: its label column, or, with
-    `windows` (a --labels JSON), rows whose timestamp falls in one of the file's windows."""
+    `windows` (a --labels JSON), rows whose timestamp falls in one of the file's windows.
+    skip_bad: rows with a bad cell (the label's too) are skipped, listed in the table."""
+    on_bad = "skip" if skip_bad else "error"
     if windows is None:
-        table = read_csv(path, channels=channels, ignore=ignore, keep=[label])
+        table = read_csv(path, channels=channels, ignore=ignore, keep=[label], on_bad=on_bad)
         labels = table.extra[label]
         if not np.isin(labels, (0, 1)).all():
             raise DataError(f"{path}: label column {label!r} must hold only 0 and 1")
         return table
-    table = read_csv(path, channels=channels, ignore=ignore)
+    table = read_csv(path, channels=channels, ignore=ignore, on_bad=on_bad)
     table.extra[label] = labels_from_windows(path, table, windows_for(path, windows))
     return table
 
@@ -215,10 +230,15 @@ def evaluate_file(
     model_path: Optional[str] = None,
     windows: Optional[dict] = None,
     online_head: bool = True,
+    skip_bad: bool = False,
 ) -> FileEvaluation:
     """Fit on the first `train_rows` rows (+ normal_files) unless `model_path` names a
-    model to use as it is; stream the file; score the rows from `train_rows` on."""
-    table = read_labelled(path, label, channels, ignore, windows)
+    model to use as it is; stream the file; score the rows from `train_rows` on.
+    skip_bad: rows with a bad cell are skipped (not counted in `train_rows`, not
+    streamed, listed in the result), and training cuts its stretches at them."""
+    table = read_labelled(path, label, channels, ignore, windows, skip_bad)
+    if skip_bad and table.bad_rows:
+        train_config = dataclasses.replace(train_config, skip_bad_rows=True)
     if not 0 <= train_rows < len(table) or (model_path is None and train_rows == 0):
         raise DataError(
             f"{path}: has {len(table)} rows; --train-rows {train_rows} leaves nothing to "
@@ -243,6 +263,7 @@ def evaluate_file(
         onsets=streamed.onsets[test], forecasts=streamed.forecasts[test],
         times=None if table.time is None else table.time[train_rows:],
         channels=streamed.channels, time_column=table.time_column,
+        skipped=table.bad_rows,
     )  # fmt: skip
 
 
@@ -270,6 +291,9 @@ def pooled_metrics(results: Sequence[FileEvaluation], profile: str = "standard")
     for r in results[1:]:
         total = total + r.nab(profile)
     pooled["nab"] = total.to_dict()
+    skipped = sum(len(r.skipped) for r in results)
+    if skipped:
+        pooled["skipped_rows"] = skipped
     return pooled
 
 
@@ -309,6 +333,11 @@ def add_commands(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--channels", type=csv_list, help="comma-separated channels to use")
     p.add_argument("--ignore", type=csv_list, default=[], help="comma-separated columns to drop")
+    p.add_argument(
+        "--skip-bad-rows", action="store_true",
+        help="skip (and count) rows with missing or non-numeric cells instead of failing: "
+        "not streamed, not scored, not counted in --train-rows; training cuts at them",
+    )  # fmt: skip
     add_decimal_argument(p)
     p.add_argument("--out", metavar="DIR", help="write per-file predictions and summary.json here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -400,9 +429,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     path, train_rows, cfg, det_kwargs, label=args.label,
                     normal_files=args.normal, channels=args.channels, ignore=args.ignore,
                     log=log, model_path=args.model, windows=windows,
-                    online_head=not args.no_online_head,
+                    online_head=not args.no_online_head, skip_bad=args.skip_bad_rows,
                 )
             )  # fmt: skip
+            if results[-1].skipped:
+                print(skip_line(path, results[-1].skipped), file=sys.stderr)
         except ValueError as e:  # a training setting the data cannot satisfy
             if isinstance(e, EdgernnError):
                 raise
@@ -418,6 +449,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_outputs(args.out, results, summary)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
+
+
+def skip_line(path: str, skipped: dict[int, str]) -> str:
+    """What --skip-bad-rows left out of a file, on one line."""
+    shown = "; ".join(list(skipped.values())[:3])  # each reason names its row
+    more = f"; {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return f"{path}: skipped {len(skipped)} bad row(s), not scored ({shown}{more})"
 
 
 def read_windows(path: str) -> dict:

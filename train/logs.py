@@ -109,10 +109,10 @@ def parse_to_cache(path: str, channels, ignore, cache_dir: str, skip_bad: bool =
     table = read_csv(path, channels=channels, ignore=ignore, on_bad="skip" if skip_bad else "error")
     info = {"path": path, "channels": table.channels, "rows": len(table)}
     if skip_bad:
-        info["skipped"] = {str(n): why for n, why in sorted(table.skip_reasons.items())}
+        bad = table.bad_rows
+        info["skipped"] = {str(n): why for n, why in bad.items()}
         info["stretches"] = [  # kept-row positions [a, b) and their first and last lines
-            [a, b, table.lines[a], table.lines[b - 1]]
-            for a, b in stretches(table.lines, table.skip_reasons)
+            [a, b, table.lines[a], table.lines[b - 1]] for a, b in stretches(table.lines, bad)
         ]
     os.makedirs(cache_dir, exist_ok=True)
 
