@@ -23,7 +23,9 @@ def write_labelled(path, n=2400):
     for i in range(n):
         value = "" if i in (500, 501) else "oops" if i == 2100 else f"{x[i]:.4f}"
         label = "" if i == 2200 else str(labels[i])
-        rows.append(f"2024-01-{1 + i // 1440:02d} {i // 60 % 24:02d}:{i % 60:02d}:00,{value},{label}")
+        rows.append(
+            f"2024-01-{1 + i // 1440:02d} {i // 60 % 24:02d}:{i % 60:02d}:00,{value},{label}"
+        )
     path.write_text("\n".join(rows) + "\n")
 
 

@@ -51,7 +51,8 @@ class _Det(ctypes.Structure):
         ("n", _l), ("first", _Table), ("second", _Table), ("center", _p), ("scale", _p),
         ("means", _p), ("prev", _p), ("decimals", _p), ("neg_powers", _p), ("moments", _p),
         ("level", _p), ("regime", _p), ("prof_mean", _p), ("prof_count", _p), ("prof_bins", _l),
-        ("period", _d), ("periods", _d), ("dbl", _p), ("cnt", _p),
+        ("period", _d), ("periods", _d), ("ss_mean", _p), ("ss_count", _p), ("ss_bins", _l),
+        ("ss_memory", _d), ("ss_min", _d), ("dbl", _p), ("cnt", _p),
         ("alpha", _d), ("drift_unit", _d), ("level_span", _d), ("flagged_weight", _d),
         ("level_floor", _d), ("memory", _d), ("scale_span", _d), ("threshold", _d),
         ("anchor_fraction", _d), ("log_fit_ratio", _d), ("mean_abs_to_std", _d),
@@ -184,7 +185,7 @@ class Kernel:
 
     def __init__(self, lib, det):
         self.lib, self.det = lib, det
-        self.dbl = (ctypes.c_double * 3)()  # ctypes arrays: cheaper items than numpy's
+        self.dbl = (ctypes.c_double * 4)()  # ctypes arrays: cheaper items than numpy's
         self.cnt = (ctypes.c_int64 * 7)()
         self.ctx: Optional[_Det] = None
         self._arrays: tuple = ()
@@ -206,8 +207,9 @@ class Kernel:
             det._first._padded, det._second._padded, pair.center, pair.scale, floors._means,
             floors.prev, det._moments, det._level, det._regime,
         ]  # fmt: skip
+        scale = det._season_scale
         if profile is not None:
-            arrays += [profile.mean, profile.count]
+            arrays += [profile.mean, profile.count, scale.mean, scale.count]
         for a in arrays:
             if a.dtype != np.float64 or not a.flags.c_contiguous:
                 raise ValueError("a detector state array is not contiguous float64")
@@ -230,6 +232,8 @@ class Kernel:
         if profile is not None:
             ctx.prof_mean, ctx.prof_count = profile.mean.ctypes.data, profile.count.ctypes.data
             ctx.prof_bins, ctx.period, ctx.periods = profile.bins, profile.period, profile.periods
+            ctx.ss_mean, ctx.ss_count = scale.mean.ctypes.data, scale.count.ctypes.data
+            ctx.ss_bins, ctx.ss_memory, ctx.ss_min = scale.bins, scale.memory, scale.min_count
         ctx.dbl, ctx.cnt = ctypes.addressof(self.dbl), ctypes.addressof(self.cnt)
         ctx.alpha, ctx.drift_unit = det._alpha, det._drift_unit
         ctx.level_span, ctx.flagged_weight = float(cfg.level_span), float(cfg.flagged_weight)
@@ -244,7 +248,7 @@ class Kernel:
         self.ctx = ctx
         self._address = ctypes.addressof(ctx)
         self._arrays = (arrays, floors.decimals)  # kept alive with the struct
-        self._profile = profile
+        self._profile, self._scale = profile, scale
 
     def run(self, X, F, when, threshold: float, anchor: float, score, flags, contrib) -> None:
         """Score rows X / F (contiguous float64 (N, C)), `when` (N,) seconds or NaN,
@@ -281,7 +285,11 @@ class Kernel:
         """The struct bound to the detector's arrays, the threshold and anchor set, its
         rows pointed at `addresses` (None: one()'s buffers), the scalar state pushed."""
         det = self.det
-        if self.ctx is None or self._profile is not det._profile:
+        if (
+            self.ctx is None
+            or self._profile is not det._profile
+            or self._scale is not det._season_scale
+        ):
             self._bind()
         ctx = self.ctx
         ctx.threshold, ctx.anchor_fraction = threshold, anchor
@@ -299,6 +307,8 @@ class Kernel:
         events, profile, floors = det._events, det._profile, det._floors
         dbl[0], dbl[1] = det._first.total, det._second.total
         dbl[2] = math.nan if profile is None or profile.first is None else profile.first
+        scale = det._season_scale
+        dbl[3] = math.nan if scale is None or scale.first is None else scale.first
         cnt[0], cnt[1], cnt[2], cnt[3] = det.t, floors.n, det._model.n, det._level_norm.n
         cnt[4], cnt[5], cnt[6] = events.open is not None, events.quiet, 0
 
@@ -310,6 +320,8 @@ class Kernel:
         det._first.total, det._second.total = dbl[0], dbl[1]
         if profile is not None and dbl[2] == dbl[2]:
             profile.first = dbl[2]
+        if det._season_scale is not None and dbl[3] == dbl[3]:
+            det._season_scale.first = dbl[3]
         det.t, floors.n, det._model.n, det._level_norm.n = cnt[0], cnt[1], cnt[2], cnt[3]
         if cnt[6]:
             floors._decimals_changed()

@@ -46,6 +46,7 @@ from edgernn.runtime.detector.normalise import (
     NormaliserPair,
     SampleFloors,
     SeasonalProfile,
+    SeasonalScale,
     robust_center_scale,
 )
 from edgernn.runtime.detector.outputs import BlockResult, DetectorOutput, _detector_fields_of
@@ -66,6 +67,7 @@ LOG_ABS_GAUSS = 0.6351814227307392  # -E[log |z|], z standard Gaussian: (gamma +
 # value repeats itself exactly, and must keep alarming), the scale takes their size.
 QUIET_HOLD = 100
 REGIME_ROWS = 6  # _regime's rows (see __init__)
+OPTIONAL_PARTS = ("season_scale",)  # state parts older versions did not save
 PRIOR_WEIGHT = 10.0  # samples' worth of the prior tails
 MIN_SECOND_STAGE = 30.0  # first-stage samples before the second stage learns
 MIN_ENERGY = 0.01  # stuck-value statistic 1 / EWMA(z^2) tops out at 100 (a flat channel)
@@ -196,6 +198,7 @@ class Detector:
         self._model: Optional[ErrorNormaliser] = None
         self._level_norm: Optional[ErrorNormaliser] = None
         self._profile: Optional[SeasonalProfile] = None
+        self._season_scale: Optional[SeasonalScale] = None  # made with the profile
         self._level: Optional[np.ndarray] = None  # slow EWMA of the samples
         self._first: Optional[TailTable] = None
         self._second: Optional[TailTable] = None
@@ -326,7 +329,7 @@ class Detector:
         return {
             "floors": self._floors, "model": self._model, "level_norm": self._level_norm,
             "profile": self._profile, "first": self._first, "second": self._second,
-            "ref_table": self._ref_table,
+            "ref_table": self._ref_table, "season_scale": self._season_scale,
         }  # fmt: skip
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -345,7 +348,9 @@ class Detector:
             if d["parts"]["profile"] is not None:
                 self._make_season()
             for name, part in self._parts().items():
-                saved = d["parts"][name]
+                saved = d["parts"].get(name) if name in OPTIONAL_PARTS else d["parts"][name]
+                if saved is None and name in OPTIONAL_PARTS:
+                    continue  # saved before it existed: it starts afresh
                 if (saved is None) != (part is None):
                     raise ValueError(f"{name} present in one of the states only")
                 if part is not None:
@@ -484,6 +489,14 @@ class Detector:
             if usual is not None:  # what is usual at this time of day is normal
                 unusual = (dev - usual) / bound
                 z = np.where(np.abs(unusual) < np.abs(z), unusual, z)
+        scale_bin, size = -1, None
+        if self._profile is not None and when is not None:  # z in this hour's units
+            scale_bin = self._season_scale.bin(when)
+            n = self._n
+            size = np.minimum(np.abs(z[:n]), CLIP)
+            factor = self._season_scale.factor(when, scale_bin)
+            if factor is not None:
+                z[:n] /= factor
         stats = self._statistics(z)
         threshold = self._current_threshold()
         at_first = self._first.locate(stats)
@@ -500,6 +513,8 @@ class Detector:
         # flagged samples at `flagged_weight`, so a lasting change of regime is absorbed.
         onset = flagged and self._events.open is None
         self._learn(at_first[1], top_bin, 1.0 if onset or not flagged else 0.0)
+        if scale_bin >= 0 and not flagged:
+            self._season_scale.update(size, scale_bin)
         weight = self.config.flagged_weight if flagged else 1.0
         if weight > 0:
             self._pair.update(deviation, learning, weight)
@@ -845,6 +860,7 @@ class Detector:
     def _make_season(self) -> None:
         period, max_bins = PERIODS[self._season()]
         self._profile = SeasonalProfile(2 * self._n, period, self._step, max_bins)
+        self._season_scale = SeasonalScale(self._n, period, self._step)
 
     def _season_due(self) -> bool:
         """Make the seasonal profile if it is due (the interval known, the season fine

@@ -31,6 +31,7 @@
 #define LOG_ABS_GAUSS 0.6351814227307392
 #define REGIME_ALPHA (2.0 / (20.0 + 1.0)) /* REGIME_SPAN 20 */
 #define QUIET_HOLD 100.0 /* core.py's: a lasting regime of smaller errors */
+#define SCALE_CLIP 4.0 /* normalise.py's: a season scale factor's bound */
 
 /* row flags written per sample */
 #define F_FLAGGED 1
@@ -59,7 +60,10 @@ typedef struct {
     double *prof_mean, *prof_count; /* SeasonalProfile (bins, 2n), (bins,); NULL: none */
     long prof_bins;
     double period, periods;
-    double *dbl; /* first.total, second.total, profile.first (NaN: None) */
+    double *ss_mean, *ss_count; /* SeasonalScale (bins, n), (bins,); NULL: none */
+    long ss_bins;
+    double ss_memory, ss_min;
+    double *dbl; /* first.total, second.total, profile.first, season scale's first (NaN: None) */
     int64_t *cnt; /* t, floors.n, model.n, level_norm.n, event open, quiet, decimals changed */
     /* constants */
     double alpha, drift_unit, level_span, flagged_weight, level_floor, memory;
@@ -257,6 +261,7 @@ int edgernn_detect(det_t *d, long N)
     double floor[MAX_CHANNELS], z[2 * MAX_CHANNELS], usual[2 * MAX_CHANNELS];
     double d0[2 * MAX_CHANNELS], bound[2 * MAX_CHANNELS], st[5 * MAX_CHANNELS];
     double p[5 * MAX_CHANNELS], surprise[MAX_CHANNELS], repeat[MAX_CHANNELS];
+    double size[MAX_CHANNELS]; /* |clip(z)| before the season scale, which learns it */
     long idx[5 * MAX_CHANNELS];
     table_t *t1 = &d->first, *t2 = &d->second;
     for (long i = 0; i < N; i++) {
@@ -295,6 +300,28 @@ int edgernn_detect(det_t *d, long N)
                     double zu = (d0[j] - usual[j]) / bound[j];
                     if (fabs(zu) < fabs(z[j])) z[j] = zu;
                 }
+        }
+        /* z in this hour's units (normalise.py SeasonalScale) */
+        long sb = -1;
+        if (d->ss_mean != NULL && !isnan(when[i])) {
+            double w = when[i];
+            if (isnan(d->dbl[3])) d->dbl[3] = w;
+            sb = (long)(pymod(w, d->period) / d->period * (double)d->ss_bins);
+            sb %= d->ss_bins;
+            for (long c = 0; c < n; c++) size[c] = dmin(fabs(z[c]), CLIP);
+            if (!(w - d->dbl[3] < d->period || d->ss_count[sb] < d->ss_min)) {
+                double known = 0.0;
+                for (long b = 0; b < d->ss_bins; b++) known += d->ss_count[b] >= d->ss_min;
+                for (long c = 0; c < n; c++) {
+                    double sum = 0.0;
+                    for (long b = 0; b < d->ss_bins; b++)
+                        if (d->ss_count[b] >= d->ss_min) sum += d->ss_mean[b * n + c];
+                    double overall = sum / known;
+                    double factor = overall > 0 ? d->ss_mean[sb * n + c] / overall : 1.0;
+                    factor = dmin(dmax(factor, 1.0 / SCALE_CLIP), SCALE_CLIP);
+                    z[c] /= factor;
+                }
+            }
         }
         /* the statistics */
         double *mean = d->moments, *energy = d->moments + n;
@@ -340,6 +367,12 @@ int edgernn_detect(det_t *d, long N)
                 add_row_mask(t1->padded + j * (t1->bins + 1), t1->bins + 1, idx[j], t1->decay,
                              1.0);
             d->dbl[0] = total1 * t1->decay + 1.0;
+        }
+        if (sb >= 0 && !flagged) {
+            double count = d->ss_count[sb] += 1.0;
+            double rate = dmax(1.0 / count, 1.0 / d->ss_memory);
+            double *m = d->ss_mean + sb * n;
+            for (long c = 0; c < n; c++) m[c] += rate * (size[c] - m[c]);
         }
         double weight = flagged ? d->flagged_weight : 1.0;
         if (weight > 0) {

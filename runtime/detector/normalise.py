@@ -313,3 +313,63 @@ class SeasonalProfile:
         self.count = np.asarray(d["count"], dtype=np.float64)
         self.first = None if d["first"] is None else float(d["first"])
 
+
+
+SCALE_BINS = 24  # bins per period at most: the hours of a day (of a week: 7 hours each)
+SCALE_SAMPLES = 4  # ... with at least this many samples each a period (coarser: fewer bins)
+SCALE_PERIODS = 14.0  # periods of memory
+SCALE_WARM = 3.0  # periods' worth of samples before a bin answers
+SCALE_CLIP = 4.0  # a bin's factor lies within [1/this, this]
+
+
+class SeasonalScale:
+    """The usual size of z at each time of day, against the day's: where the noise
+    follows the clock (event counts, Poisson, are noisier by day than by night; a load
+    busier at noon), one error scale for the whole day makes a busy hour's normal noise
+    look like a burst and a quiet day at a busy hour like any night, so a day without
+    its daily cycle went unseen. z is divided by its bin's factor, the bin's mean
+    |clip(z)| over the mean of the bins that answer, so its unit is this hour's.
+
+    The means are learnt from unflagged samples. A bin answers once a whole period has
+    been seen and it holds SCALE_WARM periods' worth of samples; its memory is
+    SCALE_PERIODS periods, long enough that a factor's own noise (about 4 %) stays
+    small beside the differences it is there for.
+    """
+
+    def __init__(self, n: int, period: float, step: float):
+        self.period = period
+        per_period = period / step
+        self.bins = int(max(1, min(SCALE_BINS, per_period // SCALE_SAMPLES)))
+        per_bin = per_period / self.bins
+        self.memory, self.min_count = SCALE_PERIODS * per_bin, SCALE_WARM * per_bin
+        self.mean = np.zeros((self.bins, n))
+        self.count = np.zeros(self.bins)
+        self.first: Optional[float] = None
+
+    def bin(self, when: float) -> int:
+        return int((when % self.period) / self.period * self.bins) % self.bins
+
+    def factor(self, when: float, b: int) -> Optional[np.ndarray]:
+        """(n,) the factor of bin b, or None while it does not answer."""
+        if self.first is None:
+            self.first = when
+        if when - self.first < self.period or self.count[b] < self.min_count:
+            return None
+        known = self.count >= self.min_count
+        overall = self.mean[known].sum(axis=0) / float(known.sum())
+        factor = np.divide(self.mean[b], overall, out=np.ones_like(overall), where=overall > 0)
+        return np.clip(factor, 1.0 / SCALE_CLIP, SCALE_CLIP, out=factor)
+
+    def update(self, size: np.ndarray, b: int) -> None:
+        """Learn an unflagged sample's |clip(z)| (n,) in bin b."""
+        self.count[b] += 1
+        rate = max(1.0 / self.count[b], 1.0 / self.memory)
+        self.mean[b] += rate * (size - self.mean[b])
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "count": self.count.tolist(), "first": self.first}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.mean = np.asarray(d["mean"], dtype=np.float64).reshape(self.mean.shape)
+        self.count = np.asarray(d["count"], dtype=np.float64).reshape(self.count.shape)
+        self.first = None if d["first"] is None else float(d["first"])
