@@ -84,7 +84,7 @@ def write_table_head(table: Table, rows: int, path: str) -> None:
     values = table.values[:rows].tolist()
     if comma:
         values = [[repr(v).replace(".", ",") for v in row] for row in values]
-    bad = table.bad_rows
+    bad = getattr(table, "bad_rows", None)  # a Table; callers may pass anything with values
     if bad and rows:
         last = table.lines[rows - 1]
         at = np.searchsorted(table.lines, [n for n in bad if n < last])
