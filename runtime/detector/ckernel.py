@@ -48,7 +48,8 @@ class _Table(ctypes.Structure):
 
 class _Det(ctypes.Structure):
     _fields_ = [
-        ("n", _l), ("first", _Table), ("second", _Table), ("center", _p), ("scale", _p),
+        ("n", _l), ("first", _Table), ("second", _Table), ("peaks", _p), ("peak", _p),
+        ("quiet", _p), ("center", _p), ("scale", _p),
         ("means", _p), ("prev", _p), ("decimals", _p), ("neg_powers", _p), ("moments", _p),
         ("level", _p), ("regime", _p), ("prof_mean", _p), ("prof_count", _p), ("prof_bins", _l),
         ("period", _d), ("periods", _d), ("ss_mean", _p), ("ss_count", _p), ("ss_bins", _l),
@@ -203,9 +204,11 @@ class Kernel:
         det = self.det
         cfg, n = det.config, det._n
         floors, pair, profile = det._floors, det._pair, det._profile
+        peaks = det._first.peaks
         arrays = [
-            det._first._padded, det._second._padded, pair.center, pair.scale, floors._means,
-            floors.prev, det._moments, det._level, det._regime,
+            det._first._padded, det._second._padded, peaks._padded, peaks.peak, peaks.quiet,
+            pair.center, pair.scale, floors._means, floors.prev, det._moments, det._level,
+            det._regime,
         ]  # fmt: skip
         scale = det._season_scale
         if profile is not None:
@@ -224,6 +227,7 @@ class Kernel:
             t.padded = table._padded.ctypes.data
             t.lo, t.hi, t.width, t.decay = table.lo, table.hi, table.width, table.decay
             t.k, t.bins, t.log = table.k, table.bins, int(table.log)
+        ctx.peaks, ctx.peak, ctx.quiet = (a.ctypes.data for a in arrays[2:5])
         ctx.center, ctx.scale = pair.center.ctypes.data, pair.scale.ctypes.data
         ctx.means, ctx.prev = floors._means.ctypes.data, floors.prev.ctypes.data
         ctx.decimals, ctx.neg_powers = floors.decimals.ctypes.data, self._neg_powers.ctypes.data

@@ -50,7 +50,7 @@ from edgernn.runtime.detector.normalise import (
     robust_center_scale,
 )
 from edgernn.runtime.detector.outputs import BlockResult, DetectorOutput, _detector_fields_of
-from edgernn.runtime.detector.tails import TailTable
+from edgernn.runtime.detector.tails import PeakTable, TailTable
 from edgernn.runtime.detector.timeparse import as_seconds, as_seconds_array, format_time
 
 MAX_SCORE = 50.0
@@ -67,7 +67,8 @@ LOG_ABS_GAUSS = 0.6351814227307392  # -E[log |z|], z standard Gaussian: (gamma +
 # value repeats itself exactly, and must keep alarming), the scale takes their size.
 QUIET_HOLD = 100
 REGIME_ROWS = 6  # _regime's rows (see __init__)
-OPTIONAL_PARTS = ("season_scale",)  # state parts older versions did not save
+OPTIONAL_PARTS = ("season_scale", "episodes")  # state parts older versions did not save
+ENERGY_PRIOR_SCALE = 0.5  # see _prior
 PRIOR_WEIGHT = 10.0  # samples' worth of the prior tails
 MIN_SECOND_STAGE = 30.0  # first-stage samples before the second stage learns
 MIN_ENERGY = 0.01  # stuck-value statistic 1 / EWMA(z^2) tops out at 100 (a flat channel)
@@ -247,6 +248,7 @@ class Detector:
         )
         self._level_norm = ErrorNormaliser(n, cfg.scale_span, N_INIT, centered=True)
         self._first = TailTable(N_STATS * n, *STAT_GRID, log=True, memory=cfg.memory)
+        self._first.peaks = PeakTable(self._first, n)  # |z|: the one-sample statistic
         self._second = TailTable(1, *TOP_GRID, log=False, memory=cfg.memory)
         if cfg.reference > 0:
             self._ref_table = TailTable(len(self._ref_index()), *STAT_GRID, True, cfg.memory)
@@ -330,6 +332,7 @@ class Detector:
             "floors": self._floors, "model": self._model, "level_norm": self._level_norm,
             "profile": self._profile, "first": self._first, "second": self._second,
             "ref_table": self._ref_table, "season_scale": self._season_scale,
+            "episodes": None if self._first is None else self._first.peaks,
         }  # fmt: skip
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -500,7 +503,7 @@ class Detector:
         stats = self._statistics(z)
         threshold = self._current_threshold()
         at_first = self._first.locate(stats)
-        p_first = self._first.probability_at(at_first, np.exp(-stats), PRIOR_WEIGHT)
+        p_first = self._first.probability_at(at_first, self._prior(stats), PRIOR_WEIGHT)
         p_ref = self._reference_p(x, t, floor)
         score, top, top_bin = self._surprisal(
             p_first if p_ref is None else np.concatenate([p_first, p_ref])
@@ -513,6 +516,8 @@ class Detector:
         # flagged samples at `flagged_weight`, so a lasting change of regime is absorbed.
         onset = flagged and self._events.open is None
         self._learn(at_first[1], top_bin, 1.0 if onset or not flagged else 0.0)
+        if onset or not flagged:
+            self._first.peaks.observe(stats[: self._n])
         if scale_bin >= 0 and not flagged:
             self._season_scale.update(size, scale_bin)
         weight = self.config.flagged_weight if flagged else 1.0
@@ -820,6 +825,20 @@ class Detector:
                 self._mean, self._energy = np.zeros(self._n), np.ones(self._n)
             self._moments = np.stack([self._mean, self._energy])
             self._mean, self._energy = self._moments
+
+    def _prior(self, stats: np.ndarray) -> np.ndarray:
+        """The statistics' prior tail probabilities: exp(-v), and for the energy, whose
+        normal value is 1 with a spread of about 0.3 (an EWMA of 20 squares),
+        exp(-(v - 1) / ENERGY_PRIOR_SCALE). With exp(-v) a noise burst's energy (3-6)
+        could never score above 3-4: the prior alone, worth 10 samples, held its tail
+        probability at 10^-4 where the data said far less."""
+        prior = np.negative(stats)
+        n = self._n
+        energy = prior[2 * n : 3 * n]
+        energy += 1.0
+        np.minimum(energy, 0.0, out=energy)
+        energy /= ENERGY_PRIOR_SCALE
+        return np.exp(prior, out=prior)
 
     def _learn(self, stat_bins: np.ndarray, top_bin: int, weight: float) -> None:
         """Learn this sample's statistics (their first-stage bins) and T (its bin)."""

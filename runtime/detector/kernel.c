@@ -23,6 +23,10 @@
 #define TAIL_COUNT 25.0
 #define FIT_RATIO 4.0
 #define MIN_DECAY 0.05
+#define SEEN_COUNT 8.0 /* tails.py's: episodes that count at their own rate */
+#define EPISODE_GAP 20.0
+#define EPISODE_LEVEL 3.0
+#define ENERGY_PRIOR_SCALE 0.5 /* core.py's _prior */
 #define MAX_DECIMALS 6
 #define FLOAT32_TOL (4.0 * 5.9604644775390625e-08) /* 4 * 2^-24 */
 #define MAX_CHANNELS 256
@@ -48,6 +52,8 @@ typedef struct {
 typedef struct {
     long n;                    /* channels */
     table_t first, second;
+    double *peaks;             /* PeakTable of first's rows 0..n-1: (n, bins + 1) */
+    double *peak, *quiet;      /* (n,) its open episodes' peaks, samples since */
     double *center, *scale;    /* (2, n): NormaliserPair rows: error, level deviation */
     double *means, *prev;      /* SampleFloors: (2, n) mean_level, mean_change; (n,) */
     int64_t *decimals;         /* (n,) */
@@ -132,9 +138,25 @@ static double quantile(const table_t *tb, const double *row, double w)
     return ((double)j + frac) * tb->width + tb->lo;
 }
 
-/* TailTable._extrapolate for one row */
+/* PeakTable.at_least_seen for row r at cell (index, frac), value v */
+static double at_least_seen(const det_t *d, const table_t *tb, long r, long index, double frac,
+                            double v, double tail, double v_tail, double decay, double anchor)
+{
+    const double *row = d->peaks + r * (tb->bins + 1);
+    if (!(row[0] >= SEEN_COUNT)) return tail;
+    double g_seen = quantile(tb, row, SEEN_COUNT);
+    double v_seen = tb->log ? pow(10.0, g_seen) : g_seen;
+    double at = row[index], above = row[index + 1];
+    double counted = at - frac * (at - above);
+    double spread = dmax((v_seen - v_tail) / log(anchor / SEEN_COUNT), decay);
+    double beyond = SEEN_COUNT * exp(-dmax(v - v_seen, 0.0) / spread);
+    double seen = counted >= SEEN_COUNT ? counted : beyond;
+    return dmax(tail, seen);
+}
+
+/* TailTable._extrapolate for one row (index < 0: no episodes, the scalar table) */
 static double extrapolate(const det_t *d, const table_t *tb, long r, double g, double counted,
-                          double anchor)
+                          double anchor, long index, double frac)
 {
     const double *row = tb->padded + r * (tb->bins + 1);
     double fit = FIT_RATIO * anchor;
@@ -151,6 +173,8 @@ static double extrapolate(const det_t *d, const table_t *tb, long r, double g, d
     double excess = -dmax(v - v_tail, 0.0);
     excess /= decay;
     double tail = exp(excess) * anchor;
+    if (index >= 0 && tb == &d->first && r < d->n)
+        tail = at_least_seen(d, tb, r, index, frac, v, tail, v_tail, decay, anchor);
     return (row[0] >= fit && g > g_tail) ? tail : counted;
 }
 
@@ -163,7 +187,7 @@ static double counted_at(const det_t *d, const table_t *tb, double total, long r
     double at = cell[0], above = cell[1];
     double counted = at - frac * (at - above);
     double anchor = dmax(TAIL_COUNT, d->anchor_fraction * total);
-    if (counted < anchor) counted = extrapolate(d, tb, r, g, counted, anchor);
+    if (counted < anchor) counted = extrapolate(d, tb, r, g, counted, anchor, index, frac);
     return counted;
 }
 
@@ -177,6 +201,28 @@ static void locate(const table_t *tb, double value, double *g, long *index, doub
     *g = v;
     *index = i;
     *frac = pos - (double)i;
+}
+
+/* PeakTable.observe: one learnt sample's |z| (st[0..n-1]) */
+static void observe_episodes(det_t *d, const table_t *tb, const double *st)
+{
+    long w = tb->bins + 1;
+    for (long b = 0; b < d->n * w; b++) d->peaks[b] *= tb->decay;
+    for (long c = 0; c < d->n; c++) {
+        int above = st[c] > EPISODE_LEVEL;
+        if (above) d->peak[c] = dmax(d->peak[c], st[c]);
+        if (!(d->peak[c] > 0.0)) continue;
+        if (above) d->quiet[c] = 0.0;
+        else d->quiet[c] += 1.0;
+        if (d->quiet[c] >= EPISODE_GAP) {
+            double g, frac;
+            long index;
+            locate(tb, d->peak[c], &g, &index, &frac);
+            for (long b = 0; b <= index; b++) d->peaks[c * w + b] += 1.0;
+            d->peak[c] = 0.0;
+            d->quiet[c] = 0.0;
+        }
+    }
 }
 
 /* SampleFloors.observe and floor() */
@@ -341,7 +387,9 @@ int edgernn_detect(det_t *d, long N)
             double g, frac;
             locate(t1, st[j], &g, &idx[j], &frac);
             double counted = counted_at(d, t1, total1, j, g, idx[j], frac);
-            p[j] = (counted + PRIOR_WEIGHT * exp(-st[j])) / (total1 + PRIOR_WEIGHT);
+            double prior = j >= 2 * n && j < 3 * n
+                               ? exp(dmin(1.0 - st[j], 0.0) / ENERGY_PRIOR_SCALE) : exp(-st[j]);
+            p[j] = (counted + PRIOR_WEIGHT * prior) / (total1 + PRIOR_WEIGHT);
             smallest = dmin(smallest, p[j]);
         }
         /* second stage: the score */
@@ -367,6 +415,7 @@ int edgernn_detect(det_t *d, long N)
                 add_row_mask(t1->padded + j * (t1->bins + 1), t1->bins + 1, idx[j], t1->decay,
                              1.0);
             d->dbl[0] = total1 * t1->decay + 1.0;
+            observe_episodes(d, t1, st);
         }
         if (sb >= 0 && !flagged) {
             double count = d->ss_count[sb] += 1.0;

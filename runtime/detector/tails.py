@@ -20,10 +20,14 @@ tail lookup O(bins) with no sort.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
 TAIL_COUNT = 25.0  # effective samples above which the tail is extrapolated, not counted
+SEEN_COUNT = 8.0  # ... yet a pattern seen in this many episodes counts at its own rate
+EPISODE_GAP = 20  # samples under EPISODE_LEVEL that end an episode
+EPISODE_LEVEL = 3.0  # (the Huber clip: a value above it is an outlier)
 FIT_RATIO = 4.0  # ... with the slope between its quantile and 4x as many samples' one
 MIN_DECAY = 0.05  # the tail's scale is at least this fraction of its anchor value
 _LOG_FIT_RATIO = math.log(FIT_RATIO)
@@ -58,6 +62,7 @@ class TailTable:
         # false-alarm rate, so flagged samples, learnt at a fraction of their weight,
         # never sit below the anchor and bias the fit).
         self.extrapolate_below = 0.0
+        self.peaks: Optional[PeakTable] = None  # episodes of its first rows (the detector sets)
 
     @property
     def survival(self) -> np.ndarray:
@@ -146,11 +151,13 @@ class TailTable:
         anchor = max(TAIL_COUNT, self.extrapolate_below * self.total)
         rows = (counted < anchor).nonzero()[0]
         if len(rows):
-            counted[rows] = self._extrapolate(rows, g[rows], counted[rows], anchor)
+            counted[rows] = self._extrapolate(
+                rows, g[rows], counted[rows], anchor, (index[rows], frac[rows])
+            )
         return counted
 
     def _extrapolate(
-        self, rows: np.ndarray, g: np.ndarray, counted: np.ndarray, anchor: float
+        self, rows: np.ndarray, g: np.ndarray, counted: np.ndarray, anchor: float, cells=None
     ) -> np.ndarray:
         """Past the last `anchor` samples of the statistics `rows`: an exponential tail
         whose slope comes from two quantiles below it (anchor and FIT_RATIO x anchor
@@ -175,6 +182,14 @@ class TailTable:
         excess /= decay
         tail = np.exp(excess)
         tail *= anchor
+        peaks = self.peaks
+        if peaks is not None and cells is not None:
+            seen = rows < peaks.k
+            if seen.any():
+                tail[seen] = peaks.at_least_seen(
+                    rows[seen], cells[0][seen], cells[1][seen], v[seen], tail[seen],
+                    v_tail[seen], decay[seen], anchor,
+                )
         # too few samples for a tail fit, or not past the anchor: the counts as they are
         use = survival[:, 0] >= fit
         use &= g > g_tail
@@ -209,3 +224,88 @@ class TailTable:
             raise ValueError(f"tail table shape {survival.shape}, expected {self.survival.shape}")
         self._padded[:, : self.bins] = survival
         self.total = float(d["total"])
+
+
+
+class PeakTable:
+    """Episodes of a TailTable's first k statistics (the detector's |z|): runs of
+    values above EPISODE_LEVEL with gaps shorter than EPISODE_GAP learnt samples, each
+    learnt once, at its peak, in a histogram on the table's grid that forgets with it.
+
+    A TailTable extrapolates past its last TAIL_COUNT samples, so a normal pattern
+    rarer than that (a flat baseline's 1 % of normal spikes in its first 2,500
+    samples) scored as if never seen: 4-15 for every normal spike. Counting samples
+    from fewer lets one fault teach the next: a noise burst's hundred outliers made
+    the next burst and the next spike ordinary. Episodes count occurrences instead:
+    where SEEN_COUNT of them peaked at or above a value, its tail probability is at
+    least their rate; past the last SEEN_COUNT, an exponential tail through them, with
+    the slope between them and the table's anchor (a population of its own, such as
+    normal spikes, falls off at its own rate, not the body's)."""
+
+    def __init__(self, table: TailTable, k: int):
+        self.table, self.k = table, k
+        self._padded = np.zeros((k, table.bins + 1))  # the last column stays 0
+        self.peak = np.zeros(k)  # the open episode's peak so far (0: none open)
+        self.quiet = np.zeros(k)  # learnt samples under the level since its last one
+        self._level = np.full(k, EPISODE_LEVEL)
+        self._rows = np.arange(k)
+
+    def observe(self, values: np.ndarray) -> None:
+        """One learnt sample's k values (a flagged sample is not learnt, so a fault's
+        episode is its onset alone)."""
+        self._padded *= self.table.decay
+        above = values > self._level
+        if above.any():
+            np.maximum(self.peak, np.where(above, values, 0.0), out=self.peak)
+        opened = self.peak > 0.0
+        if not opened.any():
+            return
+        self.quiet[above] = 0.0
+        self.quiet[opened & ~above] += 1.0
+        ended = opened & (self.quiet >= EPISODE_GAP)
+        if ended.any():
+            index = self._bins_of(self.peak)
+            for r in np.flatnonzero(ended).tolist():
+                self._padded[r, : index[r] + 1] += 1.0
+            self.peak[ended] = 0.0
+            self.quiet[ended] = 0.0
+
+    def _bins_of(self, values: np.ndarray) -> np.ndarray:
+        """The table's bin of each value (TailTable._position's, for k values)."""
+        t = self.table
+        g = np.log10(np.maximum(values, 1e-300)) if t.log else np.array(values, dtype=np.float64)
+        np.clip(g, t.lo, t.hi, out=g)
+        pos = g - t.lo
+        pos /= t.width
+        return np.minimum(pos.astype(np.int64), t.bins - 1)
+
+    def at_least_seen(self, rows, index, frac, v, tail, v_tail, decay, anchor: float) -> np.ndarray:
+        """max(tail, the episodes' tail) for statistics `rows` at grid cells index / frac
+        (values v), given the table's tail there, its anchor value and slope."""
+        survival = self._padded[rows]
+        enough = survival[:, 0] >= SEEN_COUNT
+        if not enough.any():
+            return tail
+        table = self.table
+        (g_seen,) = table._quantiles(survival, SEEN_COUNT)
+        v_seen = 10.0**g_seen if table.log else g_seen
+        at = survival[self._rows[: len(rows)], index]
+        above = survival[self._rows[: len(rows)], index + 1]
+        counted = at - frac * (at - above)
+        spread = (v_seen - v_tail) / math.log(anchor / SEEN_COUNT)
+        np.maximum(spread, decay, out=spread)
+        beyond = SEEN_COUNT * np.exp(-np.maximum(v - v_seen, 0.0) / spread)
+        seen = np.where(counted >= SEEN_COUNT, counted, beyond)
+        return np.where(enough, np.maximum(tail, seen), tail)
+
+    def state_dict(self) -> dict:
+        return {"survival": self._padded[:, : self.table.bins].tolist(),
+                "peak": self.peak.tolist(), "quiet": self.quiet.tolist()}  # fmt: skip
+
+    def load_state_dict(self, d: dict) -> None:
+        survival = np.asarray(d["survival"], dtype=np.float64)
+        peak, quiet = (np.asarray(d[key], dtype=np.float64) for key in ("peak", "quiet"))
+        if survival.shape != (self.k, self.table.bins) or peak.shape != (self.k,) != quiet.shape:
+            raise ValueError(f"episode table of shape {survival.shape}")
+        self._padded[:, : self.table.bins] = survival
+        self.peak[:], self.quiet[:] = peak, quiet
