@@ -9,7 +9,9 @@ the values seen on normal samples and answers P(V >= v) for each:
     quantiles at TAIL_COUNT and 4 x TAIL_COUNT samples from the top, so a value a
     little past the largest one seen is a little more surprising, not infinitely so;
   * a prior tail, worth `prior_weight` samples, keeps the answer sane before there is
-    data and bounds how certain a short history can make it.
+    data and bounds how certain a short history can make it;
+  * with a `PeakTable` (the detector's spike statistic): never below the rate of the
+    episodes seen, once SEEN_COUNT of them peaked at or above the value.
 
 Values live on a fixed grid (log10 or linear), so an update is a few vector operations
 and the state is a plain array (exact save/resume). The table stores, per statistic,
@@ -224,7 +226,6 @@ class TailTable:
             raise ValueError(f"tail table shape {survival.shape}, expected {self.survival.shape}")
         self._padded[:, : self.bins] = survival
         self.total = float(d["total"])
-
 
 
 class PeakTable:
