@@ -144,11 +144,14 @@ static double at_least_seen(const det_t *d, const table_t *tb, long r, long inde
 {
     const double *row = d->peaks + r * (tb->bins + 1);
     if (!(row[0] >= SEEN_COUNT)) return tail;
-    double g_seen = quantile(tb, row, SEEN_COUNT);
+    double g_seen = quantile(tb, row, SEEN_COUNT), g_half = quantile(tb, row, 0.5 * SEEN_COUNT);
     double v_seen = tb->log ? pow(10.0, g_seen) : g_seen;
+    double v_half = tb->log ? pow(10.0, g_half) : g_half;
     double at = row[index], above = row[index + 1];
     double counted = at - frac * (at - above);
-    double spread = dmax((v_seen - v_tail) / log(anchor / SEEN_COUNT), decay);
+    double spread = dmax((v_seen - v_tail) / log(anchor / SEEN_COUNT),
+                         (v_half - v_seen) / 0.6931471805599453); /* log 2 */
+    spread = dmax(spread, decay);
     double beyond = SEEN_COUNT * exp(-dmax(v - v_seen, 0.0) / spread);
     double seen = counted >= SEEN_COUNT ? counted : beyond;
     return dmax(tail, seen);

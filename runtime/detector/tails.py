@@ -33,6 +33,7 @@ EPISODE_LEVEL = 3.0  # (the Huber clip: a value above it is an outlier)
 FIT_RATIO = 4.0  # ... with the slope between its quantile and 4x as many samples' one
 MIN_DECAY = 0.05  # the tail's scale is at least this fraction of its anchor value
 _LOG_FIT_RATIO = math.log(FIT_RATIO)
+_LOG_2 = math.log(2.0)
 
 
 class TailTable:
@@ -288,12 +289,13 @@ class PeakTable:
         if not enough.any():
             return tail
         table = self.table
-        (g_seen,) = table._quantiles(survival, SEEN_COUNT)
-        v_seen = 10.0**g_seen if table.log else g_seen
+        g_seen, g_half = table._quantiles(survival, SEEN_COUNT, 0.5 * SEEN_COUNT)
+        v_seen, v_half = (10.0**g_seen, 10.0**g_half) if table.log else (g_seen, g_half)
         at = survival[self._rows[: len(rows)], index]
         above = survival[self._rows[: len(rows)], index + 1]
         counted = at - frac * (at - above)
         spread = (v_seen - v_tail) / math.log(anchor / SEEN_COUNT)
+        np.maximum(spread, (v_half - v_seen) / _LOG_2, out=spread)
         np.maximum(spread, decay, out=spread)
         beyond = SEEN_COUNT * np.exp(-np.maximum(v - v_seen, 0.0) / spread)
         seen = np.where(counted >= SEEN_COUNT, counted, beyond)
