@@ -1,9 +1,11 @@
 """Patterns counted by their episodes (tails.py PeakTable) and the energy's prior
-(core.py _prior): a flat baseline's frequent normal spikes become normal after a few
-dozen of them without one fault's many outliers making the next fault ordinary, and a
+(core.py _prior): a flat baseline's frequent normal spikes become normal after about 8
+episodes of them, without one fault's many outliers making the next fault ordinary, and a
 noise burst on such a stream is flagged; numpy and the kernel agree, and both resume."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -108,6 +110,8 @@ def test_a_damaged_episode_table_is_a_clear_error():
     det = Detector(backend="numpy")
     det.score_block(np.zeros((200, 1)), np.zeros((200, 1)))
     state = det.state_dict()
-    state["parts"]["episodes"]["peak"] = [0.0, 1.0]
-    with pytest.raises(InputError, match="damaged detector state"):
-        Detector(**state["params"], backend="numpy").load_state_dict(state)
+    for key, wrong in (("peak", [0.0, 1.0]), ("quiet", [[0.0]]), ("survival", [[0.0]])):
+        damaged = json.loads(json.dumps(state))
+        damaged["parts"]["episodes"][key] = wrong
+        with pytest.raises(InputError, match="damaged detector state"):
+            Detector(**state["params"], backend="numpy").load_state_dict(damaged)

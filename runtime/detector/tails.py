@@ -241,7 +241,8 @@ class PeakTable:
     the next burst and the next spike ordinary. Episodes count occurrences instead:
     where SEEN_COUNT of them peaked at or above a value, its tail probability is at
     least their rate; past the last SEEN_COUNT, an exponential tail through them, with
-    the slope between them and the table's anchor (a population of its own, such as
+    the slope between the SEEN_COUNT-th and half as many episodes' peaks or between them
+    and the table's anchor, whichever falls slower (a population of its own, such as
     normal spikes, falls off at its own rate, not the body's)."""
 
     def __init__(self, table: TailTable, k: int):
@@ -308,7 +309,7 @@ class PeakTable:
     def load_state_dict(self, d: dict) -> None:
         survival = np.asarray(d["survival"], dtype=np.float64)
         peak, quiet = (np.asarray(d[key], dtype=np.float64) for key in ("peak", "quiet"))
-        if survival.shape != (self.k, self.table.bins) or peak.shape != (self.k,) != quiet.shape:
+        if survival.shape != (self.k, self.table.bins) or (peak.shape, quiet.shape) != ((self.k,),) * 2:
             raise ValueError(f"episode table of shape {survival.shape}")
         self._padded[:, : self.table.bins] = survival
         self.peak[:], self.quiet[:] = peak, quiet
