@@ -1,5 +1,5 @@
-"""A lasting regime of larger errors is absorbed in a bounded time (core.py
-_follow_regime), on both backends, without absorbing what must stay an alarm.
+"""A lasting regime of larger errors is absorbed in a bounded time
+(runtime/detector/regime.py), on both backends, without absorbing what must stay an alarm.
 
 Before this mechanism the error scale could grow only as fast as its Huber clip let it
 (about 0.7 % a flagged sample): errors 10x larger for good stayed in alarm for 210-312

@@ -31,7 +31,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from edgernn.errors import InputError
-from edgernn.runtime.detector import ckernel
+from edgernn.runtime.detector import ckernel, regime
 from edgernn.runtime.detector.alerts import Event, EventTracker
 from edgernn.runtime.detector.calibration import _from_calibration
 from edgernn.runtime.detector.config import (
@@ -54,19 +54,6 @@ from edgernn.runtime.detector.tails import PeakTable, TailTable
 from edgernn.runtime.detector.timeparse import as_seconds, as_seconds_array, format_time
 
 MAX_SCORE = 50.0
-# A new regime of larger errors: when more than this share of the last REGIME_SPAN
-# errors (an EWMA) lie beyond the Huber clip, the error scale takes their size at once
-# (see _follow_regime); each error's log-size counts at most this far from the scale.
-REGIME_SHARE = 0.5
-REGIME_SPAN = 20.0  # fixed, not `span`: a spike and its echo must never be a majority
-REGIME_ALPHA = 2.0 / (REGIME_SPAN + 1.0)
-LOG_REGIME_CLIP = math.log(1e3)
-LOG_ABS_GAUSS = 0.6351814227307392  # -E[log |z|], z standard Gaussian: (gamma + ln 2) / 2
-# ... and a lasting regime of smaller errors: once this many flagged samples had most
-# recent errors within a third of the scale while the values kept changing (a stuck
-# value repeats itself exactly, and must keep alarming), the scale takes their size.
-QUIET_HOLD = 100
-REGIME_ROWS = 6  # _regime's rows (see __init__)
 OPTIONAL_PARTS = ("season_scale", "episodes")  # state parts older versions did not save
 ENERGY_PRIOR_SCALE = 0.5  # see _prior
 PRIOR_WEIGHT = 10.0  # samples' worth of the prior tails
@@ -207,10 +194,7 @@ class Detector:
         self._mean: Optional[np.ndarray] = None  # EWMA of clipped z
         self._energy: Optional[np.ndarray] = None  # EWMA of min(z^2, CLIP^2)
         self._moments: Optional[np.ndarray] = None  # (2, C): rows _mean, _energy
-        # (REGIME_ROWS, C), once the normalisers are ready: EWMAs of the recent errors'
-        # log-size, of the shares of them beyond the clip and within a third of the
-        # scale and of the samples repeating the one before exactly; the scale before a
-        # jump (0: none); flagged quiet samples so far (_follow_regime)
+        # (regime.REGIME_ROWS, C), once the normalisers are ready (regime.py)
         self._regime: Optional[np.ndarray] = None
         self._smooth: Optional[np.ndarray] = None  # reference term: EWMA of the samples
         self._ref_seen: list[list[float]] = []  # ... its smoothed and raw samples to fix it
@@ -362,7 +346,7 @@ class Detector:
             self._moments = None  # rebuilt from them
             self._smooth = _array(d["smooth"])
             self._level = _array(d["level"])
-            self._regime = _regime_rows(_array(d.get("regime")), self._n)
+            self._regime = regime.rows_from_state(_array(d.get("regime")), self._n)
             self._pair = None  # the normalisers' arrays were replaced
             if self._kernel is not None:
                 self._kernel.invalidate()
@@ -525,7 +509,8 @@ class Detector:
             self._pair.update(deviation, learning, weight)
             if self.config.level_span > 0:
                 self._level += weight * (2.0 / (self.config.level_span + 1.0)) * (x - self._level)
-        self._follow_regime(deviation, repeat, flagged)
+        if self._model.span > 0:  # a frozen scale stays frozen
+            regime.follow(self._regime, self._model.scale, deviation, repeat, flagged)
         contributions = self._contributions(p_first, p_ref)
         if learning:  # no verdict yet: a neutral score, the stream is still being learnt
             return DetectorOutput(0.0, False, None, True, contributions)
@@ -742,82 +727,8 @@ class Detector:
     def _form_pair(self) -> None:
         """The normalisers are ready: updated as one pair from now on."""
         self._pair = NormaliserPair(self._model, self._level_norm)
-        if self._regime is None:  # the errors start at the size the scale says
-            start = np.log(np.maximum(self._model.scale, 1e-300)) - LOG_ABS_GAUSS
-            self._regime = np.zeros((REGIME_ROWS, self._n))
-            self._regime[0] = start
-
-    def _follow_regime(self, deviation, repeat: Optional[np.ndarray], flagged: bool) -> None:
-        """Let the error scale jump to a new regime of larger or smaller errors (numpy;
-        kernel.c does the same).
-
-        The scale's Huber clip bounds what one error can do to it (at most 3 scales'
-        worth), so that a spike barely registers; but it also bounds how fast the scale
-        can grow, about 0.7 % a sample while flagged: a stream whose errors become 10x
-        larger for good (a machine starting up, a busier service) stayed in alarm for
-        hundreds of samples, and the 10^7 x of a stream idle while it was trained for
-        about 900. When more than half of the last 20 errors lie beyond the clip,
-        no one sample is to blame: the scale takes their size (their geometric mean,
-        in Gaussian sd units) at once. One spike, or a shift the forecaster follows
-        within a few samples, never makes a majority.
-
-        A jump is provisional: once more than half of the last 20 errors lie within a
-        third of the scale, it goes back towards the scale it had before the jump (to
-        the recent size, never below the old scale), so the ordinary noise after a
-        passing burst is not a 'stuck' alarm.
-
-        Errors that become smaller for good (a quieter machine, a service past its busy
-        season) alarm through the stuck-value statistic, and the slow tracker, at a
-        quarter rate while flagged, took 270-730 samples to absorb errors 10x smaller
-        and 1,000-2,000 for 100x. The scale takes their size once QUIET_HOLD flagged
-        samples had most recent errors within a third of it (the count ends when fewer
-        than a quarter are), so a drop in the noise is an alert, not a day of them. Not
-        while the values repeat themselves (most of the last 20 equal to the one
-        before): a stuck value keeps alarming. Errors over 10x smaller meet the floor
-        (a tenth of the mean sample-to-sample change, over the tails' memory) and are
-        absorbed only as it follows."""
-        if self._model.span <= 0:  # a frozen scale stays frozen
-            return
-        d, bound = deviation[0][0], deviation[1][0]
-        regime = self._regime
-        size = np.abs(d)
-        step = np.empty((4, self._n))  # the EWMA rows' new values, then their steps
-        step[1] = size > CLIP * bound
-        step[2] = size * CLIP < bound
-        step[3] = regime[3] if repeat is None else repeat
-        np.maximum(size, 1e-300, out=size)
-        np.log(size, out=size)
-        ref = np.log(bound)
-        np.clip(size, ref - LOG_REGIME_CLIP, ref + LOG_REGIME_CLIP, out=step[0])
-        step -= regime[:4]
-        step *= REGIME_ALPHA
-        regime[:4] += step
-        logsize, beyond, below, repeats, before, quiet_for = regime
-        up = beyond > REGIME_SHARE
-        counting = flagged or quiet_for.any()
-        if not (up.any() or before.any() or counting):
-            return  # nothing can move (the usual sample)
-        recent = np.exp(logsize + LOG_ABS_GAUSS)
-        scale = self._model.scale
-        up &= recent > bound
-        if up.any():
-            before[up & (before <= 0)] = scale[up & (before <= 0)]
-            scale[up] = recent[up]
-        back = (before > 0) & (below > REGIME_SHARE)
-        if back.any():
-            scale[back] = np.maximum(recent[back], before[back])
-        before[(before > 0) & (scale <= before)] = 0.0
-        if not counting:
-            return
-        # the count ends when clearly not quiet (the share within a third dips under a
-        # half now and then in a regime only 3x quieter)
-        quiet_for[(below < 0.5 * REGIME_SHARE) | (repeats > REGIME_SHARE) | (before > 0)] = 0.0
-        if flagged:
-            quiet_for[(below > REGIME_SHARE) & (repeats <= REGIME_SHARE) & (before <= 0)] += 1.0
-            down = quiet_for >= QUIET_HOLD
-            if down.any():
-                scale[down] = np.minimum(scale[down], recent[down])
-                quiet_for[down] = 0.0
+        if self._regime is None:
+            self._regime = regime.start_rows(self._model.scale)
 
     def _ensure_moments(self) -> None:
         if self._moments is None:  # mean and energy as the rows of one array
@@ -967,18 +878,6 @@ def _vector(v, name: str) -> Optional[list[float]]:
     if not all(math.isfinite(a) for a in out):
         raise InputError(f"{name} must be finite")
     return out
-
-
-def _regime_rows(saved: Optional[np.ndarray], n: int) -> Optional[np.ndarray]:
-    """A saved regime state; one saved before the quiet rows were added gets them as 0."""
-    if saved is None:  # older states: made when the pair forms
-        return None
-    if saved.shape == (4, n):  # [log-size, beyond, below, before]
-        zero = np.zeros(n)
-        saved = np.stack([saved[0], saved[1], saved[2], zero, saved[3], zero])
-    if saved.shape != (REGIME_ROWS, n):
-        raise ValueError(f"regime of shape {saved.shape}")
-    return saved
 
 
 def _list(v: Optional[np.ndarray]) -> Optional[list]:

@@ -30,11 +30,11 @@
 #define MAX_DECIMALS 6
 #define FLOAT32_TOL (4.0 * 5.9604644775390625e-08) /* 4 * 2^-24 */
 #define MAX_CHANNELS 256
-#define REGIME_SHARE 0.5 /* core.py's: a new regime of larger errors */
+#define REGIME_SHARE 0.5 /* regime.py's: a new regime of larger errors */
 #define LOG_REGIME_CLIP 6.907755278982137 /* log(1e3) */
 #define LOG_ABS_GAUSS 0.6351814227307392
 #define REGIME_ALPHA (2.0 / (20.0 + 1.0)) /* REGIME_SPAN 20 */
-#define QUIET_HOLD 100.0 /* core.py's: a lasting regime of smaller errors */
+#define QUIET_HOLD 100.0 /* regime.py's: a lasting regime of smaller errors */
 #define SCALE_CLIP 4.0 /* normalise.py's: a season scale factor's bound */
 
 /* row flags written per sample */
@@ -446,7 +446,7 @@ int edgernn_detect(det_t *d, long N)
             }
         }
         /* a new regime of larger errors: the scale jumps up, and back when it ends;
-         * down after a lasting regime of smaller ones (core.py _follow_regime) */
+         * down after a lasting regime of smaller ones (regime.py follow) */
         if (d->scale_span > 0) {
             double *logsize = d->regime, *beyond = d->regime + n;
             double *below = d->regime + 2 * n, *repeats = d->regime + 3 * n;
