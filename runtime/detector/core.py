@@ -47,9 +47,9 @@ from edgernn.runtime.detector.normalise import (
     SampleFloors,
     SeasonalProfile,
     SeasonalScale,
-    robust_center_scale,
 )
 from edgernn.runtime.detector.outputs import BlockResult, DetectorOutput, _detector_fields_of
+from edgernn.runtime.detector.reference import ReferenceTerm
 from edgernn.runtime.detector.tails import PeakTable, TailTable
 from edgernn.runtime.detector.timeparse import as_seconds, as_seconds_array, format_time
 
@@ -190,16 +190,12 @@ class Detector:
         self._level: Optional[np.ndarray] = None  # slow EWMA of the samples
         self._first: Optional[TailTable] = None
         self._second: Optional[TailTable] = None
-        self._ref_table: Optional[TailTable] = None
         self._mean: Optional[np.ndarray] = None  # EWMA of clipped z
         self._energy: Optional[np.ndarray] = None  # EWMA of min(z^2, CLIP^2)
         self._moments: Optional[np.ndarray] = None  # (2, C): rows _mean, _energy
         # (regime.REGIME_ROWS, C), once the normalisers are ready (regime.py)
         self._regime: Optional[np.ndarray] = None
-        self._smooth: Optional[np.ndarray] = None  # reference term: EWMA of the samples
-        self._ref_seen: list[list[float]] = []  # ... its smoothed and raw samples to fix it
-        self._ref: Optional[np.ndarray] = None  # (2, R) reference center and scale
-        self._ref_stat: Optional[np.ndarray] = None  # this sample's reference statistic
+        self._reference: Optional[ReferenceTerm] = None  # the expert option `reference`
         self._steps: list[float] = []
         self._step: Optional[float] = None  # the sampling interval, seconds
         self._last_time: Optional[float] = None
@@ -235,7 +231,14 @@ class Detector:
         self._first.peaks = PeakTable(self._first, n)  # |z|: the one-sample statistic
         self._second = TailTable(1, *TOP_GRID, log=False, memory=cfg.memory)
         if cfg.reference > 0:
-            self._ref_table = TailTable(len(self._ref_index()), *STAT_GRID, True, cfg.memory)
+            self._reference = ReferenceTerm(self._ref_index(), cfg.reference, cfg.warmup, N_INIT,
+                                            STAT_GRID, cfg.memory, PRIOR_WEIGHT)  # fmt: skip
+
+    def _reference_fields(self) -> dict[str, Any]:
+        """The reference term's state keys (the same when it is off)."""
+        if self._reference is None:
+            return {"smooth": None, "ref_seen": [], "ref": None}
+        return self._reference.state_fields()
 
     def _ref_index(self) -> list[int]:
         chosen = self.config.reference_channels
@@ -278,7 +281,8 @@ class Detector:
             self._threshold_step = self._step
             self._threshold = self.threshold
             self._anchor_fraction = ANCHOR_RATE * 10.0**-self._threshold
-        for table in (self._first, self._second, self._ref_table):
+        ref_table = None if self._reference is None else self._reference.table
+        for table in (self._first, self._second, ref_table):
             if table is not None:
                 table.extrapolate_below = self._anchor_fraction
         return self._threshold
@@ -300,11 +304,9 @@ class Detector:
             "parts": parts,
             "mean": _list(self._mean),
             "energy": _list(self._energy),
-            "smooth": _list(self._smooth),
             "level": _list(self._level),
             "regime": _list(self._regime),
-            "ref_seen": self._ref_seen,
-            "ref": None if self._ref is None else self._ref.tolist(),
+            **self._reference_fields(),
             "steps": self._steps,
             "step": self._step,
             "last_time": self._last_time,
@@ -315,7 +317,8 @@ class Detector:
         return {
             "floors": self._floors, "model": self._model, "level_norm": self._level_norm,
             "profile": self._profile, "first": self._first, "second": self._second,
-            "ref_table": self._ref_table, "season_scale": self._season_scale,
+            "ref_table": None if self._reference is None else self._reference.table,
+            "season_scale": self._season_scale,
             "episodes": None if self._first is None else self._first.peaks,
         }  # fmt: skip
 
@@ -344,14 +347,13 @@ class Detector:
                     part.load_state_dict(saved)
             self._mean, self._energy = _array(d["mean"]), _array(d["energy"])
             self._moments = None  # rebuilt from them
-            self._smooth = _array(d["smooth"])
             self._level = _array(d["level"])
             self._regime = regime.rows_from_state(_array(d.get("regime")), self._n)
             self._pair = None  # the normalisers' arrays were replaced
             if self._kernel is not None:
                 self._kernel.invalidate()
-            self._ref_seen = [list(map(float, r)) for r in d["ref_seen"]]
-            self._ref = None if d["ref"] is None else np.asarray(d["ref"], dtype=np.float64)
+            if self._reference is not None:
+                self._reference.load_state_fields(d)
             self._steps = [float(s) for s in d["steps"]]
             self._last_time = None if d["last_time"] is None else float(d["last_time"])
             self._events.load_state_dict(d["events"])
@@ -488,7 +490,7 @@ class Detector:
         threshold = self._current_threshold()
         at_first = self._first.locate(stats)
         p_first = self._first.probability_at(at_first, self._prior(stats), PRIOR_WEIGHT)
-        p_ref = self._reference_p(x, t, floor)
+        p_ref = None if self._reference is None else self._reference.probability(x, t, floor)
         score, top, top_bin = self._surprisal(
             p_first if p_ref is None else np.concatenate([p_first, p_ref])
         )
@@ -758,15 +760,14 @@ class Detector:
         if self._first.total >= MIN_SECOND_STAGE:
             self._second.add_scalar(top_bin, weight)
         self._first.add_at(stat_bins, weight)
-        if self._ref_table is not None and self._ref is not None:
-            self._ref_table.add(self._ref_stat, weight)
+        if self._reference is not None:
+            self._reference.learn(weight)
 
     def _contributions(self, p_first: np.ndarray, p_ref: Optional[np.ndarray]) -> np.ndarray:
         logs = np.log10(np.maximum(p_first, self._consts["tiny"]))
         surprise = np.negative(np.minimum.reduce(logs.reshape(N_STATS, self._n), axis=0))
         if p_ref is not None:
-            idx = self._ref_index()
-            surprise[idx] = np.maximum(surprise[idx], -np.log10(np.maximum(p_ref, 1e-300)))
+            self._reference.add_surprise(surprise, p_ref)
         total = float(np.add.reduce(surprise))
         return surprise / total if total > 0 else np.zeros(self._n)
 
@@ -809,32 +810,6 @@ class Detector:
             return None
         usual = self._profile.center(when)
         return None if usual is None else usual.copy()
-
-    # -- the reference term (expert option) --------------------------------------------
-    def _reference_p(self, x: np.ndarray, t: int, floor: np.ndarray) -> Optional[np.ndarray]:
-        """Tail probabilities of |EWMA(x) - reference| / spread on the reference channels:
-        the reference is fixed on the first half of the warm-up, the second half learns
-        how far normal operation strays from it."""
-        span = self.config.reference
-        if span <= 0:
-            return None
-        idx = self._ref_index()
-        xs = x[idx]
-        alpha = 2.0 / (span + 1.0)
-        self._smooth = xs.copy() if self._smooth is None else self._smooth + alpha * (xs - self._smooth)
-        half = self.config.warmup // 2
-        if self._ref is None:
-            if t >= N_INIT:
-                self._ref_seen.append(self._smooth.tolist() + xs.tolist())
-            if t + 1 < half or len(self._ref_seen) < 2:
-                return np.ones(len(idx))
-            seen = np.array(self._ref_seen)
-            center, spread = robust_center_scale(seen[:, : len(idx)])
-            _, raw = robust_center_scale(seen[:, len(idx) :])
-            spread = np.maximum.reduce([spread, raw / math.sqrt(span), floor[idx]])
-            self._ref, self._ref_seen = np.stack([center, spread]), []
-        self._ref_stat = np.abs(self._smooth - self._ref[0]) / self._ref[1]
-        return self._ref_table.probability(self._ref_stat, np.exp(-self._ref_stat), PRIOR_WEIGHT)
 
     # -- helpers -----------------------------------------------------------------------
     def _neutral(self) -> DetectorOutput:
