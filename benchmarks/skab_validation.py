@@ -393,6 +393,13 @@ BASE: dict = dict(warmup=TRAIN_ROWS - 1)
 
 
 def grid(name: str) -> list[dict]:
+    if name == "ninth":
+        # "eighth" again, beside the level-shift statistic's span 10 (the held-out
+        # protocol favours it over 20): SKAB's setting revalidated before the default
+        # changed. Chose span 20, budget 1,000 again (CHOSEN pins it).
+        product = itertools.product([200.0, 1000.0, 5000.0], [20.0, 10.0])
+        return [dict(BASE, alarm_every=b, span=span, scale_span=0.0, reference=10.0,
+                     reference_channels=NO_THERMOCOUPLE) for b, span in product]  # fmt: skip
     if name == "eighth":
         # "seventh" met no FAR bound (long part 31-43 %: the frozen reference and scale
         # alarm on the injected temperature / voltage drift); the same with larger budgets.
@@ -500,7 +507,7 @@ def main(argv=None) -> int:
     )  # fmt: skip
     ap.add_argument("--rebuild", action="store_true", help="ignore the cached episodes")
     ap.add_argument(
-        "--grid", choices=["fifth", "sixth", "seventh", "eighth"],
+        "--grid", choices=["fifth", "sixth", "seventh", "eighth", "ninth"],
         help="run the tuning grid and select (on both parts)",
     )  # fmt: skip
     ap.add_argument(

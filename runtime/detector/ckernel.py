@@ -54,7 +54,7 @@ class _Det(ctypes.Structure):
         ("level", _p), ("regime", _p), ("prof_mean", _p), ("prof_count", _p), ("prof_bins", _l),
         ("period", _d), ("periods", _d), ("ss_mean", _p), ("ss_count", _p), ("ss_bins", _l),
         ("ss_memory", _d), ("ss_min", _d), ("dbl", _p), ("cnt", _p),
-        ("alpha", _d), ("drift_unit", _d), ("level_span", _d), ("flagged_weight", _d),
+        ("alpha", _d), ("energy_alpha", _d), ("drift_unit", _d), ("level_span", _d), ("flagged_weight", _d),
         ("level_floor", _d), ("memory", _d), ("scale_span", _d), ("threshold", _d),
         ("anchor_fraction", _d), ("log_fit_ratio", _d), ("mean_abs_to_std", _d),
         ("warmup", _l), ("holdoff", _l),
@@ -239,7 +239,8 @@ class Kernel:
             ctx.ss_mean, ctx.ss_count = scale.mean.ctypes.data, scale.count.ctypes.data
             ctx.ss_bins, ctx.ss_memory, ctx.ss_min = scale.bins, scale.memory, scale.min_count
         ctx.dbl, ctx.cnt = ctypes.addressof(self.dbl), ctypes.addressof(self.cnt)
-        ctx.alpha, ctx.drift_unit = det._alpha, det._drift_unit
+        ctx.alpha, ctx.energy_alpha = det._alpha, det._energy_alpha
+        ctx.drift_unit = det._drift_unit
         ctx.level_span, ctx.flagged_weight = float(cfg.level_span), float(cfg.flagged_weight)
         ctx.level_floor, ctx.memory = float(cfg.level_floor), float(floors.memory)
         ctx.scale_span = float(det._model.span)

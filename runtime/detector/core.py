@@ -7,9 +7,9 @@ Per sample (x, the forecast made for it, optionally its timestamp):
                timestamps, each minus its usual value at this time of day is tried
                too, and the smaller kept (a daily pattern the forecaster misses, such
                as a nightly batch job, is normal).
-2. statistics  per channel: |z| (spikes), |EWMA(clip z)| (level shifts), EWMA(min(z^2,
-               9)) and its inverse (variance up, stuck / frozen values), over a window
-               of `span` samples (the clip keeps one spike from smearing), and, when
+2. statistics  per channel: |z| (spikes), |EWMA(clip z)| over `span` samples (level
+               shifts; the clip keeps one spike from smearing), EWMA(min(z^2, 9)) over
+               20 and its inverse (variance up, stuck / frozen values), and, when
                enabled, the distance from the slow average (drifts a forecaster follows).
 3. surprisal   each statistic's tail probability under what the stream has shown to be
                normal (tails.py, flagged samples excluded); the smallest gives
@@ -58,6 +58,11 @@ OPTIONAL_PARTS = ("season_scale", "episodes")  # state parts older versions did 
 ENERGY_PRIOR_SCALE = 0.5  # see _prior
 PRIOR_WEIGHT = 10.0  # samples' worth of the prior tails
 MIN_SECOND_STAGE = 30.0  # first-stage samples before the second stage learns
+# The energy's window, fixed (not `span`): an average of squares needs about 20 of them
+# for a normal spread of 0.3, and a shorter one let the stuck-value statistic saturate on
+# the quiet stretch after each normal jump of a noiseless square wave, faster than the
+# tails could learn it (tests/test_detector.py), and lost normal spikes against bursts.
+ENERGY_SPAN = 20.0
 MIN_ENERGY = 0.01  # stuck-value statistic 1 / EWMA(z^2) tops out at 100 (a flat channel)
 N_INIT = 20  # errors whose median / MAD start an uncalibrated normaliser
 N_STEPS = 50  # time steps whose median is the sampling interval
@@ -205,6 +210,8 @@ class Detector:
         self._threshold = self._anchor_fraction = 0.0
         self._alpha = 2.0 / (self.config.span + 1.0)
         self._drift_unit = math.sqrt(self._alpha / (2.0 - self._alpha))
+        self._energy_alpha = 2.0 / (ENERGY_SPAN + 1.0)
+        self._alphas = np.array([[self._alpha], [self._energy_alpha]])  # (2, 1)
         self._pair: Optional[NormaliserPair] = None  # the normalisers, once both ready
         self._kernel = None if self._lib is None else ckernel.Kernel(self._lib, self)
         if self._n is not None:
@@ -713,7 +720,7 @@ class Detector:
         np.minimum(clipped, self._consts["clip"], out=clipped)
         np.multiply(clipped, clipped, out=step[1])
         step -= self._moments
-        step *= self._alpha
+        step *= self._alphas
         self._moments += step
         mean, energy = self._mean, self._energy
         stats = np.empty(N_STATS * n)

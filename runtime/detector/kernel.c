@@ -72,7 +72,7 @@ typedef struct {
     double *dbl; /* first.total, second.total, profile.first, season scale's first (NaN: None) */
     int64_t *cnt; /* t, floors.n, model.n, level_norm.n, event open, quiet, decimals changed */
     /* constants */
-    double alpha, drift_unit, level_span, flagged_weight, level_floor, memory;
+    double alpha, energy_alpha, drift_unit, level_span, flagged_weight, level_floor, memory;
     double scale_span, threshold, anchor_fraction, log_fit_ratio, mean_abs_to_std;
     long warmup, holdoff;
     /* the call's rows: x, f (N, n); when (N,) seconds or NaN; out: score (N,), flags
@@ -377,7 +377,7 @@ int edgernn_detect(det_t *d, long N)
         for (long c = 0; c < n; c++) {
             double s0 = dmin(dmax(z[c], -CLIP), CLIP), s1 = s0 * s0;
             mean[c] += (s0 - mean[c]) * d->alpha;
-            energy[c] += (s1 - energy[c]) * d->alpha;
+            energy[c] += (s1 - energy[c]) * d->energy_alpha;
             st[c] = fabs(z[c]);
             st[n + c] = fabs(mean[c]) / d->drift_unit;
             st[2 * n + c] = energy[c];
