@@ -54,9 +54,9 @@ class _Det(ctypes.Structure):
         ("level", _p), ("regime", _p), ("prof_mean", _p), ("prof_count", _p), ("prof_bins", _l),
         ("period", _d), ("periods", _d), ("ss_mean", _p), ("ss_count", _p), ("ss_bins", _l),
         ("ss_memory", _d), ("ss_min", _d), ("dbl", _p), ("cnt", _p),
-        ("alpha", _d), ("energy_alpha", _d), ("drift_unit", _d), ("level_span", _d), ("flagged_weight", _d),
-        ("level_floor", _d), ("memory", _d), ("scale_span", _d), ("threshold", _d),
-        ("anchor_fraction", _d), ("log_fit_ratio", _d), ("mean_abs_to_std", _d),
+        ("alpha", _d), ("energy_alpha", _d), ("drift_unit", _d), ("level_span", _d),
+        ("flagged_weight", _d), ("level_floor", _d), ("memory", _d), ("scale_span", _d),
+        ("threshold", _d), ("anchor_fraction", _d), ("log_fit_ratio", _d), ("mean_abs_to_std", _d),
         ("warmup", _l), ("holdoff", _l),
         ("x", _p), ("f", _p), ("when", _p), ("score", _p), ("flags", _p), ("contrib", _p),
     ]  # fmt: skip

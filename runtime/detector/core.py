@@ -58,10 +58,11 @@ OPTIONAL_PARTS = ("season_scale", "episodes")  # state parts older versions did 
 ENERGY_PRIOR_SCALE = 0.5  # see _prior
 PRIOR_WEIGHT = 10.0  # samples' worth of the prior tails
 MIN_SECOND_STAGE = 30.0  # first-stage samples before the second stage learns
-# The energy's window, fixed (not `span`): an average of squares needs about 20 of them
-# for a normal spread of 0.3, and a shorter one let the stuck-value statistic saturate on
-# the quiet stretch after each normal jump of a noiseless square wave, faster than the
-# tails could learn it (tests/test_detector.py), and lost normal spikes against bursts.
+# The energy's window, fixed (not `span`): over 20 squares its normal spread is about 0.3
+# (see _prior). Over 10 or 14 the stuck-value statistic reached its cap on the quiet
+# stretch after each jump of a noiseless square wave before the tails learnt it, and a
+# stream idle in training alarmed for a day once it came alive (tests/test_detector.py,
+# tests/test_detector_regime.py; README, "The shift statistic over 10 samples").
 ENERGY_SPAN = 20.0
 MIN_ENERGY = 0.01  # stuck-value statistic 1 / EWMA(z^2) tops out at 100 (a flat channel)
 N_INIT = 20  # errors whose median / MAD start an uncalibrated normaliser
