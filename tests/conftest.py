@@ -16,6 +16,20 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (the benchmarks are scripts, not a package; their
+    folder goes on sys.path, as it is for a script, so that they can import each other)."""
+    import importlib.util
+
+    folder = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(folder, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def synthetic_signal(n: int = 1500, seed: int = 0) -> np.ndarray:
     """Three channels with periodic structure a forecaster can learn: (n, 3)."""
     rng = np.random.default_rng(seed)

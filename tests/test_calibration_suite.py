@@ -3,21 +3,14 @@ false alarms stay near the budget, and an injected anomaly opens an alert."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
-
-PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "calibration.py")
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def cal():
-    spec = importlib.util.spec_from_file_location("calibration", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("calibration")
 
 
 @pytest.mark.parametrize("kind", ["counts", "spiky", "seasonal"])

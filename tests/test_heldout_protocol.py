@@ -3,20 +3,14 @@ injected anomaly lasts, and the bound that unflags only a fault's rows past its 
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
+from conftest import load_benchmark
 
 from edgernn.runtime.evaluate import nab_windows
 
 
 def _protocol():
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "heldout_protocol.py")
-    spec = importlib.util.spec_from_file_location("heldout_protocol", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("heldout_protocol")
 
 
 def _stream(hp, kind, seed, score):

@@ -3,12 +3,10 @@ whole; lanes keep one shift for a whole pass; a forecaster trained so follows a 
 regime it never saw in training; auto shifts one-channel forecasters only; where it
 cannot apply it is refused, not ignored."""
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
-from conftest import synthetic_signal, write_csv
+from conftest import load_benchmark, synthetic_signal, write_csv
 
 from edgernn.cli import main
 from edgernn.train import TrainConfig, train_files
@@ -65,11 +63,7 @@ def test_a_lane_keeps_one_shift_for_its_whole_pass():
 
 
 def _protocol():
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "heldout_protocol.py")
-    spec = importlib.util.spec_from_file_location("heldout_protocol", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("heldout_protocol")
 
 
 def _bias_in_a_new_regime(tmp_path, jitter) -> float:

@@ -3,23 +3,16 @@ span inside the test part, the training part untouched, clean episodes unlabelle
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 
 import numpy as np
 import pytest
-
-PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "skab_validation.py")
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def sv():
-    sys.path.insert(0, os.path.dirname(PATH))  # it imports benchmarks/skab.py, as a script does
-    spec = importlib.util.spec_from_file_location("skab_validation", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("skab_validation")  # it imports benchmarks/skab.py
 
 
 def window(seed: int = 0) -> np.ndarray:
