@@ -3,7 +3,6 @@ whole; lanes keep one shift for a whole pass; a forecaster trained so follows a 
 regime it never saw in training; auto shifts one-channel forecasters only; where it
 cannot apply it is refused, not ignored."""
 
-
 import numpy as np
 import pytest
 from conftest import load_benchmark, synthetic_signal, write_csv
