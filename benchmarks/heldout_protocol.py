@@ -242,14 +242,21 @@ def nab_total(streams: list[dict], flags_of) -> float:
     return 100.0 * (raw - null) / (perfect - null)
 
 
+def windows_and_mask(labels: np.ndarray) -> tuple[list, np.ndarray]:
+    """NAB's windows of a stream's labels, and the (rows,) bool mask of their rows."""
+    windows = nab_windows(labels, centred_points=True)
+    inside = np.zeros(len(labels), dtype=bool)
+    for a, b in windows:
+        inside[a : b + 1] = True
+    return windows, inside
+
+
 def unflag_past_windows(s: dict, threshold: float) -> np.ndarray:
     """Flags at `threshold`, less those an anomaly itself draws after its window (what
     NAB counts as false positives in a fault that outlasts its window): how much of
     the score is lost to flagging a fault for as long as it lasts."""
     flags = np.asarray(s["edgernn"]) >= threshold
-    inside = np.zeros(len(flags), dtype=bool)
-    for a, b in nab_windows(np.asarray(s["labels"]), centred_points=True):
-        inside[a : b + 1] = True
+    _, inside = windows_and_mask(np.asarray(s["labels"]))
     return flags & ~(anomaly_rows(s) & ~inside)
 
 
@@ -293,10 +300,7 @@ def window_report(streams: list[dict], key: str, threshold: float) -> dict:
         labels = np.asarray(s["labels"])
         flags = np.asarray(s[key]) >= threshold
         flags[: int(TRAIN_FRAC * len(labels))] = False
-        windows = nab_windows(labels, centred_points=True)
-        inside = np.zeros(len(labels), dtype=bool)
-        for a, b in windows:
-            inside[a : b + 1] = True
+        windows, inside = windows_and_mask(labels)
         false_rows[s["kind"]] = false_rows.get(s["kind"], 0) + int((flags & ~inside).sum())
         ongoing = int((flags & ~inside & anomaly_rows(s)).sum())
         in_anomalies[s["kind"]] = in_anomalies.get(s["kind"], 0) + ongoing
