@@ -764,7 +764,7 @@ class LiveRun:
         scores = {}
         if out is not None:
             share = np.asarray(out.contributions, dtype=float)
-            scores = {ch: float(out.score * w) for ch, w in zip(self.channels, share)}
+            scores = {ch: float(out.surprisal * w) for ch, w in zip(self.channels, share)}
         return Snapshot(
             rate=(done - before) / max(now - then, 1e-9),
             latency_p50_ms=c["latency_p50_ms"],

@@ -250,6 +250,36 @@ def test_events_carry_timestamps_and_onset_differs_from_alarm():
     assert ev.top_channels == ["temp"]
 
 
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_score_is_news_inside_a_lasting_alert(backend):
+    """Inside an open alert a row scores only where it tops the alert's peak so far
+    (README, "News"): the flag says the fault goes on, `surprisal` keeps every row's
+    value, and for any threshold each alert's first crossing row keeps its score."""
+    if backend == "c":
+        pytest.importorskip("edgernn.runtime.detector.ckernel").load_library()
+    x, f = gaussian_stream(1200, channels=1, seed=3)
+    x[700:760, 0] += np.concatenate([np.linspace(8, 40, 30), np.linspace(40, 8, 30)])
+    det = Detector(channels=["temp"], alarm_every=1000, holdoff=5, backend=backend)
+    outs = [det.score_one(x[t], f[t]) for t in range(len(x))]
+    block = Detector(channels=["temp"], alarm_every=1000, holdoff=5, backend=backend)
+    rows = block.score_block(x, f)
+    score = np.array([o.score for o in outs])
+    surprisal = np.array([o.surprisal for o in outs])
+    np.testing.assert_allclose(rows.score, score, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(rows.surprisal, surprisal, rtol=1e-9, atol=1e-12)
+    assert outs[700].onset and all(o.anomaly for o in outs[700:760])
+    assert (score[700:760] == 0).sum() >= 25, "the fading half repeats the peak"
+    assert all(o.repeat == (o.score == 0.0 and o.surprisal > 0.0) for o in outs[700:760])
+    events = np.array([o.event or 0 for o in outs])
+    for threshold in np.linspace(0.5, surprisal.max(), 40):
+        for ev in set(events[events > 0]):
+            inside = np.flatnonzero((events == ev) & (surprisal >= threshold))
+            if len(inside):
+                assert score[inside[0]] == surprisal[inside[0]]
+    outside = np.concatenate([[0], events[:-1]]) == 0  # no alert open as the row came
+    np.testing.assert_array_equal(score[outside], surprisal[outside])
+
+
 def test_daily_pattern_is_learnt_from_the_time_column():
     """A sharp nightly batch job the persistence forecast cannot foresee alarms while
     it is new, and is normal once the time-of-day baseline has seen it."""

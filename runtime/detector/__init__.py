@@ -4,8 +4,9 @@ load where there is a compiler; runs on the Pi).
     from edgernn.runtime.detector import Detector
     det = Detector.from_meta(model)                  # or Detector(channels=[...])
     out = det.score_one(sample, forecast, time=ts)   # one sample at a time
-    out.score      # -log10 P(a normal sample scores this high): 3 = a 1-in-1,000 sample
-    out.anomaly    # score >= det.threshold = log10(samples per false alarm)
+    out.surprisal  # -log10 P(a normal sample scores this high): 3 = a 1-in-1,000 sample
+    out.score      # the surprisal, or 0 inside an open alert below its peak so far
+    out.anomaly    # surprisal >= det.threshold = log10(samples per false alarm)
     out.onset      # this sample opens an alert event (det.events: the closed ones)
     block = det.score_block(X, F, times)             # N rows at once: the same verdicts
 

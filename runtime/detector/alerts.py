@@ -74,6 +74,11 @@ class EventTracker:
         ev.top_channels = self._top(self.contrib)
         return (ev.to_dict() if opened else None), None
 
+    def repeats(self, score: float) -> bool:
+        """Whether a sample scoring `score` tells nothing new: an alert is open and the
+        sample does not top its peak so far (called before update())."""
+        return self.open is not None and not score > self.open.peak_score
+
     def close(self) -> Optional[Event]:
         ev = self.open
         if ev is None:

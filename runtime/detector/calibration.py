@@ -33,7 +33,7 @@ def calibrate(val_errors, **options) -> dict[str, Any]:
 
     probe = Detector(error_center=center, error_scale=scale, **{**options, "warmup": 2})
     zero = np.zeros(errors.shape[1])
-    scores = np.array([probe.score_one(zero - err, zero).score for err in errors])[1:]
+    scores = np.array([probe.score_one(zero - err, zero).surprisal for err in errors])[1:]
     return {
         "format": CALIBRATION_FORMAT,
         "center": center.tolist(),

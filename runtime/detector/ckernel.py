@@ -34,6 +34,9 @@ from edgernn.runtime.cstep import (
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel.c")
 MAX_CHANNELS = 256  # kernel.c's stack buffers
 F_FLAGGED, F_LEARNING, F_ONSET, F_REPLAY = 1, 2, 4, 8
+# Set in Python by the event tracker (the kernel never sets it): inside an open alert,
+# the row does not top the alert's peak so far, so its score column reads 0.
+F_REPEAT = 16
 PROBE_TOLERANCE = 1e-9  # relative, on the scores of the probe stream
 
 _p, _d, _l = ctypes.c_void_p, ctypes.c_double, ctypes.c_long

@@ -453,11 +453,22 @@ class Detector:
         if not fl & ckernel.F_REPLAY:  # no event open or opened: to_record()'s keys
             return out, {"score": value, "anomaly": int(flagged), "onset": 0,
                          "threshold": threshold}  # fmt: skip
-        opened, closed = self._events.update(t, flagged, value, contributions, format_time(None))
+        self._track_event(out, t, format_time(None))
+        return out, _detector_fields_of(out)
+
+    def _track_event(self, out: DetectorOutput, t: int, stamp: Optional[str]) -> None:
+        """The event tracker on sample t's verdict: the event opened or closed on it, the
+        open event's id. A sample inside an open alert that does not top its peak so far
+        tells nothing new: its score reads 0 (the flag says the alert goes on), so one
+        threshold on the score sees each alert where it first crosses it, and again only
+        where it grows, not on every row of a fault that lasts (README, "News")."""
+        repeat = self._events.repeats(out.score)
+        opened, closed = self._events.update(t, out.anomaly, out.score, out.contributions, stamp)
         out.onset, out.event_opened, out.event_closed = opened is not None, opened, closed
         if self._events.open is not None:
             out.event = self._events.open.id
-        return out, _detector_fields_of(out)
+        if repeat:
+            out.mark_repeat()
 
     def _score_numpy(self, x: np.ndarray, forecast: np.ndarray, time, when) -> DetectorOutput:
         """score_one() in numpy (the reference; the kernel computes the same)."""
@@ -524,14 +535,8 @@ class Detector:
         contributions = self._contributions(p_first, p_ref)
         if learning:  # no verdict yet: a neutral score, the stream is still being learnt
             return DetectorOutput(0.0, False, None, True, contributions)
-        stamp = time if isinstance(time, str) else format_time(when)
-        opened, closed = self._events.update(t, flagged, score, contributions, stamp)
-        out = DetectorOutput(
-            score, flagged, threshold, False, contributions, onset=opened is not None,
-            event_opened=opened, event_closed=closed,
-        )  # fmt: skip
-        if self._events.open is not None:
-            out.event = self._events.open.id
+        out = DetectorOutput(score, flagged, threshold, False, contributions)
+        self._track_event(out, t, time if isinstance(time, str) else format_time(when))
         return out
 
     # -- the compiled kernel ---------------------------------------------------------
@@ -568,11 +573,7 @@ class Detector:
         value, flagged = float(score[0]), bool(fl & ckernel.F_FLAGGED)
         out = DetectorOutput(value, flagged, threshold, False, contributions)
         if fl & ckernel.F_REPLAY:
-            stamp = time if isinstance(time, str) else format_time(when)
-            opened, closed = self._events.update(t, flagged, value, contributions, stamp)
-            out.onset, out.event_opened, out.event_closed = opened is not None, opened, closed
-            if self._events.open is not None:
-                out.event = self._events.open.id
+            self._track_event(out, t, time if isinstance(time, str) else format_time(when))
         return out
 
     def score_block(self, X, F, times=None) -> BlockResult:
@@ -675,6 +676,8 @@ class Detector:
                 when = None if whens is None or math.isnan(whens[i]) else float(whens[i])
                 stamp = raw if isinstance(raw, str) else format_time(when)
                 flagged = bool(flags[r] & ckernel.F_FLAGGED)
+                if self._events.repeats(float(score[r])):  # as _track_event
+                    flags[r] |= ckernel.F_REPEAT
                 opened, closed = self._events.update(
                     t0 + r, flagged, float(score[r]), contrib[r], stamp
                 )

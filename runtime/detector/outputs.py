@@ -16,8 +16,10 @@ from edgernn.runtime.detector import ckernel
 class DetectorOutput:
     """The verdict on one sample (JSON-friendly fields)."""
 
-    score: float  # -log10 of the tail probability; 0.0 while warming up
-    anomaly: bool  # this sample is flagged (score >= threshold)
+    # -log10 of the tail probability (`surprisal`), except 0.0 while warming up and on a
+    # row that repeats an open alert (`repeat`): what is news on this row
+    score: float
+    anomaly: bool  # this sample is flagged (surprisal >= threshold)
     threshold: Optional[float]  # None while warming up
     warming_up: bool
     contributions: np.ndarray  # (C,) each channel's share of the surprisal, sums to 1 or 0
@@ -25,6 +27,17 @@ class DetectorOutput:
     event: Optional[int] = None  # id of the open event
     event_opened: Optional[dict] = None
     event_closed: Optional[dict] = None
+    surprisal: Optional[float] = None  # -log10 of the tail probability (None: = score)
+    repeat: bool = False  # inside an open alert, not above its peak so far: score 0.0
+
+    def __post_init__(self) -> None:
+        if self.surprisal is None:
+            self.surprisal = self.score
+
+    def mark_repeat(self) -> None:
+        """This row tells nothing new of the open alert: its score reads 0.0 (the
+        surprisal stays; the flag says the alert goes on)."""
+        self.repeat, self.score = True, 0.0
 
     def to_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -73,7 +86,14 @@ class BlockResult:
 
     @property
     def score(self) -> np.ndarray:
-        """0.0 while warming up."""
+        """The surprisal, except 0.0 while warming up and on rows that repeat an open
+        alert (F_REPEAT: not above its peak so far)."""
+        return np.where((self.flags & (ckernel.F_LEARNING | ckernel.F_REPEAT)) != 0,
+                        0.0, self.raw_score)  # fmt: skip
+
+    @property
+    def surprisal(self) -> np.ndarray:
+        """-log10 of each row's tail probability, 0.0 while warming up."""
         return np.where(self.warming_up, 0.0, self.raw_score)
 
     @property
@@ -83,10 +103,11 @@ class BlockResult:
 
     def set(self, i: int, out: DetectorOutput) -> None:
         """Row i from a DetectorOutput (the numpy rows)."""
-        self.raw_score[i] = out.score
+        self.raw_score[i] = out.surprisal
         self.flags[i] = (
             (ckernel.F_FLAGGED if out.anomaly else 0) | (ckernel.F_ONSET if out.onset else 0)
             | (ckernel.F_LEARNING if out.warming_up else 0)
+            | (ckernel.F_REPEAT if out.repeat else 0)
         )  # fmt: skip
         self.raw_threshold[i] = math.nan if out.threshold is None else out.threshold
         self.event[i] = out.event or 0
@@ -108,13 +129,14 @@ class BlockResult:
     def output(self, i: int) -> DetectorOutput:
         """Row i as score_one() returns it."""
         fl = int(self.flags[i])
-        warming = bool(fl & ckernel.F_LEARNING)
+        warming, repeat = bool(fl & ckernel.F_LEARNING), bool(fl & ckernel.F_REPEAT)
+        surprisal = 0.0 if warming else float(self.raw_score[i])
         return DetectorOutput(
-            0.0 if warming else float(self.raw_score[i]), bool(fl & ckernel.F_FLAGGED),
+            0.0 if repeat else surprisal, bool(fl & ckernel.F_FLAGGED),
             None if warming else float(self.raw_threshold[i]), warming,
             self.contributions[i].copy(), onset=bool(fl & ckernel.F_ONSET),
             event=int(self.event[i]) or None, event_opened=self.opened.get(i),
-            event_closed=self.closed.get(i),
+            event_closed=self.closed.get(i), surprisal=surprisal, repeat=repeat,
         )  # fmt: skip
 
     def records(self) -> list[dict]:
