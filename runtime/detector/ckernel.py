@@ -251,7 +251,7 @@ class Kernel:
         from edgernn.runtime.detector.tails import _LOG_FIT_RATIO
 
         ctx.log_fit_ratio, ctx.mean_abs_to_std = _LOG_FIT_RATIO, MEAN_ABS_TO_STD
-        ctx.warmup, ctx.holdoff = cfg.warmup, cfg.holdoff
+        ctx.warmup, ctx.holdoff = det._learning_until, cfg.holdoff
         self._io = None
         self.ctx = ctx
         self._address = ctypes.addressof(ctx)

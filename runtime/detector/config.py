@@ -71,7 +71,8 @@ class DetectorConfig:
     alarm_every: the sensitivity knob, a false-alarm budget: samples per false alarm
         (a number) or a duration of normal operation ("7d"; needs timestamps).
         "auto": 7 days with timestamps, else 10,000 samples.
-    warmup: samples with no verdict at the start (the detector still learns on them).
+    warmup: samples with no verdict at the start (the detector still learns on them),
+        and again after the tails are relearnt in the hours' units (core.py).
     memory: samples the learnt distributions remember (exponential forgetting).
     scale_span: EWMA span of the error's center and scale (0: frozen after warm-up).
     span: window (EWMA span) of the level-shift statistic, the average error (20

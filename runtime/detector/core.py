@@ -12,7 +12,9 @@ Per sample (x, the forecast made for it, optionally its timestamp):
                20 and its inverse (variance up, stuck / frozen values), and, when
                enabled, the distance from the slow average (drifts a forecaster follows).
 3. surprisal   each statistic's tail probability under what the stream has shown to be
-               normal (tails.py, flagged samples excluded); the smallest gives
+               normal (tails.py, flagged samples excluded; relearnt once where
+               the error scale by time of day shows the hours' units are not the
+               day's, _relearn_due); the smallest gives
                T = -log10(min p), whose own tail probability P gives the score:
                score = -log10 P. A score of 3 is a 1-in-1,000 sample on this stream.
 4. verdict     flag when score >= log10(samples per false alarm): the false-alarm
@@ -188,6 +190,7 @@ class Detector:
     def reset(self) -> None:
         """Back to the state right after construction: warm-up again, no events."""
         self.t = 0
+        self._learning_until = self.config.warmup  # no verdicts before this sample
         self._floors: Optional[SampleFloors] = None
         self._model: Optional[ErrorNormaliser] = None
         self._level_norm: Optional[ErrorNormaliser] = None
@@ -308,6 +311,7 @@ class Detector:
         return {
             "params": self.get_params(),
             "t": self.t,
+            "learning_until": self._learning_until,
             "n_channels": self._n,
             "parts": parts,
             "mean": _list(self._mean),
@@ -342,6 +346,7 @@ class Detector:
             if n is not None:
                 self._build(int(n))
             self.t = int(d["t"])
+            self._learning_until = int(d.get("learning_until", self.config.warmup))
             self._step = None if d["step"] is None else float(d["step"])
             if d["parts"]["profile"] is not None:
                 self._make_season()
@@ -365,6 +370,12 @@ class Detector:
             self._steps = [float(s) for s in d["steps"]]
             self._last_time = None if d["last_time"] is None else float(d["last_time"])
             self._events.load_state_dict(d["events"])
+            scale = self._season_scale
+            if scale is not None and scale.checked is None:  # saved before the check
+                due = scale.relearn_time()
+                scale.checked = due is not None and self._last_time is not None and (
+                    self._last_time >= due
+                )
             saved_profile = d["parts"]["profile"]
             if saved_profile is not None and saved_profile.get("units") != "error":
                 self._profile_in_units()
@@ -473,9 +484,11 @@ class Detector:
     def _score_numpy(self, x: np.ndarray, forecast: np.ndarray, time, when) -> DetectorOutput:
         """score_one() in numpy (the reference; the kernel computes the same)."""
         self._track_time(when)
+        if when is not None:
+            self._relearn_due(when)
         t = self.t
         self.t += 1
-        learning = t < self.config.warmup
+        learning = t < self._learning_until
         errors = self._errors(x, forecast)  # (2, C): the forecast error, the level's
         repeat = self._floors.prev == x if self._floors.prev is not None else None
         self._floors.observe(x)
@@ -559,6 +572,7 @@ class Detector:
         self._track_time(when)
         if when is not None:
             self._season_due()
+            self._relearn_due(when)
         threshold = self._threshold  # the kernel takes the anchor as an argument
         if self._threshold_step is not self._step:
             threshold = self._current_threshold()
@@ -658,35 +672,48 @@ class Detector:
             stretches, bounds = stretches[1:], bounds[1:]
         nan_when = self._kernel.nan_when(stop) if whens is None else None
         for (lo, threshold, anchor, seasons), hi in zip(stretches, bounds):
+            cut = None
             if seasons:
                 self._season_due()
-            t0 = self.t
-            flags = result.flags[lo:hi]
-            score, contrib = result.raw_score[lo:hi], result.contributions[lo:hi]
-            whole = (X, F, nan_when if whens is None else whens, result.raw_score,
-                     result.flags, result.contributions)  # fmt: skip
-            if not self._kernel.run_rows(whole, lo, hi, threshold, anchor):
-                w = nan_when[lo:hi] if whens is None else np.ascontiguousarray(whens[lo:hi])
-                Xs, Fs = np.ascontiguousarray(X[lo:hi]), np.ascontiguousarray(F[lo:hi])
-                self._kernel.run(Xs, Fs, w, threshold, anchor, score, flags, contrib)
-            result.raw_threshold[lo:hi] = threshold
-            for r in np.flatnonzero(flags & ckernel.F_REPLAY).tolist():
-                i = lo + r
-                raw = None if times is None else times[i]
-                when = None if whens is None or math.isnan(whens[i]) else float(whens[i])
-                stamp = raw if isinstance(raw, str) else format_time(when)
-                flagged = bool(flags[r] & ckernel.F_FLAGGED)
-                if self._events.repeats(float(score[r])):  # as _track_event
-                    flags[r] |= ckernel.F_REPEAT
-                opened, closed = self._events.update(
-                    t0 + r, flagged, float(score[r]), contrib[r], stamp
-                )
-                if opened is not None:
-                    result.opened[i] = opened
-                if closed is not None:
-                    result.closed[i] = closed
-                if self._events.open is not None:
-                    result.event[i] = self._events.open.id
+                cut = self._relearn_row(whens, lo, hi)
+            if cut is not None:  # the tails' relearning check is due at row `cut`
+                if cut > lo:
+                    self._run_stretch(X, F, times, whens, nan_when, lo, cut, threshold, anchor,
+                                      result)  # fmt: skip
+                self._relearn_due(float(whens[cut]))
+                lo = cut
+            self._run_stretch(X, F, times, whens, nan_when, lo, hi, threshold, anchor, result)
+
+    def _run_stretch(self, X, F, times, whens, nan_when, lo, hi, threshold, anchor, result) -> None:
+        """Rows [lo, hi) through the kernel at one threshold, then the event tracker on
+        the rows it must see."""
+        t0 = self.t
+        flags = result.flags[lo:hi]
+        score, contrib = result.raw_score[lo:hi], result.contributions[lo:hi]
+        whole = (X, F, nan_when if whens is None else whens, result.raw_score,
+                 result.flags, result.contributions)  # fmt: skip
+        if not self._kernel.run_rows(whole, lo, hi, threshold, anchor):
+            w = nan_when[lo:hi] if whens is None else np.ascontiguousarray(whens[lo:hi])
+            Xs, Fs = np.ascontiguousarray(X[lo:hi]), np.ascontiguousarray(F[lo:hi])
+            self._kernel.run(Xs, Fs, w, threshold, anchor, score, flags, contrib)
+        result.raw_threshold[lo:hi] = threshold
+        for r in np.flatnonzero(flags & ckernel.F_REPLAY).tolist():
+            i = lo + r
+            raw = None if times is None else times[i]
+            when = None if whens is None or math.isnan(whens[i]) else float(whens[i])
+            stamp = raw if isinstance(raw, str) else format_time(when)
+            flagged = bool(flags[r] & ckernel.F_FLAGGED)
+            if self._events.repeats(float(score[r])):  # as _track_event
+                flags[r] |= ckernel.F_REPEAT
+            opened, closed = self._events.update(
+                t0 + r, flagged, float(score[r]), contrib[r], stamp
+            )
+            if opened is not None:
+                result.opened[i] = opened
+            if closed is not None:
+                result.closed[i] = closed
+            if self._events.open is not None:
+                result.event[i] = self._events.open.id
 
     def _surprisal(self, p: np.ndarray) -> tuple[float, float, int]:
         """(score, T, T's bin in the second stage): T = -log10 of the smallest tail
@@ -783,6 +810,44 @@ class Detector:
         return surprise / total if total > 0 else np.zeros(self._n)
 
     # -- time and seasons --------------------------------------------------------------
+    def _relearn_due(self, when: float) -> None:
+        """The tails' relearning check, once, on the first sample SCALE_RELEARN periods
+        after the error scale by time of day saw its first (a period after its bins
+        answer). Until the bins answer, z is in the day's units, and the tails learn it
+        so: on a stream whose noise follows the clock (Poisson counts, quiet by night),
+        the quiet hours' small errors looked like stuck values, and the tail of that
+        statistic learnt then made a day without its cycle ordinary for the rest of the
+        stream. Where the bins' factors span more than RELEARN_SPREAD, the tails are
+        forgotten and learnt again in the hours' units; elsewhere (the factors' own noise)
+        they are kept: relearning costs the normal patterns they had learnt (README,
+        "Tails relearnt in the hours' units")."""
+        scale = self._season_scale
+        if scale is None or scale.checked or scale.first is None or when < scale.relearn_time():
+            return
+        scale.checked = True
+        if scale.units_differ():
+            self._first.clear()
+            self._second.clear()
+            # a warm-up again: against the bare prior, the first samples would alarm
+            self._learning_until = self.t + self.config.warmup
+            if self._kernel is not None:
+                self._kernel.invalidate()
+
+    def _relearn_row(self, whens: Optional[np.ndarray], lo: int, hi: int) -> Optional[int]:
+        """The row of [lo, hi) the kernel must stop before for _relearn_due, or None.
+        The kernel sets the scale's first sample at the first timed row where unset."""
+        scale = self._season_scale
+        if whens is None or scale is None or scale.checked:
+            return None
+        first = scale.first
+        if first is None:
+            timed = np.flatnonzero(~np.isnan(whens[lo:hi]))
+            if not len(timed):
+                return None
+            first = float(whens[lo + timed[0]])
+        due = np.flatnonzero(whens[lo:hi] >= scale.relearn_time(first))
+        return lo + int(due[0]) if len(due) else None
+
     def _track_time(self, when: Optional[float]) -> None:
         if when is None:
             return

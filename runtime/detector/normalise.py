@@ -285,6 +285,7 @@ class SeasonalProfile:
         self.mean = np.zeros((self.bins, n))
         self.count = np.zeros(self.bins)
         self.first: Optional[float] = None
+        self.checked: Optional[bool] = False  # relearn's check made (None: not saved)
 
     def _bin(self, when: float) -> int:
         return int((when % self.period) / self.period * self.bins) % self.bins
@@ -312,6 +313,8 @@ class SeasonalProfile:
         self.mean = np.asarray(d["mean"], dtype=np.float64).reshape(self.mean.shape)
         self.count = np.asarray(d["count"], dtype=np.float64)
         self.first = None if d["first"] is None else float(d["first"])
+        checked = d.get("checked")  # None: saved before the check existed (core.py)
+        self.checked = None if checked is None else bool(checked)
 
 
 
@@ -320,6 +323,16 @@ SCALE_SAMPLES = 4  # ... with at least this many samples each a period (coarser:
 SCALE_PERIODS = 14.0  # periods of memory
 SCALE_WARM = 3.0  # periods' worth of samples before a bin answers
 SCALE_CLIP = 4.0  # a bin's factor lies within [1/this, this]
+# The tails are learnt again once, SCALE_RELEARN periods after the scale's first sample
+# (a period after its bins answer) and once each bin has had RELEARN_SAMPLES samples,
+# where its factors span more than RELEARN_SPREAD on some channel: learnt in the day's
+# units, which such a stream's hours do not share (core.py, _relearn_due). White noise
+# gives 1.6-1.8 over 24 bins of 48 samples; Poisson counts on a daily cycle 3.2-3.8.
+# Over 12 bins of 16 samples (4 days at 30 minutes) white noise passed 2.5 in 7 of 40
+# streams, hence the samples' bound (0 of 40 with 32).
+SCALE_RELEARN = SCALE_WARM + 1.0
+RELEARN_SAMPLES = 32.0
+RELEARN_SPREAD = 2.5
 
 
 class SeasonalScale:
@@ -345,6 +358,7 @@ class SeasonalScale:
         self.mean = np.zeros((self.bins, n))
         self.count = np.zeros(self.bins)
         self.first: Optional[float] = None
+        self.checked: Optional[bool] = False  # relearn's check made (None: not saved)
 
     def bin(self, when: float) -> int:
         return int((when % self.period) / self.period * self.bins) % self.bins
@@ -360,6 +374,27 @@ class SeasonalScale:
         factor = np.divide(self.mean[b], overall, out=np.ones_like(overall), where=overall > 0)
         return np.clip(factor, 1.0 / SCALE_CLIP, SCALE_CLIP, out=factor)
 
+    def relearn_time(self, first: Optional[float] = None) -> Optional[float]:
+        """When the tails' relearning check is due (None: no sample seen yet), from the
+        scale's first sample (or `first`, where the kernel is about to set it)."""
+        first = self.first if first is None else first
+        if first is None:
+            return None
+        per_bin = self.min_count / SCALE_WARM  # samples a bin gets each period
+        return first + max(SCALE_RELEARN, RELEARN_SAMPLES / per_bin) * self.period
+
+    def units_differ(self) -> bool:
+        """Whether the factors of the bins that answer span more than RELEARN_SPREAD
+        (largest over smallest) on some channel: the hours' units are not the day's."""
+        known = self.count >= self.min_count
+        if known.sum() < 2:
+            return False
+        mean = self.mean[known]
+        overall = mean.mean(axis=0)
+        factor = np.divide(mean, overall, out=np.ones_like(mean), where=overall > 0)
+        np.clip(factor, 1.0 / SCALE_CLIP, SCALE_CLIP, out=factor)
+        return bool((factor.max(axis=0) > RELEARN_SPREAD * factor.min(axis=0)).any())
+
     def update(self, size: np.ndarray, b: int) -> None:
         """Learn an unflagged sample's |clip(z)| (n,) in bin b."""
         self.count[b] += 1
@@ -367,9 +402,12 @@ class SeasonalScale:
         self.mean[b] += rate * (size - self.mean[b])
 
     def state_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "count": self.count.tolist(), "first": self.first}
+        return {"mean": self.mean.tolist(), "count": self.count.tolist(), "first": self.first,
+                "checked": self.checked}  # fmt: skip
 
     def load_state_dict(self, d: dict) -> None:
         self.mean = np.asarray(d["mean"], dtype=np.float64).reshape(self.mean.shape)
         self.count = np.asarray(d["count"], dtype=np.float64).reshape(self.count.shape)
         self.first = None if d["first"] is None else float(d["first"])
+        checked = d.get("checked")  # None: saved before the check existed (core.py)
+        self.checked = None if checked is None else bool(checked)

@@ -218,6 +218,13 @@ class TailTable:
         grid += self.lo
         return list(grid)
 
+    def clear(self) -> None:
+        """Forget everything learnt (in place: the kernel keeps its addresses)."""
+        self._padded[:] = 0.0
+        self.total = 0.0
+        if self.peaks is not None:
+            self.peaks.clear()
+
     def state_dict(self) -> dict:
         return {"survival": self.survival.tolist(), "total": self.total}
 
@@ -301,6 +308,11 @@ class PeakTable:
         beyond = SEEN_COUNT * np.exp(-np.maximum(v - v_seen, 0.0) / spread)
         seen = np.where(counted >= SEEN_COUNT, counted, beyond)
         return np.where(enough, np.maximum(tail, seen), tail)
+
+    def clear(self) -> None:
+        self._padded[:] = 0.0
+        self.peak[:] = 0.0
+        self.quiet[:] = 0.0
 
     def state_dict(self) -> dict:
         return {"survival": self._padded[:, : self.table.bins].tolist(),
