@@ -182,3 +182,15 @@ def test_a_state_saved_before_the_relearning_check_does_not_relearn():
     resumed = Detector(**state["params"], backend="numpy")
     resumed.load_state_dict(state)
     assert resumed._season_scale.checked is False  # its check is still to come
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_relearning_is_the_same_sample_by_sample_and_in_blocks(backend):
+    x, f, times = following(6, 2, flat_day=5)
+    block = Detector(channels=["n"], backend=backend)
+    whole = block.score_block(x[:, None], f[:, None], times=times)
+    one = Detector(channels=["n"], backend=backend)
+    rows = [one.score_one([x[t]], [f[t]], time=times[t]) for t in range(len(x))]
+    assert one._learning_until == block._learning_until > one.config.warmup
+    np.testing.assert_allclose([r.surprisal for r in rows], whole.surprisal, rtol=1e-9, atol=1e-12)
+    assert [r.anomaly for r in rows] == whole.anomaly.tolist()
