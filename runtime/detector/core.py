@@ -811,9 +811,10 @@ class Detector:
 
     # -- time and seasons --------------------------------------------------------------
     def _relearn_due(self, when: float) -> None:
-        """The tails' relearning check, once, on the first sample SCALE_RELEARN periods
-        after the error scale by time of day saw its first (a period after its bins
-        answer). Until the bins answer, z is in the day's units, and the tails learn it
+        """The tails' relearning check, once, on the first sample at the error scale by
+        time of day's relearn_time() (4 periods after its first sample: a period after
+        its bins answer; later where a bin has had fewer than RELEARN_SAMPLES by then).
+        Until the bins answer, z is in the day's units, and the tails learn it
         so: on a stream whose noise follows the clock (Poisson counts, quiet by night),
         the quiet hours' small errors looked like stuck values, and the tail of that
         statistic learnt then made a day without its cycle ordinary for the rest of the

@@ -285,7 +285,6 @@ class SeasonalProfile:
         self.mean = np.zeros((self.bins, n))
         self.count = np.zeros(self.bins)
         self.first: Optional[float] = None
-        self.checked: Optional[bool] = False  # relearn's check made (None: not saved)
 
     def _bin(self, when: float) -> int:
         return int((when % self.period) / self.period * self.bins) % self.bins
@@ -313,8 +312,6 @@ class SeasonalProfile:
         self.mean = np.asarray(d["mean"], dtype=np.float64).reshape(self.mean.shape)
         self.count = np.asarray(d["count"], dtype=np.float64)
         self.first = None if d["first"] is None else float(d["first"])
-        checked = d.get("checked")  # None: saved before the check existed (core.py)
-        self.checked = None if checked is None else bool(checked)
 
 
 
@@ -329,7 +326,8 @@ SCALE_CLIP = 4.0  # a bin's factor lies within [1/this, this]
 # units, which such a stream's hours do not share (core.py, _relearn_due). White noise
 # gives 1.6-1.8 over 24 bins of 48 samples; Poisson counts on a daily cycle 3.2-3.8.
 # Over 12 bins of 16 samples (4 days at 30 minutes) white noise passed 2.5 in 7 of 40
-# streams, hence the samples' bound (0 of 40 with 32).
+# streams, hence the samples' bound (with 32: 0-2 of 40 white, spiky or AR(1) streams at
+# 15 or 30 minutes or hourly).
 SCALE_RELEARN = SCALE_WARM + 1.0
 RELEARN_SAMPLES = 32.0
 RELEARN_SPREAD = 2.5
